@@ -1,0 +1,241 @@
+"""The numeric engine: `conv_general_dilated` and the friendly `conv`, as einsums.
+
+Pipeline: validate (`ConvSpec`, dtypes) in Python -> one jitted function per spec that
+transposes to canonical order, pads and lhs-dilates with `lax.pad`, hands the VALID
+strided/dilated/grouped contraction to a lowering strategy, casts and transposes back.
+No convolution primitive is used anywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ._spec import ConvSpec, Padding, normalize_layout
+from .strategies import STRATEGIES
+
+__all__ = ["conv", "conv_general_dilated"]
+
+_LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def _check_operands(lhs: Any, rhs: Any) -> tuple[jax.Array, jax.Array]:
+    """Arrays of one numeric dtype, or a TypeError naming the culprit."""
+    out = []
+    for name, a in (("lhs", lhs), ("rhs", rhs)):
+        if not hasattr(a, "shape") or not hasattr(a, "dtype"):
+            try:
+                a = jnp.asarray(a)
+            except TypeError as e:
+                raise TypeError(f"`{name}` (={a!r}) must be an array.") from e
+        dt = jnp.dtype(a.dtype)
+        if not (jnp.issubdtype(dt, jnp.number)):
+            raise TypeError(f"`{name}` has dtype {dt}; convolution needs a numeric dtype.")
+        out.append(a)
+    if jnp.dtype(out[0].dtype) != jnp.dtype(out[1].dtype):
+        raise TypeError(
+            f"`lhs` (dtype {out[0].dtype}) and `rhs` (dtype {out[1].dtype}) must have the same "
+            "dtype; cast one of them explicitly."
+        )
+    return out[0], out[1]
+
+
+def _check_preferred(preferred: Any, dtype: np.dtype) -> np.dtype | None:
+    """Validate `preferred_element_type` against the input dtype, as lax does."""
+    if preferred is None:
+        return None
+    try:
+        pet = jnp.dtype(preferred)
+    except TypeError as e:
+        raise TypeError(f"`preferred_element_type` (={preferred!r}) is not a dtype.") from e
+    int_to_float = jnp.issubdtype(dtype, jnp.integer) and jnp.issubdtype(pet, jnp.floating)
+    if not int_to_float:
+        for kind in (jnp.integer, jnp.floating, jnp.complexfloating):
+            if jnp.issubdtype(dtype, kind) and not jnp.issubdtype(pet, kind):
+                raise TypeError(
+                    f"`preferred_element_type` (={pet}) is incompatible with the input dtype "
+                    f"(={dtype}): allowed are integer->integer, integer->floating, "
+                    "floating->floating and complex->complex."
+                )
+        if jnp.issubdtype(dtype, jnp.signedinteger) and not jnp.issubdtype(pet, jnp.signedinteger):
+            raise TypeError(
+                f"`preferred_element_type` (={pet}) must be signed like the input dtype (={dtype})."
+            )
+    if pet.itemsize < jnp.dtype(dtype).itemsize:
+        raise TypeError(
+            f"`preferred_element_type` (={pet}) must not be narrower than the input dtype "
+            f"(={dtype})."
+        )
+    return pet
+
+
+def _check_precision(precision: Any) -> Any:
+    """None, a `lax.Precision` (or its name) or a pair of them, made hashable."""
+    items = precision if isinstance(precision, (list, tuple)) else (precision,)
+    if len(items) not in (1, 2):
+        raise ValueError(f"`precision` (={precision!r}) must be one precision or a pair.")
+    for p in items:
+        if p is None or isinstance(p, lax.Precision):
+            continue
+        if not isinstance(p, str) or p.upper() not in lax.Precision.__members__:
+            raise ValueError(
+                f"`precision` (={precision!r}) must be None, a lax.Precision, one of "
+                f"{sorted(lax.Precision.__members__)}, or a pair of these."
+            )
+    return tuple(precision) if isinstance(precision, list) else precision
+
+
+def _check_strategy(strategy: str) -> str:
+    if strategy == "auto":
+        return "shift"
+    if strategy not in STRATEGIES:
+        raise ValueError(
+            f"`strategy` (={strategy!r}) must be 'auto' or one of {sorted(STRATEGIES)}."
+        )
+    return strategy
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "strategy", "precision", "out_dtype"))
+def _run(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    *,
+    spec: ConvSpec,
+    strategy: str,
+    precision: lax.PrecisionLike,
+    out_dtype: np.dtype,
+) -> jax.Array:
+    acc_dtype = jnp.float32 if out_dtype in _LOW_PRECISION else out_dtype
+    x = jnp.transpose(lhs, spec.lhs_to_canonical)
+    w = jnp.transpose(rhs, spec.rhs_to_canonical)
+    if 0 in spec.canonical_out_shape or 0 in spec.window or spec.in_features == 0:
+        y = jnp.zeros(spec.canonical_out_shape, out_dtype)
+    else:
+        config = [(0, 0, 0)]
+        config += [(lo, hi, d - 1) for (lo, hi), d in zip(spec.padding, spec.lhs_dilation)]
+        config += [(0, 0, 0)]
+        xp = lax.pad(x, jnp.zeros((), x.dtype), config)
+        y = STRATEGIES[strategy].lower(spec, xp, w, precision=precision, acc_dtype=acc_dtype)
+        y = y.astype(out_dtype)
+    return jnp.transpose(y, spec.canonical_to_out)
+
+
+def conv_general_dilated(
+    lhs: jax.typing.ArrayLike,
+    rhs: jax.typing.ArrayLike,
+    window_strides: Sequence[int],
+    padding: Padding,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: lax.PrecisionLike = None,
+    preferred_element_type: Any = None,
+    *,
+    strategy: str = "auto",
+) -> jax.Array:
+    """Drop-in for `jax.lax.conv_general_dilated`, computed as an einsum over channels.
+
+    Same arguments, same results: ``out[n, o, f] = sum_{k, c} x[n, o*s + k*d - p_lo, c]
+    * w[k, c, f]`` with ``x`` lhs-dilated, groups as an extra einsum index. `strategy`
+    picks the lowering: ``"shift"`` (per-offset shift-and-sum), ``"patches"`` (one
+    einsum over a patches tensor) or ``"auto"``.
+
+    >>> x, w = jnp.ones((2, 1, 28, 28)), jnp.ones((10, 1, 3, 3))   # NCHW, OIHW
+    >>> conv_general_dilated(x, w, (1, 1), "SAME").shape
+    (2, 10, 28, 28)
+    """
+    lhs, rhs = _check_operands(lhs, rhs)
+    spec = ConvSpec.from_lax(
+        lhs.shape, rhs.shape, window_strides, padding, lhs_dilation, rhs_dilation,
+        dimension_numbers, feature_group_count, batch_group_count,
+    )
+    pet = _check_preferred(preferred_element_type, jnp.dtype(lhs.dtype))
+    prec = _check_precision(precision)
+    name = _check_strategy(strategy)
+    out_dtype = pet if pet is not None else jnp.dtype(lhs.dtype)
+    return _run(lhs, rhs, spec=spec, strategy=name, precision=prec, out_dtype=out_dtype)
+
+
+def conv(
+    x: jax.typing.ArrayLike,
+    w: jax.typing.ArrayLike,
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: Padding = "SAME",
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    bias: jax.typing.ArrayLike | None = None,
+    layout: str = "NHWC",
+    strategy: str = "auto",
+    precision: lax.PrecisionLike = None,
+) -> jax.Array:
+    """N-D convolution (cross-correlation) with channels-last defaults.
+
+    Args:
+      x: input ``(N, *spatial, C)`` for ``layout="NHWC"``, ``(N, C, *spatial)`` for "NCHW".
+      w: kernel ``(*window, C // groups, F)`` (HWIO) or ``(F, C // groups, *window)`` (OIHW).
+      stride, dilation: an int for every spatial dim, or one per dim.
+      padding: "SAME", "SAME_LOWER", "VALID", an int (both sides of every dim), one int
+        per dim, or one (low, high) pair per dim.
+      groups: feature groups; ``groups == C`` is a depthwise convolution.
+      bias: optional ``(F,)``, added to every output position.
+      layout: "NHWC" or "NCHW" (any spatial rank), or a rank-specific name like "NCW".
+
+    Each of the F output maps is the **sum** over the C // groups input channels of their
+    per-channel correlations with that filter's kernels.
+
+    >>> conv(jnp.ones((1, 28, 28, 1)), jnp.ones((3, 3, 1, 10))).shape
+    (1, 28, 28, 10)
+    """
+    x_arr, w_arr = _check_operands(x, w)
+    if x_arr.ndim < 3:
+        raise ValueError(
+            f"`x` (shape {tuple(x_arr.shape)}) must have rank >= 3: batch, at least one "
+            "spatial dimension, channels."
+        )
+    n = x_arr.ndim - 2
+    dnums = normalize_layout(layout, n)
+    strides = _broadcast("stride", stride, n)
+    dilations = _broadcast("dilation", dilation, n)
+    pads = _friendly_padding(padding, n)
+    y = conv_general_dilated(
+        x_arr, w_arr, strides, pads, rhs_dilation=dilations, dimension_numbers=dnums,
+        feature_group_count=groups, precision=precision, strategy=strategy,
+    )
+    if bias is None:
+        return y
+    b = jnp.asarray(bias)
+    f = y.shape[dnums[2].index("C")]
+    if b.shape != (f,):
+        raise ValueError(f"`bias` (shape {tuple(b.shape)}) must have shape ({f},), one per filter.")
+    if b.dtype != y.dtype:
+        raise TypeError(f"`bias` (dtype {b.dtype}) must have the output's dtype ({y.dtype}).")
+    channel_axis = dnums[2].index("C")
+    return y + b.reshape([f if a == channel_axis else 1 for a in range(y.ndim)])
+
+
+def _broadcast(name: str, value: Any, n: int) -> Any:
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return value
+    return (value,) * n
+
+
+def _friendly_padding(padding: Any, n: int) -> Any:
+    """int -> symmetric pairs; per-dim ints -> symmetric pairs; strings and pairs unchanged."""
+    if isinstance(padding, str):
+        return padding
+    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
+        return ((int(padding), int(padding)),) * n
+    if isinstance(padding, Sequence) and all(
+        isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in padding
+    ):
+        return tuple((int(p), int(p)) for p in padding)
+    return padding
