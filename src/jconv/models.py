@@ -1,0 +1,587 @@
+"""Layer lists of well-known networks, walked layer by layer into shapes, parameters and MACs.
+
+Plain Python (no JAX): every convolution is turned into the exact `ConvSpec` the engine would
+run (NHWC input, HWIO kernel), so shapes come from the same geometry as the numeric engine.
+
+Counting conventions (used by `Network.walk`, `Network.params`, `Network.macs`):
+
+- parameters: conv and dense weights, their biases when ``bias=True``, batch-norm ``gamma``
+  and ``beta`` (2 per channel, trainable); batch-norm running mean and variance (2 per
+  channel) only with ``params(trainable_only=False)``;
+- MACs: multiply-accumulates of conv and dense layers in the dense convention (every kernel
+  tap, padding included, ``prod(out) * prod(window) * C_in / groups`` per output feature);
+  bias adds, batch norm, activations, pooling and residual adds are not counted.
+
+>>> net = MODELS["lenet5"]()
+>>> net.params(), net.macs()
+(61706, 416520)
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ._spec import ConvSpec
+
+__all__ = [
+    "MODELS",
+    "PUBLISHED",
+    "BatchNorm",
+    "Conv",
+    "Dense",
+    "Depthwise",
+    "Flatten",
+    "GlobalPool",
+    "Layer",
+    "LayerInfo",
+    "Network",
+    "Pool",
+    "ReLU",
+    "Residual",
+    "Separable",
+    "lenet5",
+    "mobilenet_v1",
+    "resnet50",
+    "vgg16",
+]
+
+IntOrTuple = int | tuple[int, ...]
+PaddingArg = str | int | tuple[Any, ...]
+
+_DNUMS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
+
+
+# ----------------------------------------------------------------------------- validators
+def _check_int(layer: str, field: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"`{layer}.{field}` (={value!r}) must be an integer >= {minimum}.")
+
+
+def _check_ints(layer: str, field: str, value: Any, minimum: int) -> None:
+    items = value if isinstance(value, tuple) else (value,)
+    if not items:
+        raise ValueError(f"`{layer}.{field}` (={value!r}) must not be empty.")
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise ValueError(
+                f"`{layer}.{field}` (={value!r}) must be an integer >= {minimum} or a tuple "
+                "of them."
+            )
+
+
+def _check_padding(layer: str, value: Any) -> None:
+    if isinstance(value, str):
+        if value.upper() not in ("SAME", "SAME_LOWER", "VALID"):
+            raise ValueError(
+                f"`{layer}.padding` (={value!r}) must be 'SAME', 'SAME_LOWER', 'VALID', an int, "
+                "a tuple of ints or a tuple of (low, high) pairs."
+            )
+        return
+    flat = value if isinstance(value, tuple) else (value,)
+    ok = all(
+        (isinstance(p, int) and not isinstance(p, bool) and p >= 0)
+        or (
+            isinstance(p, tuple)
+            and len(p) == 2
+            and all(isinstance(q, int) and not isinstance(q, bool) and q >= 0 for q in p)
+        )
+        for p in flat
+    )
+    if not ok or not flat:
+        raise ValueError(
+            f"`{layer}.padding` (={value!r}) must be 'SAME', 'SAME_LOWER', 'VALID', an int >= 0, "
+            "a tuple of them or a tuple of (low, high) pairs."
+        )
+
+
+def _check_name(layer: str, name: Any) -> None:
+    if not isinstance(name, str):
+        raise ValueError(f"`{layer}.name` (={name!r}) must be a string.")
+
+
+# ----------------------------------------------------------------------------- layers
+@dataclass(frozen=True)
+class Conv:
+    """Convolution with `filters` output maps; each **sums** its ``C_in / groups`` channels."""
+
+    filters: int
+    kernel: IntOrTuple
+    stride: IntOrTuple = 1
+    padding: PaddingArg = "SAME"
+    dilation: IntOrTuple = 1
+    groups: int = 1
+    bias: bool = True
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        _check_int("Conv", "filters", self.filters, 1)
+        _check_ints("Conv", "kernel", self.kernel, 1)
+        _check_ints("Conv", "stride", self.stride, 1)
+        _check_padding("Conv", self.padding)
+        _check_ints("Conv", "dilation", self.dilation, 1)
+        _check_int("Conv", "groups", self.groups, 1)
+        _check_name("Conv", self.name)
+        if self.filters % self.groups:
+            raise ValueError(
+                f"`Conv.filters` (={self.filters}) must be divisible by `Conv.groups` "
+                f"(={self.groups})."
+            )
+
+
+@dataclass(frozen=True)
+class Depthwise:
+    """Depthwise convolution: ``groups = C_in``, ``filters = C_in * multiplier``."""
+
+    kernel: IntOrTuple
+    multiplier: int = 1
+    stride: IntOrTuple = 1
+    padding: PaddingArg = "SAME"
+    dilation: IntOrTuple = 1
+    bias: bool = True
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        _check_ints("Depthwise", "kernel", self.kernel, 1)
+        _check_int("Depthwise", "multiplier", self.multiplier, 1)
+        _check_ints("Depthwise", "stride", self.stride, 1)
+        _check_padding("Depthwise", self.padding)
+        _check_ints("Depthwise", "dilation", self.dilation, 1)
+        _check_name("Depthwise", self.name)
+
+
+@dataclass(frozen=True)
+class Separable:
+    """Depthwise then 1x1 pointwise conv; the bias sits on the pointwise conv only (Keras)."""
+
+    filters: int
+    kernel: IntOrTuple
+    multiplier: int = 1
+    stride: IntOrTuple = 1
+    padding: PaddingArg = "SAME"
+    bias: bool = True
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        _check_int("Separable", "filters", self.filters, 1)
+        _check_ints("Separable", "kernel", self.kernel, 1)
+        _check_int("Separable", "multiplier", self.multiplier, 1)
+        _check_ints("Separable", "stride", self.stride, 1)
+        _check_padding("Separable", self.padding)
+        _check_name("Separable", self.name)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Max or average pooling over `window` (stride defaults to the window); no parameters."""
+
+    kind: Literal["max", "avg"]
+    window: IntOrTuple
+    stride: IntOrTuple | None = None
+    padding: PaddingArg = "VALID"
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("max", "avg"):
+            raise ValueError(f"`Pool.kind` (={self.kind!r}) must be 'max' or 'avg'.")
+        _check_ints("Pool", "window", self.window, 1)
+        if self.stride is not None:
+            _check_ints("Pool", "stride", self.stride, 1)
+        _check_padding("Pool", self.padding)
+        _check_name("Pool", self.name)
+
+
+@dataclass(frozen=True)
+class GlobalPool:
+    """Pool every spatial position of each channel to one value: ``(N, *S, C) -> (N, C)``."""
+
+    kind: Literal["avg", "max"] = "avg"
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("max", "avg"):
+            raise ValueError(f"`GlobalPool.kind` (={self.kind!r}) must be 'avg' or 'max'.")
+        _check_name("GlobalPool", self.name)
+
+
+@dataclass(frozen=True)
+class Dense:
+    """Fully connected layer ``(N, D) -> (N, units)``; a spatial input is flattened first."""
+
+    units: int
+    bias: bool = True
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        _check_int("Dense", "units", self.units, 1)
+        _check_name("Dense", self.name)
+
+
+@dataclass(frozen=True)
+class BatchNorm:
+    """Batch norm over channels: 2*C trainable (gamma, beta), 2*C running statistics."""
+
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class ReLU:
+    """Parameter-free activation."""
+
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Flatten:
+    """``(N, *S, C) -> (N, prod(S) * C)``; also implied before the first Dense."""
+
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Residual:
+    """``out = main(x) + shortcut(x)``; an empty shortcut is the identity."""
+
+    main: tuple[Layer, ...]
+    shortcut: tuple[Layer, ...] = ()
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        for field in ("main", "shortcut"):
+            value = getattr(self, field)
+            if not isinstance(value, tuple) or not all(isinstance(v, _LAYER_TYPES) for v in value):
+                raise ValueError(f"`Residual.{field}` (={value!r}) must be a tuple of layers.")
+        if not self.main:
+            raise ValueError("`Residual.main` (=()) must hold at least one layer.")
+        _check_name("Residual", self.name)
+
+
+Layer = (
+    Conv | Depthwise | Separable | Pool | GlobalPool | Dense | BatchNorm | ReLU | Flatten | Residual
+)
+_LAYER_TYPES = (Conv, Depthwise, Separable, Pool, GlobalPool, Dense, BatchNorm, ReLU, Flatten,
+                Residual)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One walked layer: shapes ``(N, *spatial, C)`` (or ``(N, D)``), counts and its ConvSpec."""
+
+    name: str
+    kind: str
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    kernel_shape: tuple[int, ...] | None
+    weights: int
+    biases: int
+    bn_params: int
+    bn_stats: int
+    macs: int
+    spec: ConvSpec | None
+    groups: int
+
+    @property
+    def params(self) -> int:
+        """Trainable parameters: weights + biases + batch-norm gamma and beta."""
+        return self.weights + self.biases + self.bn_params
+
+
+# ----------------------------------------------------------------------------- walking
+def _tuple(value: IntOrTuple, n: int, what: str) -> tuple[int, ...]:
+    if isinstance(value, tuple):
+        if len(value) != n:
+            raise ValueError(
+                f"`{what}` (={value!r}) must have one entry per spatial dimension (={n})."
+            )
+        return value
+    return (operator.index(value),) * n
+
+
+def _lax_padding(padding: PaddingArg, n: int, what: str) -> Any:
+    if isinstance(padding, str):
+        return padding.upper()
+    if isinstance(padding, int):
+        return ((padding, padding),) * n
+    if len(padding) != n:
+        raise ValueError(
+            f"`{what}` (={padding!r}) must have one entry per spatial dimension (={n})."
+        )
+    return tuple((p, p) if isinstance(p, int) else p for p in padding)
+
+
+def _conv_spec(
+    shape: tuple[int, ...], kernel: IntOrTuple, filters: int, stride: IntOrTuple,
+    padding: PaddingArg, dilation: IntOrTuple, groups: int, what: str,
+) -> ConvSpec:
+    n = len(shape) - 2
+    if n not in _DNUMS:
+        raise ValueError(f"`{what}`: input shape {shape} must have 1 to 3 spatial dimensions.")
+    window = _tuple(kernel, n, f"{what}.kernel")
+    c = shape[-1]
+    if c % groups:
+        raise ValueError(
+            f"`{what}.groups` (={groups}) must divide the input channels (={c})."
+        )
+    try:
+        return ConvSpec.from_lax(
+            shape, (*window, c // groups, filters), _tuple(stride, n, f"{what}.stride"),
+            _lax_padding(padding, n, f"{what}.padding"),
+            rhs_dilation=_tuple(dilation, n, f"{what}.dilation"),
+            dimension_numbers=_DNUMS[n], feature_group_count=groups,
+        )
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"`{what}` on input {shape}: {e}") from e
+
+
+def _conv_info(name: str, kind: str, spec: ConvSpec, bias: bool) -> LayerInfo:
+    return LayerInfo(
+        name=name, kind=kind, in_shape=spec.lhs_shape, out_shape=spec.out_shape,
+        kernel_shape=spec.rhs_shape, weights=math.prod(spec.rhs_shape),
+        biases=spec.out_features if bias else 0, bn_params=0, bn_stats=0, macs=spec.macs,
+        spec=spec, groups=spec.feature_group_count,
+    )
+
+
+def _plain(name: str, kind: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+           bn: int = 0) -> LayerInfo:
+    return LayerInfo(
+        name=name, kind=kind, in_shape=in_shape, out_shape=out_shape, kernel_shape=None,
+        weights=0, biases=0, bn_params=bn, bn_stats=bn, macs=0, spec=None, groups=1,
+    )
+
+
+def _walk(layers: Sequence[Layer], shape: tuple[int, ...], prefix: str,
+          out: list[LayerInfo]) -> tuple[int, ...]:
+    """Append a LayerInfo per layer to `out`; return the output shape."""
+    for i, layer in enumerate(layers):
+        kind = type(layer).__name__.lower()
+        name = prefix + (layer.name or f"{kind}{i}")
+        if isinstance(layer, Conv):
+            spec = _conv_spec(shape, layer.kernel, layer.filters, layer.stride, layer.padding,
+                              layer.dilation, layer.groups, "Conv")
+            out.append(_conv_info(name, "conv", spec, layer.bias))
+        elif isinstance(layer, Depthwise | Separable):
+            c = shape[-1]
+            dilation = layer.dilation if isinstance(layer, Depthwise) else 1
+            spec = _conv_spec(shape, layer.kernel, c * layer.multiplier, layer.stride,
+                              layer.padding, dilation, c, type(layer).__name__)
+            if isinstance(layer, Depthwise):
+                out.append(_conv_info(name, "depthwise", spec, layer.bias))
+            else:
+                out.append(_conv_info(name + "/dw", "depthwise", spec, False))
+                pw = _conv_spec(spec.out_shape, 1, layer.filters, 1, "VALID", 1, 1, "Separable")
+                out.append(_conv_info(name + "/pw", "conv", pw, layer.bias))
+        elif isinstance(layer, Pool):
+            stride = layer.window if layer.stride is None else layer.stride
+            spec = _conv_spec(shape, layer.window, shape[-1], stride, layer.padding, 1,
+                              shape[-1], "Pool")
+            out.append(_plain(name, "pool", shape, spec.out_shape))
+        elif isinstance(layer, GlobalPool):
+            if len(shape) < 3:
+                raise ValueError(f"`GlobalPool` needs a spatial input, got shape {shape}.")
+            out.append(_plain(name, "globalpool", shape, (shape[0], shape[-1])))
+        elif isinstance(layer, Flatten):
+            out.append(_plain(name, "flatten", shape, (shape[0], math.prod(shape[1:]))))
+        elif isinstance(layer, Dense):
+            flat = (shape[0], math.prod(shape[1:]))
+            d = flat[1]
+            out.append(LayerInfo(
+                name=name, kind="dense", in_shape=flat, out_shape=(shape[0], layer.units),
+                kernel_shape=(d, layer.units), weights=d * layer.units,
+                biases=layer.units if layer.bias else 0, bn_params=0, bn_stats=0,
+                macs=shape[0] * d * layer.units, spec=None, groups=1,
+            ))
+        elif isinstance(layer, BatchNorm):
+            out.append(_plain(name, "bn", shape, shape, bn=2 * shape[-1]))
+        elif isinstance(layer, ReLU):
+            out.append(_plain(name, "relu", shape, shape))
+        elif isinstance(layer, Residual):
+            main = _walk(layer.main, shape, name + "/main/", out)
+            short = _walk(layer.shortcut, shape, name + "/shortcut/", out)
+            if main != short:
+                raise ValueError(
+                    f"`Residual` {name!r}: main branch output {main} and shortcut output "
+                    f"{short} must have the same shape."
+                )
+            out.append(_plain(name + "/add", "add", main, main))
+        else:
+            raise ValueError(f"`layers[{i}]` (={layer!r}) is not a jconv.models layer.")
+        shape = out[-1].out_shape
+    return shape
+
+
+@dataclass(frozen=True)
+class Network:
+    """A named layer list on an input of shape ``(*spatial, C)`` (no batch)."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    layers: tuple[Layer, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.input_shape, tuple) or len(self.input_shape) < 2 or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in self.input_shape
+        ):
+            raise ValueError(
+                f"`Network.input_shape` (={self.input_shape!r}) must be a tuple "
+                "(*spatial, C) of positive integers."
+            )
+
+    def walk(self, batch: int = 1) -> list[LayerInfo]:
+        """Flattened per-layer info, residual branches included, one "add" per Residual."""
+        _check_int("Network.walk", "batch", batch, 1)
+        out: list[LayerInfo] = []
+        _walk(self.layers, (batch, *self.input_shape), "", out)
+        return out
+
+    def params(self, *, trainable_only: bool = True) -> int:
+        """Weights + biases + BN gamma/beta; BN running statistics too if not trainable_only."""
+        infos = self.walk()
+        stats = 0 if trainable_only else sum(i.bn_stats for i in infos)
+        return sum(i.params for i in infos) + stats
+
+    def macs(self, batch: int = 1) -> int:
+        """Dense-convention multiply-accumulates of all conv and dense layers."""
+        return sum(i.macs for i in self.walk(batch))
+
+
+# ----------------------------------------------------------------------------- networks
+def lenet5() -> Network:
+    """LeNet-5 on 32x32x1 with dense C3, parameter-free average pooling and a Dense(10) output.
+
+    Differs from LeCun et al. (1998) in C3 (all 6 input maps, not the connection table),
+    S2/S4 (no trainable coefficient and bias) and the output (Dense, not RBF units).
+    """
+    return Network("lenet5", (32, 32, 1), (
+        Conv(6, 5, padding="VALID", name="c1"), ReLU(), Pool("avg", 2, name="s2"),
+        Conv(16, 5, padding="VALID", name="c3"), ReLU(), Pool("avg", 2, name="s4"),
+        Flatten(), Dense(120, name="c5"), ReLU(), Dense(84, name="f6"), ReLU(),
+        Dense(10, name="output"),
+    ))
+
+
+def vgg16() -> Network:
+    """VGG-16 (configuration D) on 224x224x3 as in torchvision: conv biases, no batch norm."""
+    layers: list[Layer] = []
+    for stage, (width, depth) in enumerate(((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))):
+        for j in range(depth):
+            layers += [Conv(width, 3, padding=1, name=f"conv{stage + 1}_{j + 1}"), ReLU()]
+        layers.append(Pool("max", 2, name=f"pool{stage + 1}"))
+    layers += [Flatten(), Dense(4096, name="fc6"), ReLU(), Dense(4096, name="fc7"), ReLU(),
+               Dense(1000, name="fc8")]
+    return Network("vgg16", (224, 224, 3), tuple(layers))
+
+
+def _bottleneck(width: int, stride: int, project: bool, name: str) -> Residual:
+    main: tuple[Layer, ...] = (
+        Conv(width, 1, padding=0, bias=False, name="conv1"), BatchNorm("bn1"), ReLU(),
+        Conv(width, 3, stride=stride, padding=1, bias=False, name="conv2"), BatchNorm("bn2"),
+        ReLU(),
+        Conv(4 * width, 1, padding=0, bias=False, name="conv3"), BatchNorm("bn3"),
+    )
+    shortcut: tuple[Layer, ...] = (
+        (Conv(4 * width, 1, stride=stride, padding=0, bias=False, name="downsample"),
+         BatchNorm("downsample_bn")) if project else ()
+    )
+    return Residual(main, shortcut, name=name)
+
+
+def resnet50() -> Network:
+    """ResNet-50 v1.5 as torchvision builds it: stride 2 on the 3x3 conv of each bottleneck."""
+    layers: list[Layer] = [
+        Conv(64, 7, stride=2, padding=3, bias=False, name="conv1"), BatchNorm("bn1"), ReLU(),
+        Pool("max", 3, stride=2, padding=1, name="maxpool"),
+    ]
+    for stage, (width, blocks, stride) in enumerate(
+        ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))
+    ):
+        for b in range(blocks):
+            layers += [_bottleneck(width, stride if b == 0 else 1, b == 0,
+                                   f"layer{stage + 1}.{b}"), ReLU()]
+    layers += [GlobalPool("avg", name="avgpool"), Dense(1000, name="fc")]
+    return Network("resnet50", (224, 224, 3), tuple(layers))
+
+
+def mobilenet_v1() -> Network:
+    """MobileNetV1, width 1.0, 224x224x3 (Howard et al. 2017, Table 1); BN after every conv."""
+    layers: list[Layer] = [Conv(32, 3, stride=2, bias=False, name="conv0"), BatchNorm(), ReLU()]
+    plan = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), *((512, 1),) * 5,
+            (1024, 2), (1024, 1))
+    for i, (filters, stride) in enumerate(plan):
+        layers += [
+            Depthwise(3, stride=stride, bias=False, name=f"dw{i + 1}"), BatchNorm(), ReLU(),
+            Conv(filters, 1, bias=False, name=f"pw{i + 1}"), BatchNorm(), ReLU(),
+        ]
+    layers += [GlobalPool("avg", name="avgpool"), Dense(1000, name="fc")]
+    return Network("mobilenet_v1", (224, 224, 3), tuple(layers))
+
+
+MODELS: dict[str, Callable[[], Network]] = {
+    "lenet5": lenet5,
+    "vgg16": vgg16,
+    "resnet50": resnet50,
+    "mobilenet_v1": mobilenet_v1,
+}
+
+PUBLISHED: dict[str, dict[str, Any]] = {
+    "lenet5": {
+        "params": 61_706,
+        "macs": 416_520,
+        "rounding": {"params": 1, "macs": 1},
+        "layers": {"c1": {"params": 156, "connections": 122_304},
+                   "c5": {"params": 48_120, "connections": 48_120},
+                   "f6": {"params": 10_164, "connections": 10_164}},
+        "paper": {"params": 60_000, "connections": 340_908,
+                  "c3": {"params": 1_516, "connections": 151_600},
+                  "s2": {"params": 12, "connections": 5_880},
+                  "s4": {"params": 32, "connections": 2_000},
+                  "output_rbf": {"params": 0, "connections": 840}},
+        "source": "LeCun, Bottou, Bengio, Haffner, 'Gradient-based learning applied to document "
+                  "recognition', Proc. IEEE 86(11), 1998, Sec. II-B: C1 156 trainable parameters "
+                  "and 122,304 connections, S2 12 / 5,880, C3 1,516 / 151,600, S4 32 / 2,000, "
+                  "C5 48,120 connections, F6 10,164 parameters; the whole network 340,908 "
+                  "connections and 60,000 trainable parameters (the RBF output is fixed).",
+        "convention": "Dense variant: C3 connected to all 6 S2 maps (5*5*6*16 + 16 = 2,416 "
+                      "parameters instead of the paper's 1,516 from its connection table), S2/S4 "
+                      "parameter-free average pooling (the paper's 12 + 32 coefficients dropped), "
+                      "Dense(10) output with bias (850) instead of fixed RBF units. Totals "
+                      "156 + 2,416 + 48,120 + 10,164 + 850; MACs of conv and dense layers. A "
+                      "paper 'connection' is a MAC or a bias add, so connections = MACs + biases "
+                      "* output positions.",
+    },
+    "vgg16": {
+        "params": 138_357_544,
+        "macs": 15_470_000_000,
+        "rounding": {"params": 1, "macs": 10_000_000},
+        "source": "torchvision.models.vgg16, IMAGENET1K_V1 weights: num_params 138,357,544, "
+                  "GFLOPS 15.47 (torchvision model documentation; torchvision counts MACs and "
+                  "calls them FLOPs).",
+        "convention": "Conv and FC weights and biases, no batch norm; MACs of conv and FC layers "
+                      "at 224x224, batch 1; exact count 15,470,264,320.",
+    },
+    "resnet50": {
+        "params": 25_557_032,
+        "macs": 4_090_000_000,
+        "rounding": {"params": 1, "macs": 10_000_000},
+        "source": "torchvision.models.resnet50, IMAGENET1K_V1/V2 weights: num_params "
+                  "25,557,032, GFLOPS 4.09 (torchvision model documentation; MACs).",
+        "convention": "v1.5 (stride on the 3x3 conv), convs without bias, BN gamma and beta "
+                      "counted (running statistics not: 53,120 more), FC with bias; MACs of conv "
+                      "and FC layers at 224x224, batch 1; exact count 4,089,184,256.",
+    },
+    "mobilenet_v1": {
+        "params": 4_200_000,
+        "macs": 569_000_000,
+        "rounding": {"params": 100_000, "macs": 1_000_000},
+        "source": "Howard et al., 'MobileNets: Efficient Convolutional Neural Networks for "
+                  "Mobile Vision Applications', arXiv:1704.04861, 2017, Table 8 (1.0 "
+                  "MobileNet-224: 569 million mult-adds, 4.2 million parameters).",
+        "convention": "Width 1.0, resolution 224, 1000 classes; convs without bias, BN gamma and "
+                      "beta counted (4,231,976; without them 4,210,088, both 4.2M), FC with "
+                      "bias; mult-adds of conv and FC layers (exact 568,740,352, of which FC "
+                      "1,024,000).",
+    },
+}
