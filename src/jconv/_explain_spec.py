@@ -1,0 +1,208 @@
+"""The compact grammar of `jconv explain --input/--layer`, parsed into `jconv.models` layers.
+
+Grammar (one ``--layer`` per layer, in order; sizes are ``3`` or ``3x5``, one per spatial dim)::
+
+    conv:F[,k=3][,s=1][,p=same][,d=1][,g=1][,bias=1]   standard conv with F filters
+    dw[:k=3][,s=1][,m=1][,p=same][,d=1][,bias=1]        depthwise, channel multiplier m
+    sep:F[,k=3][,s=1][,m=1][,p=same][,bias=1]           depthwise then 1x1 pointwise to F
+    pool:max|avg[,k=2][,s=k][,p=valid]                  max or average pooling
+    gap[:avg|max]                                       global pooling, one value per channel
+    dense:U[,bias=1]                                    fully connected, U units
+    bn | relu | flatten                                 batch norm, ReLU, flatten
+
+Padding ``p`` is ``same``, ``same_lower``, ``valid``, an int (both sides) or one int per dim
+(``1x2``). Long key names (kernel, stride, padding, dilation, groups, multiplier) are
+accepted too. An input is ``HxWxC`` (any number of spatial sizes, channels last).
+Every malformed token raises `SpecError`, which names the token and shows a correct example.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["GRAMMAR_HELP", "SpecError", "parse_input", "parse_layer"]
+
+
+class SpecError(ValueError):
+    """A malformed command-line spec: `token` is the offending text, `example` a correct one."""
+
+    def __init__(self, spec: str, token: str, rule: str, example: str) -> None:
+        self.spec, self.token, self.rule, self.example = spec, token, rule, example
+        super().__init__(f"bad spec {spec!r}: {token!r} {rule} (example: {example})")
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """One layer kind: its positional argument, allowed keys and a correct example."""
+
+    positional: str | None  # "filters", "units", "pool" or None
+    required: bool
+    keys: frozenset[str]
+    example: str
+
+
+_KINDS: dict[str, _Kind] = {
+    "conv": _Kind("filters", True, frozenset("kspdg") | {"bias"}, "conv:64,k=3,s=1,p=same,d=1,g=1"),
+    "dw": _Kind(None, False, frozenset("kspdm") | {"bias"}, "dw:k=3,s=1,m=1"),
+    "sep": _Kind("filters", True, frozenset("kspm") | {"bias"}, "sep:128,k=3,s=1"),
+    "pool": _Kind("pool", True, frozenset("ksp"), "pool:max,k=2,s=2"),
+    "gap": _Kind("gap", False, frozenset(), "gap  or  gap:max"),
+    "dense": _Kind("units", True, frozenset({"bias"}), "dense:10"),
+    "bn": _Kind(None, False, frozenset(), "bn"),
+    "relu": _Kind(None, False, frozenset(), "relu"),
+    "flatten": _Kind(None, False, frozenset(), "flatten"),
+}
+
+_LONG_KEYS = {
+    "kernel": "k", "stride": "s", "padding": "p", "dilation": "d", "groups": "g",
+    "multiplier": "m",
+}
+_KEY_RULES = {
+    "k": "kernel size", "s": "stride", "d": "dilation", "g": "groups", "m": "channel multiplier",
+}
+_PAD_WORDS = {"same": "SAME", "same_lower": "SAME_LOWER", "valid": "VALID"}
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+GRAMMAR_HELP = """layer grammar (repeat --layer, in order; sizes are 3 or 3x5, one per spatial dim):
+  conv:F[,k=3][,s=1][,p=same][,d=1][,g=1][,bias=1]  conv with F filters (g: feature groups)
+  dw[:k=3][,s=1][,m=1][,p=same][,d=1][,bias=1]       depthwise (groups = C_in), multiplier m
+  sep:F[,k=3][,s=1][,m=1][,p=same][,bias=1]          depthwise, then 1x1 pointwise to F maps
+  pool:max|avg[,k=2][,s=k][,p=valid]                 pooling window k, stride s
+  gap[:avg|max]                                      global pooling: one value per channel
+  dense:U[,bias=1]                                   fully connected with U units
+  bn | relu | flatten                                batch norm, ReLU, flatten
+  p is same | same_lower | valid | INT | INTxINT (symmetric pads per dim)"""
+
+
+def parse_input(text: str) -> tuple[int, ...]:
+    """``"224x224x3"`` -> ``(224, 224, 3)``: spatial sizes then channels, all >= 1."""
+    example = "--input 224x224x3"
+    parts = text.strip().lower().split("x")
+    if len(parts) < 2:
+        raise SpecError(text, text, "needs spatial sizes and channels, HxWxC", example)
+    return tuple(_positive(text, p, "input size", example) for p in parts)
+
+
+def parse_layer(text: str) -> Any:
+    """One ``--layer`` spec -> the matching `jconv.models` layer (Conv, Depthwise, ...)."""
+    from . import models
+
+    head, _, rest = text.strip().partition(":")
+    name = head.strip().lower()
+    if name not in _KINDS:
+        raise SpecError(
+            text, head, f"is not a layer kind; use one of {', '.join(_KINDS)}",
+            _KINDS["conv"].example,
+        )
+    kind = _KINDS[name]
+    items = [t.strip() for t in rest.split(",")] if rest.strip() else []
+    if rest and not rest.strip():
+        raise SpecError(text, text, "has nothing after ':'", kind.example)
+    positional: str | None = None
+    opts: dict[str, str] = {}
+    for i, item in enumerate(items):
+        if not item:
+            raise SpecError(text, text, "has an empty item (two commas or a trailing comma)",
+                            kind.example)
+        if "=" not in item:
+            if i == 0 and kind.positional is not None:
+                positional = item
+                continue
+            what = "a key=value option" if kind.positional is None or i else "an argument"
+            raise SpecError(text, item, f"is not {what} of '{name}'", kind.example)
+        key, _, value = (s.strip() for s in item.partition("="))
+        key = _LONG_KEYS.get(key.lower(), key.lower())
+        if key not in kind.keys:
+            allowed = ", ".join(sorted(kind.keys)) or "none"
+            raise SpecError(text, item, f"is not an option of '{name}' (allowed: {allowed})",
+                            kind.example)
+        if key in opts:
+            raise SpecError(text, item, f"repeats option '{key}'", kind.example)
+        if not value:
+            raise SpecError(text, item, "has no value", kind.example)
+        opts[key] = value
+    if kind.required and positional is None:
+        raise SpecError(text, text, f"needs its {kind.positional} first", kind.example)
+
+    ex = kind.example
+    kw: dict[str, Any] = {}
+    for key, value in opts.items():
+        if key == "p":
+            kw["padding"] = _padding(text, f"p={value}", value, ex)
+        elif key == "bias":
+            if value.lower() not in _BOOL_WORDS:
+                raise SpecError(text, f"bias={value}", "must be 1/0 (true/false)", ex)
+            kw["bias"] = _BOOL_WORDS[value.lower()]
+        else:
+            kw[key] = _sizes(text, f"{key}={value}", value, _KEY_RULES[key], ex)
+
+    if name == "conv":
+        f = _positive(text, positional or "", "number of filters", ex)
+        g = kw.pop("g", 1)
+        if isinstance(g, tuple):
+            raise SpecError(text, f"g={opts['g']}", "groups must be one integer", ex)
+        return models.Conv(
+            filters=f, kernel=kw.pop("k", 3), stride=kw.pop("s", 1),
+            padding=kw.pop("padding", "SAME"), dilation=kw.pop("d", 1), groups=g, **kw,
+        )
+    if name in ("dw", "sep"):
+        m = kw.pop("m", 1)
+        if isinstance(m, tuple):
+            raise SpecError(text, f"m={opts['m']}", "multiplier must be one integer", ex)
+        common = dict(kernel=kw.pop("k", 3), multiplier=m, stride=kw.pop("s", 1),
+                      padding=kw.pop("padding", "SAME"))
+        if name == "dw":
+            return models.Depthwise(dilation=kw.pop("d", 1), **common, **kw)
+        f = _positive(text, positional or "", "number of filters", ex)
+        return models.Separable(filters=f, **common, **kw)
+    if name == "pool":
+        op = _pool_kind(text, positional or "", ex)
+        k = kw.pop("k", 2)
+        return models.Pool(kind=op, window=k, stride=kw.pop("s", k),
+                           padding=kw.pop("padding", "VALID"))
+    if name == "gap":
+        return models.GlobalPool(kind=_pool_kind(text, positional or "avg", ex))
+    if name == "dense":
+        units = _positive(text, positional or "", "number of units", ex)
+        return models.Dense(units=units, **kw)
+    return {"bn": models.BatchNorm, "relu": models.ReLU, "flatten": models.Flatten}[name]()
+
+
+def _pool_kind(spec: str, token: str, example: str) -> Literal["max", "avg"]:
+    word = token.strip().lower()
+    if word == "max":
+        return "max"
+    if word == "avg":
+        return "avg"
+    raise SpecError(spec, token, "must be 'max' or 'avg'", example)
+
+
+def _positive(spec: str, token: str, what: str, example: str) -> int:
+    if not token.strip().isdigit():
+        raise SpecError(spec, token, f"must be a positive integer ({what})", example)
+    value = int(token)
+    if value < 1:
+        raise SpecError(spec, token, f"must be >= 1 ({what})", example)
+    return value
+
+
+def _sizes(spec: str, token: str, value: str, what: str, example: str) -> int | tuple[int, ...]:
+    """``3`` -> 3, ``3x5`` -> (3, 5); each a positive integer."""
+    parts = value.lower().split("x")
+    for p in parts:
+        if not p.isdigit() or int(p) < 1:
+            raise SpecError(spec, token, f"must be a positive integer or NxM ({what})", example)
+    sizes = tuple(int(p) for p in parts)
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
+def _padding(spec: str, token: str, value: str, example: str) -> str | int | tuple[int, ...]:
+    word = value.lower()
+    if word in _PAD_WORDS:
+        return _PAD_WORDS[word]
+    parts = word.split("x")
+    if not all(p.isdigit() for p in parts):
+        raise SpecError(spec, token, "must be same, same_lower, valid, an integer or NxM", example)
+    sizes = tuple(int(p) for p in parts)
+    return sizes[0] if len(sizes) == 1 else sizes

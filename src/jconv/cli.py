@@ -1,0 +1,272 @@
+"""The `jconv` console script (also ``python -m jconv``).
+
+``jconv explain`` answers "when a conv layer gets C feature maps, are they merged, averaged or
+passed on?" for the question's own example or any network, with every number beside its
+formula and checked by running the einsum engine. Exit status: 0 all checks pass, 1 a check
+failed, 2 a malformed command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import textwrap
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from ._explain_spec import _KINDS, GRAMMAR_HELP, SpecError, parse_input, parse_layer
+
+__all__ = ["main"]
+
+_MODELS = ("lenet5", "vgg16", "resnet50", "mobilenet_v1")
+_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+_EXPLAIN_EPILOG = f"""\
+{GRAMMAR_HELP}
+
+examples:
+  jconv explain                              the question's example: 28x28x1 through two
+                                             conv layers of 10 3x3 filters, then 28x28x3
+  jconv explain --plot docs/explain.png      also plot memory and params vs depth
+  jconv explain --input 224x224x3 --layer conv:64,k=3,s=2 --layer dw:k=3 \\
+                --layer sep:128,k=3 --layer pool:max,k=2,s=2 --layer gap --layer dense:10
+  jconv explain --model resnet50 --no-verify --json > resnet50.json
+  jconv explain --model vgg16 --batch 1 --check-maps 4     verify all 13 convs (progress shown)
+  jconv explain --model mobilenet_v1 --dtype bfloat16 --markdown
+
+verification: every conv layer runs in full through the einsum engine on random data (shape,
+element count and bytes are measured); the check "each output map is the SUM of its per-channel
+correlations, not their average" recomputes each per-channel correlation separately with the
+engine, for up to --check-maps evenly spaced output maps per layer (first and last included).
+exit status: 0 all checks pass, 1 some check failed, 2 malformed command line.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit status 2, no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(
+        prog="jconv",
+        description=textwrap.fill(
+            "jconv: N-D convolution as an einsum over channels and kernel offsets. Each of a "
+            "layer's F filters sums its C_in per-channel correlations, so a layer outputs F "
+            "maps. Also runs as `python -m jconv`.", 90),
+        epilog="examples:\n  jconv explain\n  jconv explain --model vgg16 --no-verify\n"
+               "  jconv explain --help          every option of explain, with the layer grammar",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"jconv {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    ex = sub.add_parser(
+        "explain",
+        help="per-layer shapes, parameters, bytes and multiply-adds, with formulas, verified",
+        description=textwrap.fill(
+            "Explain what a conv network does with its feature maps: per layer the input shape, "
+            "kernel shape, weights and biases, how one output map is formed (a SUM over the "
+            "input channels) and its einsum, output shape, activation bytes and multiply-adds, "
+            "each beside its symbolic formula; then totals, the three hypotheses over depth, "
+            "and a numeric verification with the einsum engine. Without --model/--layer it "
+            "runs the question's example.", 90),
+        epilog=_EXPLAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    net = ex.add_argument_group("network (default: the question's example)")
+    net.add_argument("--input", metavar="HxWxC",
+                     help="input shape without batch, channels last, e.g. 224x224x3 "
+                          "(default with --layer: 28x28x1; with --model: the model's own)")
+    net.add_argument("--layer", metavar="SPEC", action="append", default=[],
+                     help="one layer, repeatable, in order, e.g. conv:64,k=3,s=2,p=same "
+                          "(grammar below)")
+    net.add_argument("--model", choices=_MODELS,
+                     help="a network from jconv.models; totals are checked against the "
+                          "published figures")
+    run = ex.add_argument_group("run")
+    run.add_argument("--batch", metavar="N", type=int, default=1,
+                     help="batch size N for shapes, bytes and MACs (default 1)")
+    run.add_argument("--dtype", choices=_DTYPES, default="float32",
+                     help="element type for bytes and for the verification run (default float32)")
+    run.add_argument("--no-verify", dest="verify", action="store_false",
+                     help="skip running the engine (numbers and formulas only)")
+    run.add_argument("--check-maps", metavar="K", type=int, default=16,
+                     help="output maps per layer in the sum-over-channels check (default 16)")
+    run.add_argument("--depth", metavar="L", type=int, default=8,
+                     help="largest depth in the hypotheses table (default 8)")
+    run.add_argument("--no-hypotheses", dest="hypotheses", action="store_false",
+                     help="omit the three-hypotheses table")
+    run.add_argument("--seed", type=int, default=0, help="random seed of the data (default 0)")
+    out = ex.add_argument_group("output")
+    fmt = out.add_mutually_exclusive_group()
+    fmt.add_argument("--json", dest="format", action="store_const", const="json",
+                     help="machine-readable JSON with every number and formula (stable keys)")
+    fmt.add_argument("--markdown", dest="format", action="store_const", const="markdown",
+                     help="GitHub Markdown tables")
+    fmt.add_argument("--latex", dest="format", action="store_const", const="latex",
+                     help="LaTeX tabulars, formulas in math mode")
+    out.add_argument("--view", choices=("auto", "full", "compact"), default="auto",
+                     help="terminal tables: one per layer (full), one per network (compact), "
+                          "or full up to 8 layers (auto, default)")
+    out.add_argument("--plot", metavar="FILE.png",
+                     help="write memory and parameters vs depth for the three hypotheses "
+                          "(log scale)")
+    return parser
+
+
+def _fail(message: str) -> NoReturn:
+    sys.stderr.write(f"jconv explain: error: {message}\n")
+    raise SystemExit(2)
+
+
+def _spec_fail(flag: str, e: SpecError) -> NoReturn:
+    _fail(f"{flag} {e.spec!r}: {e.token!r} {e.rule}; example: {flag} {e.example}")
+
+
+def _networks(args: argparse.Namespace) -> list[tuple[Any, str]]:
+    """The networks to explain, validated layer by layer (exit 2 naming the bad layer)."""
+    from . import models
+
+    if args.model and args.layer:
+        _fail("give --model or --layer, not both; example: --model vgg16")
+    if args.batch < 1:
+        _fail(f"--batch {args.batch!r}: must be >= 1; example: --batch 8")
+    if args.check_maps < 1:
+        _fail(f"--check-maps {args.check_maps!r}: must be >= 1; example: --check-maps 4")
+    if args.depth < 1:
+        _fail(f"--depth {args.depth!r}: must be >= 1; example: --depth 8")
+    shape = None
+    if args.input is not None:
+        try:
+            shape = parse_input(args.input)
+        except SpecError as e:
+            _spec_fail("--input", e)
+    if args.model:
+        net = models.MODELS[args.model]()
+        if shape is not None and shape != net.input_shape:
+            # another input: the published figures (for the model's own input) do not apply
+            net = models.Network(f"{net.name}@{_x(shape)}", shape, net.layers)
+        return [(_validated(net, []), f"{args.model} on {_x(net.input_shape)}")]
+    if not args.layer:
+        if shape is not None:
+            _fail(f"--input {args.input!r} needs --layer specs or --model; "
+                  "example: --input 224x224x3 --layer conv:64,k=3")
+        from ._explain import DEFAULT_NETWORKS
+
+        return DEFAULT_NETWORKS()
+    layers = []
+    for text in args.layer:
+        try:
+            layers.append(parse_layer(text))
+        except SpecError as e:
+            _spec_fail("--layer", e)
+        except ValueError as e:
+            _fail(f"--layer {text!r}: {e}")
+    in_shape = shape or (28, 28, 1)
+    net = models.Network("custom", in_shape, tuple(layers))
+    titles = ", ".join(args.layer)
+    return [(_validated(net, args.layer), f"{_x(in_shape)} -> {titles}")]
+
+
+def _x(shape: Sequence[int]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def _validated(net: Any, texts: list[str]) -> Any:
+    """Walk growing prefixes so a geometry error names the --layer (or --input) at fault."""
+    from . import models
+
+    for i in range(1, len(net.layers) + 1):
+        if texts:
+            head = texts[i - 1].partition(":")[0].strip().lower()
+            where = f"--layer {texts[i - 1]!r}"
+            example = f"--layer {_KINDS[head].example}" if head in _KINDS else ""
+        else:
+            where, example = f"--input {_x(net.input_shape)!r}", "--input 224x224x3"
+        try:
+            infos = models.Network(net.name, net.input_shape, net.layers[:i]).walk()
+        except ValueError as e:
+            _fail(f"{where} on input {_x(net.input_shape)}: {e} example: {example}")
+        empty = [inf for inf in infos if 0 in inf.out_shape]
+        if empty:
+            _fail(f"{where}: output shape {empty[0].out_shape} is empty (window larger than "
+                  f"its input); use a smaller kernel or p=same; example: {example}")
+    return net
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ._explain import build_report
+    from ._explain_render import render_json, render_latex, render_markdown, render_rich, write_plot
+
+    networks = _networks(args)
+    err = Console(stderr=True)
+    total = sum(len(n.walk(args.batch)) for n, _ in networks) if args.verify else 0
+    if args.verify and total > 8 and err.is_terminal:
+        from rich.progress import Progress
+
+        with Progress(console=err, transient=True) as bar:
+            task = bar.add_task("verifying", total=total)
+
+            def tick(msg: str) -> None:
+                bar.update(task, advance=1, description=f"verifying {msg}")
+
+            report = build_report(networks, batch=args.batch, dtype=args.dtype, verify=True,
+                                  check_maps=args.check_maps, depth=args.depth,
+                                  hypotheses=args.hypotheses, progress=tick, seed=args.seed)
+    else:
+        if args.verify and total > 8:
+            err.print(f"verifying {total} layers ...")
+        report = build_report(networks, batch=args.batch, dtype=args.dtype, verify=args.verify,
+                              check_maps=args.check_maps, depth=args.depth,
+                              hypotheses=args.hypotheses, seed=args.seed)
+    if args.format == "json":
+        sys.stdout.write(render_json(report) + "\n")
+    elif args.format == "markdown":
+        sys.stdout.write(render_markdown(report))
+    elif args.format == "latex":
+        sys.stdout.write(render_latex(report))
+    else:
+        if sys.stdout.isatty():
+            render_rich(report, Console(), view=args.view)
+        else:  # plain text without trailing blanks, wide enough for the tables
+            buffer = io.StringIO()
+            width = int(os.environ.get("COLUMNS") or 136)
+            render_rich(report, Console(file=buffer, width=width), view=args.view)
+            sys.stdout.write("".join(line.rstrip() + "\n"
+                                     for line in buffer.getvalue().splitlines()))
+    if args.plot:
+        if report.hypotheses is None:
+            _fail(f"--plot {args.plot!r}: needs the hypotheses (a network starting with a conv "
+                  "layer on an HxWxC input, without --no-hypotheses)")
+        try:
+            write_plot(report.hypotheses, args.plot)
+        except OSError as e:
+            _fail(f"--plot {args.plot!r}: cannot write it ({e.strerror or e}); "
+                  "example: --plot explain.png")
+        err.print(f"wrote {args.plot}")
+    return 0 if report.ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `jconv` console script; returns the exit status."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return _explain(args)
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
