@@ -215,3 +215,11 @@ def test_formula_text_and_latex() -> None:
         gamma(2**24, unit_roundoff("float32"))
     with pytest.raises(ValueError, match="`dtype`"):
         unit_roundoff("float8")
+
+
+def test_error_bound_is_vacuous_not_an_error_when_k_u_reaches_one() -> None:
+    # float16: u = 2**-11, so K = 3*3*256 = 2304 products exceed 1/u and gamma_K is undefined.
+    spec = ConvSpec.from_lax((1, 4, 4, 256), (3, 3, 256, 2), (1, 1), "SAME",
+                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    assert layer_model(spec, itemsize=2)["error_bound"].value == sp.oo
+    assert layer_model(spec, itemsize=4)["error_bound"].value < 1e-3

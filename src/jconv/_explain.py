@@ -178,8 +178,7 @@ def _layer_model(spec: ConvSpec, bias: bool) -> dict[str, Any]:
     """`jconv.symbolic.layer_model`, once per distinct layer (networks repeat blocks).
 
     Always at ``itemsize=4``: bytes are elements times the item size (`_conv_quantities`),
-    and the model's float16 error bound does not exist for ``K * 2**-11 >= 1`` (K >= 2048
-    terms per dot product), where it raises.
+    so one cached model serves every dtype.
     """
     from . import symbolic
 

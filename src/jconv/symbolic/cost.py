@@ -195,5 +195,7 @@ def layer_model(spec: ConvSpec, *, bias: bool = True, itemsize: int = 4) -> dict
     u_sym = sp.Symbol("u", positive=True)
     K = window * C_in / g
     bound = K * u_sym / (1 - K * u_sym)
-    out["error_bound"] = Formula("error_bound", bound, gamma(K_val, u))
+    # gamma_K exists only for K*u < 1; beyond that the a-priori bound is vacuous (oo).
+    value = gamma(K_val, u) if K_val * u < 1 else sp.oo
+    out["error_bound"] = Formula("error_bound", bound, value)
     return out
