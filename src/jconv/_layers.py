@@ -1,0 +1,246 @@
+"""Layer variants as plain functions: depthwise, depthwise-separable, masked, locally connected.
+
+All of them reduce to `jconv.conv` / einsum; none uses a convolution primitive.
+
+- depthwise: every input channel gets its own ``M`` kernels (channel multiplier) and the maps
+  are **kept separate**: ``C -> C*M`` maps, output channel ``c*M + m``.
+- depthwise-separable: depthwise, then a 1x1 conv that sums over the ``C*M`` maps
+  (MobileNet, Keras ``SeparableConv2D``).
+- grouped: `jconv.conv` with ``groups=G``.
+- masked: the kernel times a fixed 0/1 (or any) mask, as Flax's ``Conv(mask=...)``.
+- locally connected: a different kernel at every output position (`local_conv`, equal to
+  `jax.lax.conv_general_dilated_local`).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ._engine import _check_operands, _check_precision, conv
+from ._spec import ConvSpec, Padding, _as_int, _parse_dimension_numbers, normalize_layout
+
+__all__ = ["depthwise_conv", "local_conv", "masked_conv", "separable_conv"]
+
+
+def _channels_last(layout: str, ndim: int) -> bool:
+    return normalize_layout(layout, ndim - 2)[0].endswith("C")
+
+
+def depthwise_conv(
+    x: jax.typing.ArrayLike,
+    w: jax.typing.ArrayLike,
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: Padding = "SAME",
+    dilation: int | Sequence[int] = 1,
+    bias: jax.typing.ArrayLike | None = None,
+    layout: str = "NHWC",
+    padding_mode: str = "zeros",
+    strategy: str = "auto",
+    precision: lax.PrecisionLike = None,
+) -> jax.Array:
+    """Depthwise convolution with channel multiplier ``M``: ``C`` maps in, ``C*M`` out.
+
+    Args:
+      x: ``(N, *spatial, C)`` ("NHWC") or ``(N, C, *spatial)`` ("NCHW").
+      w: ``(*window, C, M)`` for "NHWC" (Keras ``DepthwiseConv2D``'s kernel) or
+        ``(C*M, 1, *window)`` for "NCHW" (PyTorch ``Conv2d(C, C*M, k, groups=C)``).
+      Other arguments as in `jconv.conv`. Output channel ``c*M + m`` is channel ``c``
+      correlated with its ``m``-th kernel; channels are never summed.
+
+    >>> depthwise_conv(jnp.ones((1, 8, 8, 3)), jnp.ones((3, 3, 3, 2))).shape
+    (1, 8, 8, 6)
+    """
+    x_arr, w_arr = _check_operands(x, w)
+    if x_arr.ndim < 3 or w_arr.ndim != x_arr.ndim:
+        raise ValueError(
+            f"`x` (shape {tuple(x_arr.shape)}) and `w` (shape {tuple(w_arr.shape)}) must have "
+            "the same rank >= 3."
+        )
+    last = _channels_last(layout, x_arr.ndim)
+    c = x_arr.shape[-1] if last else x_arr.shape[1]
+    if last:
+        if w_arr.shape[-2] != c:
+            raise ValueError(
+                f"`w` (shape {tuple(w_arr.shape)}) must be (*window, C, M) with C (=shape[-2]) "
+                f"equal to the input's channels (={c})."
+            )
+        w_arr = w_arr.reshape(*w_arr.shape[:-2], 1, c * w_arr.shape[-1])
+    elif w_arr.shape[1] != 1 or w_arr.shape[0] % max(c, 1):
+        raise ValueError(
+            f"`w` (shape {tuple(w_arr.shape)}) must be (C*M, 1, *window) with C the input's "
+            f"channels (={c})."
+        )
+    return conv(
+        x_arr, w_arr, stride=stride, padding=padding, dilation=dilation, groups=c, bias=bias,
+        layout=layout, padding_mode=padding_mode, strategy=strategy, precision=precision,
+    )
+
+
+def separable_conv(
+    x: jax.typing.ArrayLike,
+    depthwise_w: jax.typing.ArrayLike,
+    pointwise_w: jax.typing.ArrayLike,
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: Padding = "SAME",
+    dilation: int | Sequence[int] = 1,
+    bias: jax.typing.ArrayLike | None = None,
+    layout: str = "NHWC",
+    padding_mode: str = "zeros",
+    strategy: str = "auto",
+    precision: lax.PrecisionLike = None,
+) -> jax.Array:
+    """Depthwise-separable conv: `depthwise_conv` then a 1x1 conv summing the ``C*M`` maps.
+
+    `depthwise_w` as in `depthwise_conv`; `pointwise_w` is ``(1, ..., 1, C*M, F)`` ("NHWC",
+    Keras ``SeparableConv2D``) or ``(F, C*M, 1, ..., 1)`` ("NCHW"). Stride, padding and
+    dilation apply to the depthwise step; `bias` ``(F,)`` to the result.
+
+    >>> separable_conv(jnp.ones((1, 8, 8, 3)), jnp.ones((3, 3, 3, 2)),
+    ...                jnp.ones((1, 1, 6, 16))).shape
+    (1, 8, 8, 16)
+    """
+    y = depthwise_conv(
+        x, depthwise_w, stride=stride, padding=padding, dilation=dilation, layout=layout,
+        padding_mode=padding_mode, strategy=strategy, precision=precision,
+    )
+    pw = jnp.asarray(pointwise_w)
+    window = pw.shape[:-2] if _channels_last(layout, y.ndim) else pw.shape[2:]
+    if pw.ndim != y.ndim or any(k != 1 for k in window):
+        raise ValueError(
+            f"`pointwise_w` (shape {tuple(pw.shape)}) must be a 1x1 kernel of rank {y.ndim}: "
+            "(1, ..., 1, C*M, F) for channels-last or (F, C*M, 1, ..., 1) for channels-first."
+        )
+    return conv(
+        y, pw, padding="VALID", bias=bias, layout=layout, strategy=strategy, precision=precision
+    )
+
+
+def masked_conv(
+    x: jax.typing.ArrayLike,
+    w: jax.typing.ArrayLike,
+    mask: jax.typing.ArrayLike,
+    **conv_kwargs: Any,
+) -> jax.Array:
+    """`jconv.conv` with kernel ``w * mask`` (Flax's ``Conv(mask=...)``).
+
+    `mask` must broadcast to ``w.shape`` (a 0/1 mask zeroes taps, and their gradients);
+    `conv_kwargs` are `jconv.conv`'s keywords.
+
+    >>> m = jnp.ones((3, 3, 1, 4)).at[2:].set(0)            # causal in H
+    >>> masked_conv(jnp.ones((1, 8, 8, 1)), jnp.ones((3, 3, 1, 4)), m).shape
+    (1, 8, 8, 4)
+    """
+    x_arr, w_arr = _check_operands(x, w)
+    mask_arr = jnp.asarray(mask)
+    try:
+        shape = np.broadcast_shapes(mask_arr.shape, w_arr.shape)
+    except ValueError as e:
+        raise ValueError(
+            f"`mask` (shape {tuple(mask_arr.shape)}) must broadcast to the kernel's shape "
+            f"{tuple(w_arr.shape)}."
+        ) from e
+    if shape != w_arr.shape:
+        raise ValueError(
+            f"`mask` (shape {tuple(mask_arr.shape)}) must broadcast to the kernel's shape "
+            f"{tuple(w_arr.shape)} without enlarging it."
+        )
+    return conv(x_arr, w_arr * mask_arr.astype(w_arr.dtype), **conv_kwargs)
+
+
+def local_conv(
+    lhs: jax.typing.ArrayLike,
+    rhs: jax.typing.ArrayLike,
+    window_strides: Sequence[int],
+    padding: Padding,
+    filter_shape: Sequence[int],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    precision: lax.PrecisionLike = None,
+) -> jax.Array:
+    """Locally connected (unshared) conv: drop-in for `jax.lax.conv_general_dilated_local`.
+
+    `rhs` has the output's spatial sizes in its spatial axes and ``I = C * prod(filter_shape)``
+    ordered channel-major, then window offsets row-major in the kernel layout's spatial order:
+    ``out[n, o, f] = sum_{c, k} x[n, o*s + k*d - p_lo, c] * rhs[o, (c, k), f]``.
+
+    >>> local_conv(jnp.ones((1, 3, 6, 6)), jnp.ones((4, 12, 5, 5)), (1, 1), "VALID",
+    ...            (2, 2)).shape
+    (1, 4, 5, 5)
+    """
+    lhs_arr, rhs_arr = _check_operands(lhs, rhs)
+    ndim = lhs_arr.ndim
+    if ndim < 3 or rhs_arr.ndim != ndim:
+        raise ValueError(
+            f"`lhs` (shape {tuple(lhs_arr.shape)}) and `rhs` (shape {tuple(rhs_arr.shape)}) "
+            "must have the same rank >= 3."
+        )
+    n = ndim - 2
+    perms, _ = _parse_dimension_numbers(dimension_numbers, ndim)
+    if isinstance(filter_shape, (str, bytes)) or not isinstance(filter_shape, Sequence) or len(
+        filter_shape
+    ) != n:
+        raise ValueError(
+            f"`filter_shape` (={filter_shape!r}) must be a sequence of {n} window sizes."
+        )
+    window = tuple(_as_int(f"filter_shape[{i}]", k, minimum=1) for i, k in enumerate(filter_shape))
+    c = lhs_arr.shape[perms.lhs[1]]
+    shared = [0] * ndim  # the shared kernel this local kernel unshares, in rhs's layout
+    shared[perms.rhs[0]] = rhs_arr.shape[perms.rhs[0]]
+    shared[perms.rhs[1]] = c
+    for axis, k in zip(perms.rhs[2:], window, strict=True):
+        shared[axis] = k
+    spec = ConvSpec.from_lax(
+        lhs_arr.shape, shared, window_strides, padding, lhs_dilation, rhs_dilation,
+        dimension_numbers,
+    )
+    want = [0] * ndim
+    want[perms.rhs[0]] = spec.out_features
+    want[perms.rhs[1]] = c * math.prod(window)
+    for axis, o in zip(perms.rhs[2:], spec.out_spatial, strict=True):
+        want[axis] = o
+    if tuple(rhs_arr.shape) != tuple(want):
+        raise ValueError(
+            f"`rhs` (shape {tuple(rhs_arr.shape)}) must have shape {tuple(want)}: the output's "
+            f"spatial sizes {spec.out_spatial}, I = C * prod(filter_shape) = "
+            f"{c} * {math.prod(window)} and O = {spec.out_features}."
+        )
+    return _local(lhs_arr, rhs_arr, spec=spec, precision=_check_precision(precision))
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "precision"))
+def _local(lhs: jax.Array, rhs: jax.Array, *, spec: ConvSpec, precision: Any) -> jax.Array:
+    x = jnp.transpose(lhs, spec.lhs_to_canonical)  # (N, *S, C)
+    w = jnp.transpose(rhs, spec.rhs_to_canonical)  # (*out, C*K, F)
+    config = [(0, 0, 0)]
+    config += [(lo, hi, d - 1) for (lo, hi), d in zip(spec.padding, spec.lhs_dilation, strict=True)]
+    xp = lax.pad(x, jnp.zeros((), x.dtype), [*config, (0, 0, 0)])
+    taps = []
+    for k in itertools.product(*(range(kk) for kk in spec.window)):
+        start = [0, *(ki * d for ki, d in zip(k, spec.rhs_dilation, strict=True)), 0]
+        limit = [
+            xp.shape[0],
+            *(ki * d + (o - 1) * s + 1 for ki, d, o, s in zip(
+                k, spec.rhs_dilation, spec.out_spatial, spec.window_strides, strict=True)),
+            xp.shape[-1],
+        ]
+        if any(o == 0 for o in spec.out_spatial):
+            taps.append(jnp.zeros((spec.batch, *spec.out_spatial, spec.in_features), x.dtype))
+        else:
+            taps.append(lax.slice(xp, start, limit, (1, *spec.window_strides, 1)))
+    patches = jnp.stack(taps, axis=-1)  # (N, *out, C, K): I = c * K + k, as lax orders it
+    patches = patches.reshape(*patches.shape[:-2], -1)
+    s = "abdeghjklm"[: spec.num_spatial]
+    y = jnp.einsum(f"n{s}i,{s}io->n{s}o", patches, w, precision=precision)
+    return jnp.transpose(y, spec.canonical_to_out)
