@@ -4,9 +4,27 @@ Each of a layer's F filters holds one kernel per input channel and **sums** the 
 per-channel correlations, so a layer always outputs F maps.
 """
 
+from . import convert as convert
 from ._engine import conv as conv
 from ._engine import conv_general_dilated as conv_general_dilated
+from ._layers import depthwise_conv as depthwise_conv
+from ._layers import local_conv as local_conv
+from ._layers import masked_conv as masked_conv
+from ._layers import separable_conv as separable_conv
 from ._spec import ConvSpec as ConvSpec
+from ._transpose import conv_transpose as conv_transpose
+from ._transpose import conv_transpose_torch as conv_transpose_torch
 
-__all__ = ["ConvSpec", "conv", "conv_general_dilated"]
+__all__ = [
+    "ConvSpec",
+    "conv",
+    "conv_general_dilated",
+    "conv_transpose",
+    "conv_transpose_torch",
+    "convert",
+    "depthwise_conv",
+    "local_conv",
+    "masked_conv",
+    "separable_conv",
+]
 __version__ = "0.1.0"

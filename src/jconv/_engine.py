@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ._spec import ConvSpec, Padding, normalize_layout
-from .strategies import STRATEGIES
+from . import _planner, _vjp
+from ._padding import apply_padding_mode
+from ._spec import ConvSpec, Padding, _as_int, _int_tuple, normalize_layout
 
 __all__ = ["conv", "conv_general_dilated"]
 
@@ -35,8 +36,10 @@ def _check_operands(lhs: Any, rhs: Any) -> tuple[jax.Array, jax.Array]:
             except TypeError as e:
                 raise TypeError(f"`{name}` (={a!r}) must be an array.") from e
         dt = jnp.dtype(a.dtype)
-        if not (jnp.issubdtype(dt, jnp.number)):
-            raise TypeError(f"`{name}` has dtype {dt}; convolution needs a numeric dtype.")
+        if not (jnp.issubdtype(dt, jnp.number) or dt == jnp.dtype(bool)):
+            raise TypeError(
+                f"`{name}` has dtype {dt}; convolution needs a numeric or bool dtype."
+            )
         out.append(a)
     if jnp.dtype(out[0].dtype) != jnp.dtype(out[1].dtype):
         raise TypeError(
@@ -91,14 +94,9 @@ def _check_precision(precision: Any) -> Any:
     return tuple(precision) if isinstance(precision, list) else precision
 
 
-def _check_strategy(strategy: str) -> str:
-    if strategy == "auto":
-        return "shift"
-    if strategy not in STRATEGIES:
-        raise ValueError(
-            f"`strategy` (={strategy!r}) must be 'auto' or one of {sorted(STRATEGIES)}."
-        )
-    return strategy
+def _check_strategy(strategy: str, spec: ConvSpec, dtype: np.dtype) -> str:
+    """The lowering to run: the planner's pick for "auto", else the checked forced one."""
+    return _planner.resolve(strategy, spec, dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "strategy", "precision", "out_dtype"))
@@ -118,10 +116,12 @@ def _run(
         y = jnp.zeros(spec.canonical_out_shape, out_dtype)
     else:
         config = [(0, 0, 0)]
-        config += [(lo, hi, d - 1) for (lo, hi), d in zip(spec.padding, spec.lhs_dilation)]
+        config += [
+            (lo, hi, d - 1) for (lo, hi), d in zip(spec.padding, spec.lhs_dilation, strict=True)
+        ]
         config += [(0, 0, 0)]
         xp = lax.pad(x, jnp.zeros((), x.dtype), config)
-        y = STRATEGIES[strategy].lower(spec, xp, w, precision=precision, acc_dtype=acc_dtype)
+        y = _vjp.lower(spec, strategy, xp, w, precision=precision, acc_dtype=acc_dtype)
         y = y.astype(out_dtype)
     return jnp.transpose(y, spec.canonical_to_out)
 
@@ -138,6 +138,7 @@ def conv_general_dilated(
     batch_group_count: int = 1,
     precision: lax.PrecisionLike = None,
     preferred_element_type: Any = None,
+    out_sharding: Any = None,
     *,
     strategy: str = "auto",
 ) -> jax.Array:
@@ -159,9 +160,11 @@ def conv_general_dilated(
     )
     pet = _check_preferred(preferred_element_type, jnp.dtype(lhs.dtype))
     prec = _check_precision(precision)
-    name = _check_strategy(strategy)
+    name = _check_strategy(strategy, spec, jnp.dtype(lhs.dtype))
     out_dtype = pet if pet is not None else jnp.dtype(lhs.dtype)
-    return _run(lhs, rhs, spec=spec, strategy=name, precision=prec, out_dtype=out_dtype)
+    y = _run(lhs, rhs, spec=spec, strategy=name, precision=prec, out_dtype=out_dtype)
+    # `out_sharding` as in lax (Flax's nnx.Conv always passes it, usually None)
+    return y if out_sharding is None else jax.sharding.reshard(y, out_sharding)
 
 
 def conv(
@@ -176,6 +179,7 @@ def conv(
     layout: str = "NHWC",
     strategy: str = "auto",
     precision: lax.PrecisionLike = None,
+    padding_mode: str = "zeros",
 ) -> jax.Array:
     """N-D convolution (cross-correlation) with channels-last defaults.
 
@@ -183,8 +187,10 @@ def conv(
       x: input ``(N, *spatial, C)`` for ``layout="NHWC"``, ``(N, C, *spatial)`` for "NCHW".
       w: kernel ``(*window, C // groups, F)`` (HWIO) or ``(F, C // groups, *window)`` (OIHW).
       stride, dilation: an int for every spatial dim, or one per dim.
-      padding: "SAME", "SAME_LOWER", "VALID", an int (both sides of every dim), one int
-        per dim, or one (low, high) pair per dim.
+      padding: "SAME", "SAME_LOWER", "VALID", "SAME_TORCH" (PyTorch's 'same': d*(k-1) in
+        total whatever the stride), "CAUSAL" ((d*(k-1), 0) per dim), an int (both sides of
+        every dim), one int per dim, or one (low, high) pair per dim.
+      padding_mode: what fills the padding: "zeros", "circular", "reflect" or "replicate".
       groups: feature groups; ``groups == C`` is a depthwise convolution.
       bias: optional ``(F,)``, added to every output position.
       layout: "NHWC" or "NCHW" (any spatial rank), or a rank-specific name like "NCW".
@@ -203,29 +209,48 @@ def conv(
         )
     n = x_arr.ndim - 2
     dnums = normalize_layout(layout, n)
-    strides = _broadcast("stride", stride, n)
-    dilations = _broadcast("dilation", dilation, n)
-    pads = _friendly_padding(padding, n)
+    strides = _int_tuple("stride", stride, n, minimum=1, broadcast=True)
+    dilations = _int_tuple("dilation", dilation, n, minimum=1, broadcast=True)
+    _check_groups(groups, x_arr.shape[dnums[0].index("C")], w_arr, dnums[1])
+    x_arr, pads = apply_padding_mode(
+        x_arr, w_arr.shape, _friendly_padding(padding, n), padding_mode, strides, dilations, dnums,
+        groups,
+    )
+    b = _check_bias(bias, w_arr, dnums[1], jnp.dtype(x_arr.dtype))
     y = conv_general_dilated(
         x_arr, w_arr, strides, pads, rhs_dilation=dilations, dimension_numbers=dnums,
         feature_group_count=groups, precision=precision, strategy=strategy,
     )
-    if bias is None:
+    if b is None:
         return y
+    channel_axis = dnums[2].index("C")
+    return y + b.reshape([b.size if a == channel_axis else 1 for a in range(y.ndim)])
+
+
+def _check_bias(bias: Any, w: jax.Array, rhs_layout: str, dtype: np.dtype) -> jax.Array | None:
+    """`bias` as an array of shape ``(F,)`` and the output's dtype, checked before running."""
+    if bias is None:
+        return None
     b = jnp.asarray(bias)
-    f = y.shape[dnums[2].index("C")]
+    if w.ndim != len(rhs_layout):
+        return b  # the rank mismatch is reported by ConvSpec
+    f = w.shape[rhs_layout.index("O")]
     if b.shape != (f,):
         raise ValueError(f"`bias` (shape {tuple(b.shape)}) must have shape ({f},), one per filter.")
-    if b.dtype != y.dtype:
-        raise TypeError(f"`bias` (dtype {b.dtype}) must have the output's dtype ({y.dtype}).")
-    channel_axis = dnums[2].index("C")
-    return y + b.reshape([f if a == channel_axis else 1 for a in range(y.ndim)])
+    if b.dtype != dtype:
+        raise TypeError(f"`bias` (dtype {b.dtype}) must have the output's dtype ({dtype}).")
+    return b
 
 
-def _broadcast(name: str, value: Any, n: int) -> Any:
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        return value
-    return (value,) * n
+def _check_groups(groups: Any, channels: int, w: jax.Array, rhs_layout: str) -> None:
+    """`groups` must be a positive int dividing the input channels and the filter count."""
+    g = _as_int("groups", groups, minimum=1)
+    if w.ndim != len(rhs_layout):
+        return  # the rank mismatch is reported by ConvSpec
+    filters = w.shape[rhs_layout.index("O")]
+    for what, size in (("input channels", channels), ("filters", filters)):
+        if size % g:
+            raise ValueError(f"`groups` (={g}) must divide the number of {what} (={size}).")
 
 
 def _friendly_padding(padding: Any, n: int) -> Any:
@@ -237,5 +262,10 @@ def _friendly_padding(padding: Any, n: int) -> Any:
     if isinstance(padding, Sequence) and all(
         isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in padding
     ):
+        if len(padding) != n:
+            raise ValueError(
+                f"`padding` (={padding!r}) as integers must have one entry per spatial "
+                f"dimension (={n}), got {len(padding)}."
+            )
         return tuple((int(p), int(p)) for p in padding)
     return padding

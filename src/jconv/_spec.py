@@ -18,6 +18,8 @@ import operator
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
+
 __all__ = ["ConvSpec", "Padding", "normalize_layout"]
 
 Padding = str | Sequence[tuple[int, int]] | Sequence[int] | int
@@ -48,8 +50,14 @@ def _as_int(name: str, value: Any, *, minimum: int | None = None) -> int:
     return out
 
 
+def _listify(value: Any) -> Any:
+    """A NumPy array of rank >= 1 as nested lists (lax accepts arrays as sequences)."""
+    return value.tolist() if isinstance(value, np.ndarray) and value.ndim >= 1 else value
+
+
 def _int_tuple(name: str, value: Any, n: int, *, minimum: int, broadcast: bool) -> tuple[int, ...]:
     """Normalise an int or a length-`n` sequence of ints to a tuple of ints."""
+    value = _listify(value)
     if value is None:
         return (1,) * n
     if broadcast and not isinstance(value, (Sequence,)) and _is_intlike(value):
@@ -100,7 +108,7 @@ def _parse_dimension_numbers(
         return _perms_from_strings(tuple(dimension_numbers), ndim), tuple(dimension_numbers)
     if all(isinstance(s, Sequence) and not isinstance(s, str) for s in dimension_numbers):
         perms = []
-        for name, spec in zip(("lhs_spec", "rhs_spec", "out_spec"), dimension_numbers):
+        for name, spec in zip(("lhs_spec", "rhs_spec", "out_spec"), dimension_numbers, strict=True):
             p = tuple(_as_int(f"dimension_numbers.{name}", v, minimum=0) for v in spec)
             if sorted(p) != list(range(ndim)):
                 raise ValueError(
@@ -118,7 +126,7 @@ def _parse_dimension_numbers(
 def _perms_from_strings(specs: tuple[str, str, str], ndim: int) -> _Perms:
     pairs = (("N", "C"), ("O", "I"), ("N", "C"))
     names = ("lhs", "rhs", "out")
-    for spec, (a, b), name in zip(specs, pairs, names):
+    for spec, (a, b), name in zip(specs, pairs, names, strict=True):
         if len(spec) != ndim:
             raise ValueError(
                 f"`dimension_numbers` {name} layout {spec!r} has {len(spec)} letters but the "
@@ -134,7 +142,7 @@ def _perms_from_strings(specs: tuple[str, str, str], ndim: int) -> _Perms:
                 f"`dimension_numbers` {name} layout {spec!r} must not repeat a letter."
             )
     lhs, rhs, out = specs
-    spatial = [set(s) - set(p) for s, p in zip(specs, pairs)]
+    spatial = [set(s) - set(p) for s, p in zip(specs, pairs, strict=True)]
     if not spatial[0] == spatial[1] == spatial[2]:
         raise ValueError(
             f"`dimension_numbers` (={specs!r}) must name the same spatial letters in all "
@@ -142,7 +150,9 @@ def _perms_from_strings(specs: tuple[str, str, str], ndim: int) -> _Perms:
         )
 
     def perm(spec: str, pair: tuple[str, str]) -> tuple[int, ...]:
-        sp = sorted((i for i, c in enumerate(spec) if c not in pair), key=lambda i: rhs.index(spec[i]))
+        sp = sorted(
+            (i for i, c in enumerate(spec) if c not in pair), key=lambda i: rhs.index(spec[i])
+        )
         return (spec.index(pair[0]), spec.index(pair[1]), *sp)
 
     return _Perms(perm(lhs, pairs[0]), perm(rhs, pairs[1]), perm(out, pairs[2]))
@@ -162,7 +172,9 @@ def normalize_layout(layout: str, num_spatial: int) -> tuple[str, str, str]:
         raise TypeError(f"`layout` (={layout!r}) must be a string such as 'NHWC' or 'NCHW'.")
     letters = "".join(str(i) for i in range(num_spatial)) if num_spatial <= 10 else None
     if letters is None:
-        raise ValueError(f"`layout`: at most 10 spatial dimensions are supported, got {num_spatial}.")
+        raise ValueError(
+            f"`layout`: at most 10 spatial dimensions are supported, got {num_spatial}."
+        )
     generic = layout.upper()
     if generic not in ("NHWC", "NCHW"):
         body = generic[1:-1] if generic[:1] == "N" and generic[-1:] == "C" else generic[2:]
@@ -277,7 +289,7 @@ class ConvSpec:
             )
         if feat // fgc != in_f:
             raise ValueError(
-                f"The kernel's input feature dimension (={in_f}) must equal the input feature "
+                f"`rhs` input feature dimension (={in_f}) must equal the `lhs` feature "
                 f"dimension (={feat}) divided by `feature_group_count` (={fgc})."
             )
         if out_f % fgc:
@@ -295,7 +307,7 @@ class ConvSpec:
                 f"dimension (={out_f})."
             )
 
-        eff_window = tuple(_dilate(k, d) for k, d in zip(window, rhs_dil))
+        eff_window = tuple(_dilate(k, d) for k, d in zip(window, rhs_dil, strict=True))
         if isinstance(padding, str):
             kind = padding.upper()
             if kind not in _PAD_STRINGS:
@@ -313,7 +325,7 @@ class ConvSpec:
             else:
                 pads = tuple(
                     _same_pads(i, k, s, kind == "SAME_LOWER")
-                    for i, k, s in zip(in_sp, eff_window, strides)
+                    for i, k, s in zip(in_sp, eff_window, strides, strict=True)
                 )
         else:
             pads = _parse_pairs(padding, n)
@@ -329,7 +341,7 @@ class ConvSpec:
             batch_group_count=bgc,
             perms=perms,
         )
-        for i, (size, (lo, hi)) in enumerate(zip(spec.dilated_in, pads)):
+        for i, (size, (lo, hi)) in enumerate(zip(spec.dilated_in, pads, strict=True)):
             if size + lo + hi < 0:
                 raise ValueError(
                     f"`padding[{i}]` (=({lo}, {hi})) removes more than the input's spatial "
@@ -369,21 +381,23 @@ class ConvSpec:
 
     @property
     def dilated_in(self) -> tuple[int, ...]:
-        return tuple(_dilate(i, d) for i, d in zip(self.in_spatial, self.lhs_dilation))
+        return tuple(_dilate(i, d) for i, d in zip(self.in_spatial, self.lhs_dilation, strict=True))
 
     @property
     def effective_window(self) -> tuple[int, ...]:
-        return tuple(_dilate(k, d) for k, d in zip(self.window, self.rhs_dilation))
+        return tuple(_dilate(k, d) for k, d in zip(self.window, self.rhs_dilation, strict=True))
 
     @property
     def padded_in(self) -> tuple[int, ...]:
-        return tuple(i + lo + hi for i, (lo, hi) in zip(self.dilated_in, self.padding))
+        return tuple(i + lo + hi for i, (lo, hi) in zip(self.dilated_in, self.padding, strict=True))
 
     @property
     def out_spatial(self) -> tuple[int, ...]:
         return tuple(
             max((p - k) // s + 1, 0)
-            for p, k, s in zip(self.padded_in, self.effective_window, self.window_strides)
+            for p, k, s in zip(
+                self.padded_in, self.effective_window, self.window_strides, strict=True
+            )
         )
 
     @property
@@ -400,7 +414,7 @@ class ConvSpec:
         """Output shape in the user's output layout."""
         lax_order = (self.out_batch, self.out_features, *self.out_spatial)
         shape = [0] * len(lax_order)
-        for size, axis in zip(lax_order, self.perms.out):
+        for size, axis in zip(lax_order, self.perms.out, strict=True):
             shape[axis] = size
         return tuple(shape)
 
@@ -438,6 +452,7 @@ def _parse_pairs(padding: Any, n: int) -> tuple[tuple[int, int], ...]:
         f"`padding` (={padding!r}) must be 'SAME', 'SAME_LOWER', 'VALID' or a sequence of "
         f"{n} (low, high) integer pairs, one per spatial dimension."
     )
+    padding = _listify(padding)
     if not isinstance(padding, Sequence):
         raise TypeError(msg)
     if len(padding) != n:

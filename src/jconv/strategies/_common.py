@@ -1,15 +1,141 @@
-"""Shared pieces of the lowerings: window slices and the grouped channel contraction."""
+"""Shared pieces of the lowerings: window slices, the grouped channel contraction, costs."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import math
 from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
+import sympy as sp
 from jax import lax
 
 from .._spec import ConvSpec
+
+Expr = sp.Expr | int
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """The sizes a lowering's cost depends on, as ints or SymPy symbols.
+
+    ``n``: batch (per batch group); ``out``/``window``/``padded``: per spatial dim;
+    ``cg``: input channels per group; ``fq``: output features per group; ``g``: groups
+    (feature or batch); ``pad``: 1 if the engine materialises a padded input, else 0;
+    ``strided``: 1 if any stride exceeds 1, else 0; ``itemsize``: bytes per element.
+    """
+
+    n: Expr
+    out: tuple[Expr, ...]
+    window: tuple[Expr, ...]
+    padded: tuple[Expr, ...]
+    cg: Expr
+    fq: Expr
+    g: Expr
+    pad: Expr
+    strided: Expr
+    itemsize: Expr
+
+    @classmethod
+    def from_spec(cls, spec: ConvSpec, itemsize: int = 4) -> Geometry:
+        """Numbers of a concrete spec (``itemsize`` bytes per element)."""
+        padded = any(lo or hi for lo, hi in spec.padding) or any(d > 1 for d in spec.lhs_dilation)
+        return cls(
+            n=spec.out_batch,
+            out=spec.out_spatial,
+            window=spec.window,
+            padded=spec.padded_in,
+            cg=spec.in_features // spec.feature_group_count,
+            fq=spec.out_features // spec.groups,
+            g=spec.groups,
+            pad=int(padded),
+            strided=int(any(s > 1 for s in spec.window_strides)),
+            itemsize=itemsize,
+        )
+
+    @classmethod
+    def symbols(cls, num_spatial: int) -> Geometry:
+        """A geometry of positive-integer SymPy symbols (``o_i``, ``k_i``, ``p_i``, ...)."""
+        def pos(name: str) -> sp.Symbol:
+            return sp.Symbol(name, integer=True, positive=True)
+
+        return cls(
+            n=pos("N"),
+            out=tuple(pos(f"o_{i}") for i in range(num_spatial)),
+            window=tuple(pos(f"k_{i}") for i in range(num_spatial)),
+            padded=tuple(pos(f"p_{i}") for i in range(num_spatial)),
+            cg=pos("C_g"),
+            fq=pos("F_g"),
+            g=pos("G"),
+            pad=sp.Symbol("pad", integer=True, nonnegative=True),
+            strided=sp.Symbol("strided", integer=True, nonnegative=True),
+            itemsize=pos("b"),
+        )
+
+    # Element counts, all per whole tensor (every group, every batch).
+    @property
+    def taps(self) -> Expr:
+        """Kernel offsets ``prod(window)``."""
+        return sp.Mul(*self.window)
+
+    @property
+    def num_spatial(self) -> int:
+        return len(self.out)
+
+    @property
+    def copies_window(self) -> Expr:
+        """1 if a window slice is a real copy (more than one tap, padding or strides)."""
+        if self.num_spatial and all(k == 1 for k in self.window):
+            return sp.Max(self.pad, self.strided)
+        return sp.Integer(1)
+
+    @property
+    def out_pixels(self) -> Expr:
+        """``N * prod(out)``."""
+        return self.n * sp.Mul(*self.out)
+
+    @property
+    def in_elems(self) -> Expr:
+        """Padded input elements ``N * prod(padded) * C``."""
+        return self.n * sp.Mul(*self.padded) * self.g * self.cg
+
+    @property
+    def out_elems(self) -> Expr:
+        """Output elements ``N * prod(out) * F``."""
+        return self.out_pixels * self.g * self.fq
+
+    @property
+    def macs(self) -> Expr:
+        """Dense multiply-adds ``N * prod(out) * F * prod(window) * C_g``."""
+        return self.out_elems * self.taps * self.cg
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """A lowering's cost: ``flops`` (floating-point operations it performs, multiplies and
+    adds counted separately), ``temp_bytes`` (bytes of intermediate buffers XLA keeps:
+    what `compile().memory_analysis().temp_size_in_bytes` reports for the whole jitted
+    convolution in NHWC/HWIO layout) and ``moved_bytes`` (bytes written to memory by the
+    copies the lowering makes, the part that bounds it on a CPU)."""
+
+    flops: sp.Expr
+    temp_bytes: sp.Expr
+    moved_bytes: sp.Expr
+
+    def evaluate(self) -> tuple[float, float, float]:
+        """``(flops, temp_bytes, moved_bytes)`` as floats (all symbols must be bound)."""
+        return float(self.flops), float(self.temp_bytes), float(self.moved_bytes)
+
+
+def make_cost(flops: Expr, temp_elems: Expr, moved_elems: Expr, geo: Geometry) -> Cost:
+    """Build a `Cost` from element counts and the geometry's item size."""
+    return Cost(
+        flops=sp.sympify(flops),
+        temp_bytes=sp.sympify(temp_elems * geo.itemsize),
+        moved_bytes=sp.sympify(moved_elems * geo.itemsize),
+    )
 
 
 def offsets(spec: ConvSpec) -> Iterator[tuple[int, ...]]:
@@ -17,16 +143,23 @@ def offsets(spec: ConvSpec) -> Iterator[tuple[int, ...]]:
     return itertools.product(*(range(k) for k in spec.window))
 
 
-def window_slice(spec: ConvSpec, xp: jax.Array, k: tuple[int, ...]) -> jax.Array:
-    """``xp[:, o*s + k*d, :]`` for every output position ``o``: shape ``(N, *out, C)``."""
-    start = [0, *(ki * d for ki, d in zip(k, spec.rhs_dilation)), 0]
-    limit = [
-        xp.shape[0],
-        *(ki * d + (o - 1) * s + 1 for ki, d, o, s in zip(
-            k, spec.rhs_dilation, spec.out_spatial, spec.window_strides)),
-        xp.shape[-1],
-    ]
-    return lax.slice(xp, start, limit, (1, *spec.window_strides, 1))
+def window_slice(
+    spec: ConvSpec, xp: jax.Array, k: tuple[int | None, ...]
+) -> jax.Array:
+    """``xp[:, o*s + k*d, :]`` for every output position ``o``: shape ``(N, *out, C)``.
+
+    A ``None`` in ``k`` keeps that spatial axis whole (no slice, no stride).
+    """
+    start, limit, step = [0], [xp.shape[0]], [1]
+    for ax, (ki, d, o, s) in enumerate(
+        zip(k, spec.rhs_dilation, spec.out_spatial, spec.window_strides, strict=True)
+    ):
+        if ki is None:
+            start.append(0), limit.append(xp.shape[ax + 1]), step.append(1)
+        else:
+            start.append(ki * d), limit.append(ki * d + (o - 1) * s + 1), step.append(s)
+    start.append(0), limit.append(xp.shape[-1]), step.append(1)
+    return lax.slice(xp, start, limit, step)
 
 
 def group_input(spec: ConvSpec, x: jax.Array) -> jax.Array:
@@ -65,8 +198,18 @@ def contract(
     """Sum over input channels (and the `extra` axes) of grouped input times grouped kernel.
 
     ``x``: ``(B, Nb, *out, *extra, G, Cg)``; ``w``: ``(*extra, Cg, B, G, Fq)``;
-    returns ``(Nb, *out, B, G, Fq)``. Channels are **summed**, never averaged.
+    returns ``(Nb, *out, B, G, Fq)``. Channels are **summed**, never averaged. Without
+    groups this is one plain matrix product ``(Nb * prod(out), extra * Cg) @ (extra * Cg, F)``
+    so that XLA emits a single dot with no transposes.
     """
+    if spec.groups == 1:
+        lead = x.shape[1:-2 - len(extra)]
+        depth = math.prod(x.shape[-2 - len(extra):])
+        y = jnp.matmul(
+            x.reshape(math.prod(lead), depth), w.reshape(depth, spec.out_features),
+            precision=precision, preferred_element_type=acc_dtype,
+        )
+        return y.reshape(*lead, 1, 1, spec.out_features)
     s = spatial_letters(spec)
     eq = f"BN{s}{extra}GC,{extra}CBGF->N{s}BGF"
     return jnp.einsum(eq, x, w, precision=precision, preferred_element_type=acc_dtype)

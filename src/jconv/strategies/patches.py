@@ -1,7 +1,10 @@
-"""Patches (im2col): stack every kernel offset's window slice, contract in one einsum.
+"""Patches (im2col): the window slices concatenated on the channel axis, one contraction.
 
-``P[n, o, k, c] = xp[n, o*s + k*d, c]``; ``out[n, o, f] = sum_{k, c} P[n, o, k, c] w[k, c, f]``.
-Temporary memory is the patches tensor, ``prod(window)`` times the size of one slice.
+``P[n, o, (k, c)] = xp[n, o*s + k*d, c]``; ``out[n, o, f] = sum_{k, c} P[n, o, (k, c)]
+w[k, c, f]``. Without groups the slices are concatenated on the last axis so that ``P``
+is already the ``(N * prod(out), prod(window) * C)`` matrix of one GEMM (no transpose);
+with groups they are stacked before the per-group channel axis. Temporary memory is the
+patches tensor, ``prod(window)`` times one slice.
 """
 
 from __future__ import annotations
@@ -13,15 +16,64 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._spec import ConvSpec
-from ._common import contract, group_input, group_kernel, offsets, ungroup_output, window_slice
+from ._common import (
+    Cost,
+    Geometry,
+    contract,
+    group_input,
+    group_kernel,
+    make_cost,
+    offsets,
+    ungroup_output,
+    window_slice,
+)
+
+
+def applicable(spec: ConvSpec, dtype: jnp.dtype) -> str | None:
+    """None: patches handles every convolution."""
+    return None
 
 
 def lower(
-    spec: ConvSpec, xp: jax.Array, w: jax.Array, *, precision: lax.PrecisionLike, acc_dtype: jnp.dtype
+    spec: ConvSpec,
+    xp: jax.Array,
+    w: jax.Array,
+    *,
+    precision: lax.PrecisionLike,
+    acc_dtype: jnp.dtype,
 ) -> jax.Array:
     """``(N, *padded, C), (*window, Cg, F) -> (N_out, *out, F)`` by one patches einsum."""
-    p = jnp.stack([window_slice(spec, xp, k) for k in offsets(spec)], axis=-2)
-    pg = group_input(spec, p)  # (B, Nb, *out, K, G, Cg)
-    wg = group_kernel(spec, w.reshape(math.prod(spec.window), *w.shape[-2:]))
+    slices = [window_slice(spec, xp, k) for k in offsets(spec)]
+    taps = math.prod(spec.window)
+    if spec.groups == 1:
+        p = jnp.concatenate(slices, axis=-1)  # (N, *out, K*C)
+        y = contract(spec, p[None, ..., None, :], w, "", precision=precision,
+                     acc_dtype=acc_dtype)
+        return ungroup_output(spec, y)
+    pg = jnp.stack([group_input(spec, s) for s in slices], axis=-3)  # (B, Nb, *out, K, G, Cg)
+    wg = group_kernel(spec, w.reshape(taps, *w.shape[-2:]))
     y = contract(spec, pg, wg, "K", precision=precision, acc_dtype=acc_dtype)
     return ungroup_output(spec, y)
+
+
+def cost_of(geo: Geometry) -> Cost:
+    """FLOPs ``2*MACs``. Temp, as XLA schedules it: the patches tensor; in 1-D the slices
+    fuse into the concatenation and the padded input stays live beside it, in 2-D and up
+    the slices are copied first and all but one are live with the patches."""
+    slice_elems = geo.out_pixels * geo.g * geo.cg
+    patches = geo.copies_window * geo.taps * slice_elems
+    if geo.num_spatial == 1:
+        temp = geo.pad * geo.in_elems + patches
+    else:
+        temp = patches + geo.copies_window * (geo.taps - 1) * slice_elems
+    return make_cost(
+        flops=2 * geo.macs,
+        temp_elems=temp,
+        moved_elems=geo.pad * geo.in_elems + 2 * patches + geo.out_elems,
+        geo=geo,
+    )
+
+
+def cost(spec: ConvSpec, itemsize: int = 4) -> Cost:
+    """Cost of the patches lowering for ``spec`` (see `cost_of`)."""
+    return cost_of(Geometry.from_spec(spec, itemsize))

@@ -1,8 +1,10 @@
 """Shift-and-sum: one channel contraction per kernel offset, accumulated.
 
 ``out[n, o, f] = sum_k sum_c xp[n, o*s + k*d, c] * w[k, c, f]``: the outer sum is a Python
-loop over the ``prod(window)`` offsets (unrolled at trace time), the inner one an einsum.
-Temporary memory is one output-sized accumulator; no patches tensor is built.
+loop over the ``prod(window)`` offsets (unrolled at trace time), the inner one an einsum
+(a single matrix product without groups). XLA copies each strided window slice, runs one
+dot per offset and adds the ``prod(window)`` products in one fused loop at the end, so
+they are all alive at once: that is the temporary memory.
 """
 
 from __future__ import annotations
@@ -12,17 +14,62 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._spec import ConvSpec
-from ._common import contract, group_input, group_kernel, offsets, ungroup_output, window_slice
+from ._common import (
+    Cost,
+    Geometry,
+    contract,
+    group_input,
+    group_kernel,
+    make_cost,
+    offsets,
+    ungroup_output,
+    window_slice,
+)
+
+
+def applicable(spec: ConvSpec, dtype: jnp.dtype) -> str | None:
+    """None: shift-and-sum handles every convolution."""
+    return None
 
 
 def lower(
-    spec: ConvSpec, xp: jax.Array, w: jax.Array, *, precision: lax.PrecisionLike, acc_dtype: jnp.dtype
+    spec: ConvSpec,
+    xp: jax.Array,
+    w: jax.Array,
+    *,
+    precision: lax.PrecisionLike,
+    acc_dtype: jnp.dtype,
 ) -> jax.Array:
     """``(N, *padded, C), (*window, Cg, F) -> (N_out, *out, F)`` by shift-and-sum."""
     wg = group_kernel(spec, w)
-    acc = jnp.zeros((*spec.canonical_out_shape[:-1], spec.batch_group_count,
-                     spec.feature_group_count, spec.out_features // spec.groups), acc_dtype)
-    for k in offsets(spec):
-        xs = group_input(spec, window_slice(spec, xp, k))
-        acc = acc + contract(spec, xs, wg[k], "", precision=precision, acc_dtype=acc_dtype)
+    terms = [
+        contract(spec, group_input(spec, window_slice(spec, xp, k)), wg[k], "",
+                 precision=precision, acc_dtype=acc_dtype)
+        for k in offsets(spec)
+    ]
+    acc = terms[0]
+    for t in terms[1:]:
+        acc = acc + t
     return ungroup_output(spec, acc)
+
+
+def cost_of(geo: Geometry) -> Cost:
+    """FLOPs ``2*MACs`` (the adds of the products included). Temp, as XLA schedules it:
+    the padded input and, with more than one tap, one output-sized product per offset (all
+    live until the fused final sum); with one input channel per group (depthwise) XLA fuses
+    the products into the sum, leaving the padded input only."""
+    slice_elems = geo.out_pixels * geo.g * geo.cg
+    several = 0 if all(k == 1 for k in geo.window) else 1
+    products = 0 if (geo.cg == 1 and geo.g != 1) else several * geo.taps * geo.out_elems
+    return make_cost(
+        flops=2 * geo.macs,
+        temp_elems=geo.pad * geo.in_elems + products,
+        moved_elems=geo.pad * geo.in_elems
+        + geo.copies_window * geo.taps * slice_elems + products,
+        geo=geo,
+    )
+
+
+def cost(spec: ConvSpec, itemsize: int = 4) -> Cost:
+    """Cost of shift-and-sum for ``spec`` (see `cost_of`)."""
+    return cost_of(Geometry.from_spec(spec, itemsize))

@@ -1,0 +1,321 @@
+"""jconv benchmark suite: jconv (planner's choice) against `jax.lax.conv_general_dilated`.
+
+    python benchmarks/run.py            # full suite, writes benchmarks/results/latest.{json,md}
+    python benchmarks/run.py --quick    # fewer repetitions, no per-lowering sweep
+
+For every case, forward and forward+backward (the gradient of ``sum(y * ct)`` with respect
+to input and kernel) are jitted, warmed up, then timed alternately with the native
+convolution in one process; the reported ratio is median(jconv) / median(native). GFLOP/s
+use the dense count ``2 * MACs`` (x3 for forward+backward); "% mm" is that rate over the
+machine's measured float32 matmul rate. With `--sweep` (on by default, off in --quick)
+every applicable lowering is timed as well, to check the planner's pick against the best.
+A PyTorch CPU column is added when torch is importable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+import jconv
+from jconv._planner import plan
+from jconv._spec import ConvSpec
+from jconv.strategies import STRATEGIES
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One convolution: NHWC-family input shape, kernel (*window, Cin/groups, F), options."""
+
+    name: str
+    x: tuple[int, ...]
+    k: tuple[int, ...]
+    f: int
+    stride: int = 1
+    dilation: int = 1
+    groups: int = 1
+    lhs_dilation: int = 1
+    padding: Any = "SAME"
+
+    @property
+    def ns(self) -> int:
+        return len(self.k)
+
+    def lax_args(self) -> dict[str, Any]:
+        sp = "DHW"[-self.ns:] if self.ns > 1 else "W"
+        pad = self.padding
+        if self.lhs_dilation > 1:  # transposed conv, stride 2: output = 2 * input
+            pad = tuple(((k - 1) // 2 + 1, (k - 1) // 2) for k in self.k)
+        return dict(
+            window_strides=(self.stride,) * self.ns, padding=pad,
+            lhs_dilation=(self.lhs_dilation,) * self.ns, rhs_dilation=(self.dilation,) * self.ns,
+            dimension_numbers=(f"N{sp}C", f"{sp}IO", f"N{sp}C"),
+            feature_group_count=self.groups,
+        )
+
+    def w_shape(self) -> tuple[int, ...]:
+        return (*self.k, self.x[-1] // self.groups, self.f)
+
+    def spec(self) -> ConvSpec:
+        return ConvSpec.from_lax(self.x, self.w_shape(), **self.lax_args())
+
+
+CASES = [
+    Case("dense 3x3 C=16", (8, 56, 56, 16), (3, 3), 16),
+    Case("dense 3x3 C=64", (8, 56, 56, 64), (3, 3), 64),
+    Case("dense 3x3 C=128", (8, 28, 28, 128), (3, 3), 128),
+    Case("dense 3x3 C=256", (8, 14, 14, 256), (3, 3), 256),
+    Case("1x1 128->256", (8, 28, 28, 128), (1, 1), 256),
+    Case("stem 7x7/2 C_in=3", (8, 112, 112, 3), (7, 7), 32, stride=2),
+    Case("depthwise 3x3 C=128", (8, 56, 56, 128), (3, 3), 128, groups=128),
+    Case("depthwise 5x5 C=256", (8, 28, 28, 256), (5, 5), 256, groups=256),
+    Case("grouped g=4 C=128", (8, 28, 28, 128), (3, 3), 128, groups=4),
+    Case("grouped g=32 C=256", (8, 28, 28, 256), (3, 3), 256, groups=32),
+    Case("dilated d=2 C=64", (8, 28, 28, 64), (3, 3), 64, dilation=2),
+    Case("dilated d=4 C=64", (8, 28, 28, 64), (3, 3), 64, dilation=4),
+    Case("strided 3x3/2 64->128", (8, 56, 56, 64), (3, 3), 128, stride=2),
+    Case("1-D k=3 C=64 L=4096", (8, 4096, 64), (3,), 64),
+    Case("1-D k=15 C=64 L=4096", (8, 4096, 64), (15,), 64),
+    Case("1-D k=31 C=64 L=4096", (8, 4096, 64), (31,), 64),
+    Case("3-D 3x3x3 C=32 16^3", (4, 16, 16, 16, 32), (3, 3, 3), 32),
+    Case("transposed 3x3 s=2 64->32", (8, 28, 28, 64), (3, 3), 32, lhs_dilation=2),
+]
+
+
+def timed(fns: list[Callable[[], Any]], reps: int) -> list[float]:
+    """Median seconds of each thunk, run alternately `reps` times after two warm-ups."""
+    for f in fns:
+        jax.block_until_ready(f())
+        jax.block_until_ready(f())
+    ts: list[list[float]] = [[] for _ in fns]
+    for _ in range(reps):
+        for i, f in enumerate(fns):
+            t0 = time.perf_counter()
+            jax.block_until_ready(f())
+            ts[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in ts]
+
+
+def matmul_flops(reps: int) -> float:
+    """Measured float32 matmul FLOP/s (2048^3)."""
+    a = jnp.ones((2048, 2048), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    (t,) = timed([lambda: f(a)], reps)
+    return 2 * 2048**3 / t
+
+
+def fwd_bwd(conv: Callable[[jax.Array, jax.Array], jax.Array]) -> Callable[..., Any]:
+    """Jitted gradient of ``sum(conv(x, w) * ct)`` with respect to x and w."""
+    def loss(x: jax.Array, w: jax.Array, ct: jax.Array) -> jax.Array:
+        return jnp.sum(conv(x, w) * ct)
+    return jax.jit(jax.grad(loss, (0, 1)))
+
+
+def torch_thunks(case: Case, x: np.ndarray, w: np.ndarray) -> tuple[Callable, Callable] | None:
+    """PyTorch CPU forward and forward+backward thunks for `case`, or None."""
+    try:
+        import torch
+        import torch.nn.functional as tf
+    except ImportError:
+        return None
+    torch.set_num_threads(os.cpu_count() or 1)
+    ns = case.ns
+    spec = case.spec()
+    perm_x = (0, ns + 1, *range(1, ns + 1))
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(perm_x)))
+    if case.lhs_dilation > 1:
+        wt = torch.from_numpy(np.ascontiguousarray(
+            np.flip(w, tuple(range(ns))).transpose(ns, ns + 1, *range(ns))))
+        pads = [lo for lo, _ in spec.padding]
+        tpad = [k - 1 - p for k, p in zip(case.k, pads, strict=True)]
+        op = {1: tf.conv_transpose1d, 2: tf.conv_transpose2d, 3: tf.conv_transpose3d}[ns]
+        extra = [o - ((i - 1) * 2 - 2 * tp + k) for o, i, tp, k in
+                 zip(spec.out_spatial, case.x[1:-1], tpad, case.k, strict=True)]
+
+        def run(a: Any, b: Any) -> Any:
+            return op(a, b, stride=2, padding=tpad, output_padding=extra, groups=case.groups)
+    else:
+        wt = torch.from_numpy(np.ascontiguousarray(w.transpose(ns + 1, ns, *range(ns))))
+        pads = [lo for lo, _ in spec.padding]
+        if any(lo != hi for lo, hi in spec.padding):
+            return None
+        op = {1: tf.conv1d, 2: tf.conv2d, 3: tf.conv3d}[ns]
+
+        def run(a: Any, b: Any) -> Any:
+            return op(a, b, stride=case.stride, padding=pads, dilation=case.dilation,
+                      groups=case.groups)
+    if ns == 2:
+        xt = xt.contiguous(memory_format=torch.channels_last)
+    xg, wg = xt.clone().requires_grad_(True), wt.clone().requires_grad_(True)
+
+    def fwd() -> Any:
+        with torch.no_grad():
+            return run(xt, wt)
+
+    def bwd() -> Any:
+        xg.grad = wg.grad = None
+        run(xg, wg).sum().backward()
+        return xg.grad
+
+    return fwd, bwd
+
+
+def bench_case(case: Case, reps: int, sweep: bool, peak: float) -> dict[str, Any]:
+    """Time one case; returns a JSON-able record."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(case.x, dtype=np.float32)
+    w = rng.standard_normal(case.w_shape(), dtype=np.float32)
+    spec = case.spec()
+    ct = rng.standard_normal(spec.out_shape, dtype=np.float32)
+    xj, wj, cj = jnp.asarray(x), jnp.asarray(w), jnp.asarray(ct)
+    args = case.lax_args()
+
+    def native(a: jax.Array, b: jax.Array) -> jax.Array:
+        return lax.conv_general_dilated(a, b, **args)
+
+    def ours(strategy: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+        return lambda a, b: jconv.conv_general_dilated(a, b, **args, strategy=strategy)
+
+    chosen = plan(spec, jnp.dtype(jnp.float32))
+    flops = 2 * spec.macs
+    rec: dict[str, Any] = {"case": case.name, "strategy": chosen, "gflop": flops / 1e9}
+    for mode, mult in (("fwd", 1), ("fwd+bwd", 3)):
+        if mode == "fwd":
+            fn, fr = jax.jit(ours("auto")), jax.jit(native)
+            t_ours, t_nat = timed([lambda fn=fn: fn(xj, wj), lambda fr=fr: fr(xj, wj)], reps)
+        else:
+            gn, gr = fwd_bwd(ours("auto")), fwd_bwd(native)
+            t_ours, t_nat = timed(
+                [lambda gn=gn: gn(xj, wj, cj), lambda gr=gr: gr(xj, wj, cj)], reps)
+        r = {"jconv_ms": t_ours * 1e3, "native_ms": t_nat * 1e3, "ratio": t_ours / t_nat,
+             "gflops": mult * flops / t_ours / 1e9,
+             "pct_matmul": 100 * mult * flops / t_ours / peak,
+             "native_gflops": mult * flops / t_nat / 1e9}
+        th = torch_thunks(case, x, w)
+        if th is not None:
+            (t_torch,) = timed([th[0] if mode == "fwd" else th[1]], reps)
+            r["torch_ms"] = t_torch * 1e3
+        if sweep:
+            per = {}
+            for name, mod in STRATEGIES.items():
+                if mod.applicable(spec, jnp.dtype(jnp.float32)) is not None:
+                    continue
+                if mode == "fwd":
+                    f = jax.jit(ours(name))
+                    (t,) = timed([lambda f=f: f(xj, wj)], reps)
+                else:
+                    g = fwd_bwd(ours(name))
+                    (t,) = timed([lambda g=g: g(xj, wj, cj)], reps)
+                per[name] = t * 1e3
+            r["per_strategy_ms"] = per
+            best = min(per.values())
+            r["best_strategy"] = min(per, key=per.__getitem__)
+            r["chosen_over_best"] = per[chosen] / best
+        rec[mode] = r
+    return rec
+
+
+def geomean(xs: list[float]) -> float:
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def markdown(meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
+    """The results as a Markdown table."""
+    torch_col = any("torch_ms" in r["fwd"] for r in recs)
+    sweep = any("per_strategy_ms" in r["fwd"] for r in recs)
+    head = ["case", "lowering", "GFLOP", "fwd native ms", "fwd ratio", "fwd GFLOP/s",
+            "fwd % mm", "f+b native ms", "f+b ratio", "f+b GFLOP/s"]
+    if torch_col:
+        head += ["torch fwd ms", "torch f+b ms"]
+    if sweep:
+        head += ["pick/best fwd", "pick/best f+b"]
+    lines = [
+        f"Machine: {meta['machine']}; jax {meta['jax']}; float32; matmul "
+        f"{meta['matmul_gflops']:.0f} GFLOP/s; {meta['reps']} alternating reps per timing "
+        f"after 2 warm-ups; ratio = median jconv / median lax.conv_general_dilated.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for r in recs:
+        f, b = r["fwd"], r["fwd+bwd"]
+        row = [r["case"], r["strategy"], f"{r['gflop']:.3f}", f"{f['native_ms']:.2f}",
+               f"{f['ratio']:.2f}", f"{f['gflops']:.1f}", f"{f['pct_matmul']:.0f}%",
+               f"{b['native_ms']:.2f}", f"{b['ratio']:.2f}", f"{b['gflops']:.1f}"]
+        if torch_col:
+            row += [f"{f.get('torch_ms', float('nan')):.2f}",
+                    f"{b.get('torch_ms', float('nan')):.2f}"]
+        if sweep:
+            row += [f"{f['chosen_over_best']:.2f} ({f['best_strategy']})",
+                    f"{b['chosen_over_best']:.2f} ({b['best_strategy']})"]
+        lines.append("| " + " | ".join(row) + " |")
+    s = meta["summary"]
+    lines += [
+        "",
+        f"Geometric mean ratio: forward {s['fwd_geomean']:.2f}, forward+backward "
+        f"{s['fwd_bwd_geomean']:.2f}. Cases with forward ratio <= 1.0: {s['fwd_le_1']}/"
+        f"{len(recs)}; forward+backward <= 1.2: {s['fwd_bwd_le_1_2']}/{len(recs)}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="3 reps, no per-lowering sweep")
+    ap.add_argument("--reps", type=int, default=None, help="alternating repetitions")
+    ap.add_argument("--only", default="", help="run only cases whose name contains this")
+    ap.add_argument("--no-sweep", action="store_true", help="skip timing every lowering")
+    ap.add_argument("--out", default=None, help="basename in benchmarks/results/")
+    a = ap.parse_args(argv)
+    reps = a.reps or (3 if a.quick else 7)
+    sweep = not (a.quick or a.no_sweep)
+    peak = matmul_flops(reps)
+    recs = []
+    for case in CASES:
+        if a.only and a.only not in case.name:
+            continue
+        t0 = time.perf_counter()
+        rec = bench_case(case, reps, sweep, peak)
+        recs.append(rec)
+        print(f"{case.name:28s} {rec['strategy']:8s} fwd {rec['fwd']['ratio']:.2f} "
+              f"f+b {rec['fwd+bwd']['ratio']:.2f}"
+              + (f" pick/best {rec['fwd']['chosen_over_best']:.2f}"
+                 f"/{rec['fwd+bwd']['chosen_over_best']:.2f}" if sweep else "")
+              + f" ({time.perf_counter() - t0:.0f}s)", flush=True)
+    fr = [r["fwd"]["ratio"] for r in recs]
+    br = [r["fwd+bwd"]["ratio"] for r in recs]
+    meta = {
+        "machine": f"{platform.machine()} {platform.processor() or ''} "
+                   f"{os.cpu_count()} cores, {jax.devices()[0].device_kind}".replace("  ", " "),
+        "jax": jax.__version__, "reps": reps, "quick": a.quick,
+        "matmul_gflops": peak / 1e9,
+        "time_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "summary": {"fwd_geomean": geomean(fr), "fwd_bwd_geomean": geomean(br),
+                    "fwd_le_1": sum(x <= 1.0 for x in fr),
+                    "fwd_bwd_le_1_2": sum(x <= 1.2 for x in br)},
+    }
+    base = a.out or ("quick" if a.quick else "latest")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{base}.json").write_text(json.dumps({"meta": meta, "cases": recs}, indent=1))
+    (RESULTS / f"{base}.md").write_text(markdown(meta, recs))
+    print(markdown(meta, recs))
+
+
+if __name__ == "__main__":
+    main()

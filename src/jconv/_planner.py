@@ -1,0 +1,163 @@
+"""`strategy="auto"`: choose a lowering from the cost model under a memory budget.
+
+Every lowering module states its cost (`cost(spec)`: FLOPs, temp bytes, bytes moved). The
+planner turns it into a predicted time with per-lowering rates measured on a 2-core x86 CPU
+(see `RATES`), drops lowerings that cannot run the spec or whose temp bytes exceed the
+budget, and takes the fastest. Choices are cached per (spec, dtype, budget). A forced
+strategy whose temp bytes exceed the budget raises `ValueError` before anything is
+allocated.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+
+from ._spec import ConvSpec
+from .strategies import STRATEGIES
+
+__all__ = [
+    "BUDGET_FRACTION",
+    "available_memory",
+    "check_budget",
+    "get_memory_budget",
+    "plan",
+    "predicted_seconds",
+    "resolve",
+    "set_memory_budget",
+]
+
+BUDGET_FRACTION = 0.5
+"""Default budget: this fraction of the memory available on the default device."""
+
+_budget: int | None = None
+
+
+def available_memory() -> int:
+    """Bytes available on the default device: the accelerator's free memory, or the host's
+    ``MemAvailable`` (falling back to total physical memory)."""
+    dev = jax.devices()[0]
+    stats = dev.memory_stats() if dev.platform != "cpu" else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def set_memory_budget(nbytes: int | None) -> None:
+    """Cap the temp bytes of any lowering at `nbytes`; None restores the default
+    (`BUDGET_FRACTION` of `available_memory()`)."""
+    global _budget
+    if nbytes is not None:
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes <= 0:
+            raise ValueError(f"`nbytes` (={nbytes!r}) must be a positive int or None.")
+    _budget = nbytes
+
+
+def get_memory_budget() -> int:
+    """The current budget in bytes."""
+    if _budget is not None:
+        return _budget
+    return int(BUDGET_FRACTION * available_memory())
+
+
+# Rates fitted to per-lowering timings of the benchmark cases (2-core x86, jax 0.10.2,
+# float32; benchmarks/run.py sweeps every lowering): a GEMM reaches PEAK_FLOPS once its
+# contraction depth and its output width reach GEMM_KNEE (linearly less below); the copies
+# a lowering makes (strided slices, concatenations, products summed at the end) move at
+# COPY_BYTES_PER_S; fused elementwise multiply-adds run at ELEMENTWISE_FLOPS (2.5x that when
+# XLA fuses a depthwise einsum into one loop); the FFT's transforms and complex channel
+# mixing at FFT_FLOPS. OVERHEAD scales what the model misses: Winograd's 16-way batched
+# dot and its transposes at C_g >= 64 (x3), the concatenation of the patches (x2).
+PEAK_FLOPS = 1.0e11
+GEMM_KNEE = 64
+COPY_BYTES_PER_S = 4.0e9
+ELEMENTWISE_FLOPS = 6.0e9
+FUSED_DEPTHWISE_SPEEDUP = 2.5
+FFT_FLOPS = 1.0e9
+OVERHEAD = {"patches": 2.0, "winograd_wide": 3.0}
+
+
+def _gemm_rate(depth: int, width: int) -> float:
+    """GEMM FLOP/s for a contraction depth and output width (small sizes waste the units)."""
+    return PEAK_FLOPS * min(1.0, depth / GEMM_KNEE) * min(1.0, width / GEMM_KNEE)
+
+
+def predicted_seconds(name: str, spec: ConvSpec, itemsize: int = 4) -> float:
+    """Predicted run time of lowering `name` on `spec` from its cost and the rates above."""
+    flops, _, moved = STRATEGIES[name].cost(spec, itemsize).evaluate()
+    cg = spec.in_features // spec.feature_group_count
+    fq = spec.out_features // spec.groups
+    if name == "direct":
+        return flops / ELEMENTWISE_FLOPS
+    if name == "shift" and cg == 1 and spec.groups > 1:
+        return flops / (ELEMENTWISE_FLOPS * FUSED_DEPTHWISE_SPEEDUP)
+    if name == "fft":
+        return flops / FFT_FLOPS + moved / COPY_BYTES_PER_S
+    depth = {"patches": math.prod(spec.window) * cg, "hybrid": spec.window[-1] * cg}.get(name, cg)
+    t = flops / _gemm_rate(depth, fq) + moved / COPY_BYTES_PER_S
+    if name == "patches":
+        t *= OVERHEAD["patches"]
+    if name == "winograd" and cg >= 64:
+        t *= OVERHEAD["winograd_wide"]
+    return t
+
+
+def _why_not(name: str, spec: ConvSpec, dtype: jnp.dtype, budget: int) -> str | None:
+    """Why `name` cannot run `spec` (inapplicable, or over the budget), or None."""
+    reason = STRATEGIES[name].applicable(spec, dtype)
+    if reason is not None:
+        return reason
+    temp = float(STRATEGIES[name].cost(spec, jnp.dtype(dtype).itemsize).temp_bytes)
+    if temp > budget:
+        return f"its temp bytes (={temp:.4g}) exceed the memory budget (={budget})"
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(spec: ConvSpec, dtype: jnp.dtype, budget: int) -> str:
+    itemsize = jnp.dtype(dtype).itemsize
+    options = [n for n in STRATEGIES if _why_not(n, spec, dtype, budget) is None]
+    if not options:
+        raise ValueError(
+            f"No lowering fits the memory budget (={budget} bytes) for this convolution "
+            f"(shift needs {float(STRATEGIES['shift'].cost(spec, itemsize).temp_bytes):.4g}); "
+            "raise it with jconv.set_memory_budget."
+        )
+    return min(options, key=lambda n: predicted_seconds(n, spec, itemsize))
+
+
+def plan(spec: ConvSpec, dtype: jnp.dtype) -> str:
+    """The lowering `strategy="auto"` runs for `spec` at `dtype` (cached)."""
+    return _plan(spec, jnp.dtype(dtype), get_memory_budget())
+
+
+def check_budget(name: str, spec: ConvSpec, dtype: jnp.dtype) -> None:
+    """Raise ValueError if forced lowering `name` cannot run `spec` or exceeds the budget."""
+    reason = _why_not(name, spec, jnp.dtype(dtype), get_memory_budget())
+    if reason is not None:
+        raise ValueError(f"`strategy` (={name!r}) cannot run this convolution: {reason}.")
+
+
+def resolve(strategy: str, spec: ConvSpec, dtype: jnp.dtype) -> str:
+    """Validate `strategy` ("auto" or a lowering name) and return the lowering to run."""
+    if not isinstance(strategy, str) or (strategy != "auto" and strategy not in STRATEGIES):
+        raise ValueError(
+            f"`strategy` (={strategy!r}) must be 'auto' or one of {sorted(STRATEGIES)}."
+        )
+    if 0 in spec.canonical_out_shape or 0 in spec.window or spec.in_features == 0:
+        return "shift" if strategy == "auto" else strategy  # the engine returns zeros
+    if strategy == "auto":
+        return plan(spec, dtype)
+    check_budget(strategy, spec, dtype)
+    return strategy

@@ -1,0 +1,84 @@
+"""Hybrid: patches along the last spatial axis, shift-and-sum along the others.
+
+``P[n, p, o_last, (k_last, c)] = xp[n, p, o_last*s + k_last*d, c]`` (the ``k_last``
+offsets concatenated on the channel axis, every leading position ``p`` kept); then
+``out[n, o, f] = sum_{k_lead} P[n, o_lead*s + k_lead*d, o_last, :] @ w[k_lead]`` with one
+contraction of depth ``k_last * C_g`` per leading offset. Temporary memory: the
+row-patches tensor (``k_last`` times the input) and one product per leading offset.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import sympy as sp
+from jax import lax
+
+from .._spec import ConvSpec
+from ._common import (
+    Cost,
+    Geometry,
+    contract,
+    group_kernel,
+    make_cost,
+    offsets,
+    ungroup_output,
+    window_slice,
+)
+
+
+def applicable(spec: ConvSpec, dtype: jnp.dtype) -> str | None:
+    """None: the hybrid handles every convolution (in 1-D it is plain patches)."""
+    return None
+
+
+def lower(
+    spec: ConvSpec,
+    xp: jax.Array,
+    w: jax.Array,
+    *,
+    precision: lax.PrecisionLike,
+    acc_dtype: jnp.dtype,
+) -> jax.Array:
+    """``(N, *padded, C), (*window, Cg, F) -> (N_out, *out, F)``: row patches, shifted."""
+    lead_none = (None,) * (spec.num_spatial - 1)
+    kl = spec.window[-1]
+    p = jnp.concatenate(
+        [window_slice(spec, xp, (*lead_none, j)) for j in range(kl)], axis=-1
+    )  # (N, *padded_lead, o_last, kl*C)
+    b, g = spec.batch_group_count, spec.feature_group_count
+    wg = group_kernel(spec, w)  # (*window, Cg, B, G, Fq)
+    acc = None
+    for k in sorted({k[:-1] for k in offsets(spec)}):
+        sl = window_slice(spec, p, (*k, None))
+        sl = sl.reshape(b, spec.batch // b, *spec.out_spatial, kl, g, spec.in_features // g)
+        t = contract(spec, sl, wg[k], "K", precision=precision, acc_dtype=acc_dtype)
+        acc = t if acc is None else acc + t
+    if acc is None:
+        raise ValueError(f"`window` (={spec.window}) must be non-empty.")
+    return ungroup_output(spec, acc)
+
+
+def cost_of(geo: Geometry) -> Cost:
+    """FLOPs ``2*MACs``. Temp, as XLA schedules it: the row patches ``P`` and, in 2-D and
+    up, one copied slice of ``P`` per leading offset (the products accumulate in place); in
+    1-D (no leading axis) the padded input stays live beside ``P``."""
+    kl = geo.window[-1]
+    lead_taps = sp.Mul(*geo.window[:-1])
+    rows = geo.copies_window * geo.n * sp.Mul(*geo.padded[:-1]) * geo.out[-1] * kl * geo.g * geo.cg
+    slice_elems = geo.out_pixels * kl * geo.g * geo.cg
+    if geo.num_spatial == 1:
+        temp = geo.pad * geo.in_elems + rows
+    else:
+        temp = rows + geo.copies_window * lead_taps * slice_elems
+    return make_cost(
+        flops=2 * geo.macs,
+        temp_elems=temp,
+        moved_elems=geo.pad * geo.in_elems + rows + lead_taps * (slice_elems + geo.out_elems),
+        geo=geo,
+    )
+
+
+def cost(spec: ConvSpec, itemsize: int = 4) -> Cost:
+    """Cost of the hybrid lowering for ``spec`` (see `cost_of`)."""
+    return cost_of(Geometry.from_spec(spec, itemsize))

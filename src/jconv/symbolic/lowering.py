@@ -1,0 +1,62 @@
+"""Per-lowering costs for `jconv.symbolic`: FLOPs, temp bytes and bytes moved.
+
+Each lowering module in `jconv.strategies` states its own cost; this module gathers them.
+Give a `ConvSpec` for numbers, or a spatial rank for formulas in the symbols of
+`Geometry.symbols` (``N``, ``o_i``, ``k_i``, ``p_i``, ``C_g``, ``F_g``, ``G``, ``pad``,
+``strided``, ``b``):
+
+>>> from jconv import ConvSpec
+>>> spec = ConvSpec.from_lax((8, 28, 28, 1), (3, 3, 1, 10), (1, 1), "SAME",
+...                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+>>> lowering_costs(spec)["patches"].temp_bytes
+426496
+>>> lowering_cost_formula("patches", 1).temp_bytes
+b*(C_g*G*N*k_0*o_0 + C_g*G*N*p_0*pad)
+
+The temp-byte models are checked against XLA's buffer assignment in tests/test_memory.py.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from .._spec import ConvSpec
+from ..strategies import STRATEGIES, Cost, Geometry
+
+__all__ = ["Cost", "Geometry", "lowering_cost_formula", "lowering_costs", "lowering_names"]
+
+
+def lowering_names() -> tuple[str, ...]:
+    """Names of every lowering, as `strategy=` accepts them."""
+    return tuple(STRATEGIES)
+
+
+def lowering_costs(spec: ConvSpec, itemsize: int = 4) -> dict[str, Cost]:
+    """``{name: Cost}`` for every lowering that can run ``spec`` (SymPy numbers).
+
+    ``itemsize``: bytes per element of the operands (4 for float32).
+    """
+    import jax.numpy as jnp
+
+    dtype = jnp.dtype({2: jnp.float16, 4: jnp.float32, 8: jnp.float64}.get(itemsize, jnp.float32))
+    return {
+        name: mod.cost(spec, itemsize)
+        for name, mod in STRATEGIES.items()
+        if mod.applicable(spec, dtype) is None
+    }
+
+
+def lowering_cost_formula(name: str, num_spatial: int) -> Cost:
+    """The cost of lowering ``name`` as SymPy formulas over ``num_spatial`` spatial dims.
+
+    The symbolic window is general (a numeric 1x1 kernel without padding or strides makes
+    no slice copies); for the FFT the transform lengths are the padded sizes ``p_i`` and
+    for polyphase the phase count is the symbol ``S``.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"`name` (={name!r}) must be one of {sorted(STRATEGIES)}.")
+    geo = Geometry.symbols(num_spatial)
+    mod = STRATEGIES[name]
+    if name == "polyphase":
+        return mod.cost_of(geo, sp.Symbol("S", integer=True, positive=True))
+    return mod.cost_of(geo)

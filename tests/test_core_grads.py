@@ -1,0 +1,68 @@
+"""Gradients of jconv: `check_grads` (orders 1 and 2, fwd and rev) and VJPs equal to lax's."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from _core_cases import TABLE, Case, make_case, run_jconv, run_lax
+from jax.test_util import check_grads
+from reference import rel_err
+
+BY_NAME = {c.name: c for c in TABLE}
+# Small windows keep the second-order checks quick; together they cover every
+# hyper-parameter (each case names the ones it exercises).
+GRAD_CASES = [
+    (make_case("1d_stride_pads_lhs_rhs_dil", spatial=(5,), window=(2,), strides=(2,),
+               padding=((2, -1),), lhs_dil=(2,), rhs_dil=(2,)), "shift"),
+    (make_case("2d_groups_dil_stride", spatial=(4, 3), window=(2, 2), channels=4, filters=2,
+               fgc=2, strides=(1, 2), rhs_dil=(2, 1), padding="SAME"), "patches"),
+    (make_case("2d_batch_groups_same_lower", spatial=(3, 4), window=(2, 1), batch=4, filters=2,
+               bgc=2, padding="SAME_LOWER"), "shift"),
+    (make_case("2d_depthwise_odd_dn_cdn", spatial=(3, 4), window=(1, 2), channels=2,
+               filters=4, fgc=2, dn=("CWNH", "HOWI", "WNCH"), dn_kind="cdn",
+               padding=((1, 0), (0, 1))), "patches"),
+    (make_case("3d_valid_none", spatial=(3, 2, 3), window=(2, 1, 2), dn_kind="none",
+               padding="VALID", channels=1, filters=2), "shift"),
+]
+
+
+@pytest.mark.parametrize(("case", "strategy"), GRAD_CASES, ids=lambda v: str(v))
+def test_check_grads_orders_1_and_2(case: Case, strategy: str) -> None:
+    x, w = case.operands(np.float64, seed=4)
+    with jax.enable_x64(True):
+        check_grads(
+            lambda a, b: run_jconv(case, a, b, strategy), (x, w), order=2,
+            modes=("fwd", "rev"), atol=1e-6, rtol=1e-6,
+        )
+
+
+# every table case, the two strategies taking turns (each sees every kind of case)
+VJP_CASES = [(case, ("shift", "patches")[i % 2]) for i, case in enumerate(TABLE)]
+
+
+@pytest.mark.parametrize(("case", "strategy"), VJP_CASES, ids=lambda v: str(v))
+def test_vjp_matches_lax(case: Case, strategy: str) -> None:
+    x, w = case.operands(np.float32, seed=5)
+    want, lax_vjp = jax.vjp(lambda a, b: run_lax(case, a, b), x, w)
+    got, vjp = jax.vjp(lambda a, b: run_jconv(case, a, b, strategy), x, w)
+    ct = np.random.default_rng(6).standard_normal(want.shape).astype(np.float32)
+    assert rel_err(got, want) <= 1e-5
+    for g, ref in zip(vjp(ct), lax_vjp(ct), strict=True):
+        assert g.shape == ref.shape and g.dtype == ref.dtype
+        assert rel_err(g, ref) <= 1e-5
+
+
+def test_grad_of_grad_matches_lax() -> None:
+    """Second derivative of a scalar loss w.r.t. the kernel, along a direction, vs lax."""
+    case = BY_NAME["2d_all"]
+    x, w = case.operands(np.float32, seed=7)
+    v = np.random.default_rng(8).standard_normal(w.shape).astype(np.float32)
+
+    def hvp(run: object) -> jax.Array:
+        def loss(b: jax.Array) -> jax.Array:
+            return (run(case, x, b) ** 3).sum()  # type: ignore[operator]
+
+        return jax.grad(lambda b: (jax.grad(loss)(b) * v).sum())(w)
+
+    assert rel_err(hvp(run_jconv), hvp(run_lax)) <= 1e-4

@@ -1,0 +1,126 @@
+"""Predicted temp bytes of each lowering against XLA's buffer assignment.
+
+`cost(spec).temp_bytes` models the intermediate buffers XLA keeps for the whole jitted
+convolution (NHWC/HWIO, float32); the measurement is
+``jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes``. Tolerance: 25%
+(the models count the big buffers, the padded input, slices, patches, products and
+spectra, and ignore XLA's few-KB kernel slices and alignment; the worst observed case is
+shift-and-sum with strides, where XLA fuses part of the strided slicing: 0.80x). The FFT
+lowering with feature groups is an upper bound only (XLA packs its grouped spectra to
+about 0.5x). Polyphase (lhs-dilated convolutions only) is checked separately: its phases'
+buffers are scheduled differently from case to case (0.3x-2.8x of the sum of the phases'
+own models), so only its advantage over computing on the zeros is asserted. A training
+graph's temp bytes grow linearly with depth.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jconv
+from jconv._spec import ConvSpec
+from jconv.strategies import STRATEGIES
+
+TOL = 0.25
+F32 = jnp.dtype(jnp.float32)
+
+# (input, window, F, strides, padding, rhs_dilation, feature groups)
+TABLE = [
+    ((4, 16, 16, 8), (3, 3), 8, (1, 1), "SAME", (1, 1), 1),
+    ((4, 16, 16, 8), (3, 3), 8, (1, 1), "VALID", (1, 1), 1),
+    ((4, 16, 16, 8), (3, 3), 16, (2, 2), "SAME", (1, 1), 1),
+    ((4, 16, 16, 8), (3, 3), 8, (1, 1), "SAME", (1, 1), 2),
+    ((4, 16, 16, 8), (3, 3), 8, (1, 1), "SAME", (1, 1), 8),
+    ((4, 16, 16, 8), (5, 5), 8, (1, 1), "SAME", (2, 2), 1),
+    ((4, 16, 16, 8), (1, 1), 16, (1, 1), "VALID", (1, 1), 1),
+    ((4, 64, 8), (7,), 8, (1,), "SAME", (1,), 1),
+    ((2, 8, 8, 8, 4), (3, 3, 3), 4, (1, 1, 1), "SAME", (1, 1, 1), 1),
+]
+
+
+def _dn(ns: int) -> tuple[str, str, str]:
+    s = "DHW"[-ns:] if ns > 1 else "W"
+    return (f"N{s}C", f"{s}IO", f"N{s}C")
+
+
+def _measure(fn, *args) -> int:
+    return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("row", TABLE, ids=lambda r: f"{r[0]}-k{r[1]}-s{r[3]}-g{r[6]}")
+def test_predicted_temp_bytes_match_xla(row: tuple) -> None:
+    xs, k, f, st, pad, rd, g = row
+    ws = (*k, xs[-1] // g, f)
+    dn = _dn(len(k))
+    spec = ConvSpec.from_lax(xs, ws, st, pad, None, rd, dn, g)
+    x, w = jax.ShapeDtypeStruct(xs, jnp.float32), jax.ShapeDtypeStruct(ws, jnp.float32)
+    checked = 0
+    for name, mod in STRATEGIES.items():
+        if mod.applicable(spec, F32) is not None:
+            continue
+        assert name != "polyphase"
+        measured = _measure(
+            lambda a, b, name=name: jconv.conv_general_dilated(
+                a, b, st, pad, None, rd, dn, g, strategy=name), x, w)
+        predicted = float(mod.cost(spec, 4).temp_bytes)
+        if name == "fft" and g > 1:
+            assert measured <= predicted * (1 + TOL), (name, measured, predicted)
+        elif predicted == 0:
+            assert measured == 0, (name, measured)
+        else:
+            assert abs(measured - predicted) <= TOL * predicted, (name, measured, predicted)
+        checked += 1
+    assert checked >= 4
+
+
+def test_patches_tensor_is_window_times_input() -> None:
+    """The im2col tensor of a 1-D VALID conv is exactly prod(window) slices, to the byte."""
+    spec = ConvSpec.from_lax((4, 64, 8), (7, 8, 8), (1,), "VALID", dimension_numbers=_dn(1))
+    x, w = (jax.ShapeDtypeStruct(s, jnp.float32) for s in ((4, 64, 8), (7, 8, 8)))
+    measured = _measure(lambda a, b: jconv.conv_general_dilated(
+        a, b, (1,), "VALID", dimension_numbers=_dn(1), strategy="patches"), x, w)
+    assert measured == float(STRATEGIES["patches"].cost(spec).temp_bytes) == 7 * 4 * 58 * 8 * 4
+
+
+def test_polyphase_uses_less_memory_than_the_zeros() -> None:
+    xs, ws, pad = (4, 16, 16, 8), (3, 3, 8, 8), ((2, 1), (2, 1))
+    x, w = jax.ShapeDtypeStruct(xs, jnp.float32), jax.ShapeDtypeStruct(ws, jnp.float32)
+    temps = {
+        name: _measure(lambda a, b, name=name: jconv.conv_general_dilated(
+            a, b, (1, 1), pad, (2, 2), dimension_numbers=_dn(2), strategy=name), x, w)
+        for name in ("polyphase", "shift", "patches")
+    }
+    assert temps["polyphase"] < min(temps["shift"], temps["patches"]), temps
+    spec = ConvSpec.from_lax(xs, ws, (1, 1), pad, (2, 2), dimension_numbers=_dn(2))
+    assert STRATEGIES["polyphase"].cost(spec).flops * 4 == STRATEGIES["shift"].cost(spec).flops
+
+
+def _train_temp(depth: int, strategy: str, c: int = 8, h: int = 16) -> int:
+    x = jax.ShapeDtypeStruct((2, h, h, c), jnp.float32)
+    ws = [jax.ShapeDtypeStruct((3, 3, c, c), jnp.float32)] * depth
+
+    def loss(ws, x):
+        for w in ws:
+            x = jnp.tanh(jconv.conv(x, w, strategy=strategy))
+        return jnp.sum(x * x)
+
+    return _measure(jax.grad(loss), ws, x)
+
+
+@pytest.mark.parametrize("strategy", ["shift", "patches", "hybrid", "direct"])
+def test_training_temp_bytes_grow_linearly_with_depth(strategy: str) -> None:
+    """Temp bytes of grad(loss) over L conv+tanh layers: constant increments from L = 3 on
+    (H1: activation memory O(L*n*m*c)), each at least the layer's saved residuals (padded
+    input and output) and at most those plus the lowering's forward temp bytes."""
+    temps = [_train_temp(depth, strategy) for depth in range(2, 7)]
+    steps = [b - a for a, b in itertools.pairwise(temps)][1:]
+    assert max(steps) - min(steps) <= 0.02 * max(steps), temps
+    spec = ConvSpec.from_lax((2, 16, 16, 8), (3, 3, 8, 8), (1, 1), "SAME",
+                             dimension_numbers=_dn(2))
+    residuals = 4 * (2 * 18 * 18 * 8 + 2 * 16 * 16 * 8)
+    bound = residuals + float(STRATEGIES[strategy].cost(spec).temp_bytes)
+    assert residuals <= steps[-1] <= bound, (steps, residuals, bound)

@@ -1,0 +1,154 @@
+"""The planner: choices from the cost model, the memory budget, the cache, bad input."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import jconv
+from jconv import _planner
+from jconv._spec import ConvSpec
+from jconv.strategies import STRATEGIES
+
+F32 = jnp.dtype(jnp.float32)
+
+
+def _spec(x: tuple[int, ...], k: tuple[int, ...], f: int, **kw) -> ConvSpec:
+    ns = len(k)
+    s = "DHW"[-ns:] if ns > 1 else "W"
+    return ConvSpec.from_lax(x, (*k, x[-1] // kw.get("feature_group_count", 1), f),
+                             kw.pop("window_strides", (1,) * ns), kw.pop("padding", "SAME"),
+                             dimension_numbers=(f"N{s}C", f"{s}IO", f"N{s}C"), **kw)
+
+
+@pytest.fixture(autouse=True)
+def _default_budget():
+    _planner.set_memory_budget(None)
+    yield
+    _planner.set_memory_budget(None)
+
+
+def test_depthwise_uses_the_fused_shift_einsum() -> None:
+    """Depthwise: XLA fuses the per-offset einsums (contraction of size 1) into one loop."""
+    spec = _spec((8, 56, 56, 128), (3, 3), 128, feature_group_count=128)
+    assert _planner.plan(spec, F32) == "shift"
+
+
+def test_thin_groups_use_direct_multiply_adds() -> None:
+    spec = _spec((8, 28, 28, 256), (3, 3), 256, feature_group_count=32)
+    assert _planner.plan(spec, F32) == "direct"
+
+
+def test_transposed_convs_use_polyphase() -> None:
+    spec = ConvSpec.from_lax((8, 28, 28, 64), (3, 3, 64, 32), (1, 1), ((2, 1), (2, 1)),
+                             (2, 2), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    assert _planner.plan(spec, F32) == "polyphase"
+
+
+def test_fft_is_not_picked_where_measured_slower() -> None:
+    """Channel mixing per frequency is a batch of tiny GEMMs: FFT lost every benchmark case."""
+    for k in (3, 15, 31):
+        assert _planner.plan(_spec((8, 4096, 64), (k,), 64), F32) != "fft"
+
+
+def test_dense_uses_a_gemm_lowering() -> None:
+    for spec in (_spec((8, 28, 28, 128), (3, 3), 128), _spec((8, 28, 28, 128), (1, 1), 256)):
+        assert _planner.plan(spec, F32) in ("shift", "patches", "hybrid")
+
+
+def test_integer_dtypes_never_get_fft_or_winograd() -> None:
+    spec = _spec((8, 4096, 64), (31,), 64)
+    assert _planner.plan(spec, jnp.dtype(jnp.int32)) not in ("fft", "winograd")
+    spec = _spec((8, 28, 28, 128), (3, 3), 128, feature_group_count=4)
+    assert _planner.plan(spec, F32) == "winograd"
+    assert _planner.plan(spec, jnp.dtype(jnp.int32)) != "winograd"
+
+
+def test_pick_is_the_minimum_predicted_time_among_admissible() -> None:
+    spec = _spec((4, 20, 20, 32), (3, 3), 32)
+    pick = _planner.plan(spec, F32)
+    admissible = [n for n, m in STRATEGIES.items() if m.applicable(spec, F32) is None]
+    times = {n: _planner.predicted_seconds(n, spec) for n in admissible}
+    assert pick == min(times, key=times.__getitem__)
+
+
+def test_budget_excludes_big_lowerings_and_forced_ones_raise() -> None:
+    spec = _spec((8, 56, 56, 64), (3, 3), 64)
+    patches = float(STRATEGIES["patches"].cost(spec).temp_bytes)
+    direct_free = min(float(STRATEGIES[n].cost(spec).temp_bytes) for n in STRATEGIES
+                      if STRATEGIES[n].applicable(spec, F32) is None)
+    budget = int(direct_free) + 1
+    assert budget < patches
+    _planner.set_memory_budget(budget)
+    pick = _planner.plan(spec, F32)
+    assert float(STRATEGIES[pick].cost(spec).temp_bytes) <= budget
+    x = jax.ShapeDtypeStruct((8, 56, 56, 64), jnp.float32)
+    w = jax.ShapeDtypeStruct((3, 3, 64, 64), jnp.float32)
+    # raised while tracing (eval_shape allocates nothing), eagerly and under jit alike
+    with pytest.raises(ValueError, match=r"'patches'.*exceed the memory budget"):
+        jax.eval_shape(lambda a, b: jconv.conv(a, b, strategy="patches"), x, w)
+    with pytest.raises(ValueError, match=r"'patches'.*exceed the memory budget"):
+        jax.jit(lambda a, b: jconv.conv(a, b, strategy="patches")).lower(x, w)
+
+
+def test_nothing_fits_raises() -> None:
+    _planner.set_memory_budget(1)
+    with pytest.raises(ValueError, match="No lowering fits the memory budget"):
+        jconv.conv(jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 2)))
+
+
+def test_default_budget_is_a_fraction_of_available_memory() -> None:
+    avail = _planner.available_memory()
+    assert avail > 0
+    assert abs(_planner.get_memory_budget() - _planner.BUDGET_FRACTION * avail) <= 0.05 * avail
+    _planner.set_memory_budget(12345)
+    assert _planner.get_memory_budget() == 12345
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, True, "1GB"])
+def test_bad_budget(bad: object) -> None:
+    with pytest.raises(ValueError, match="`nbytes`"):
+        _planner.set_memory_budget(bad)  # type: ignore[arg-type]
+
+
+def test_choice_is_cached_per_spec() -> None:
+    spec = _spec((2, 12, 12, 8), (3, 3), 8)
+    _planner.plan(spec, F32)
+    before = _planner._plan.cache_info().hits
+    assert _planner.plan(spec, F32) == _planner.plan(spec, F32)
+    assert _planner._plan.cache_info().hits == before + 2
+
+
+@pytest.mark.parametrize("bad", ["fast", "", None, 3])
+def test_unknown_strategy_raises_eagerly_and_under_jit(bad: object) -> None:
+    x, w = jnp.ones((1, 6, 6, 2)), jnp.ones((3, 3, 2, 2))
+    with pytest.raises(ValueError, match="`strategy`"):
+        jconv.conv(x, w, strategy=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`strategy`"):
+        jax.jit(lambda a, b: jconv.conv(a, b, strategy=bad))(x, w)  # type: ignore[arg-type]
+
+
+def test_auto_matches_lax_on_the_benchmark_shapes_scaled_down() -> None:
+    """Whatever the planner picks, results equal lax's (small versions of the cases)."""
+    rng = np.random.default_rng(0)
+    for x_shape, k, f, kw in [
+        ((2, 14, 14, 16), (3, 3), 16, {}),
+        ((2, 14, 14, 32), (3, 3), 32, dict(feature_group_count=32)),
+        ((2, 256, 8), (31,), 8, {}),
+        ((2, 15, 15, 3), (7, 7), 8, dict(window_strides=(2, 2))),
+    ]:
+        spec = _spec(x_shape, k, f, **dict(kw))
+        x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+        w = jnp.asarray(rng.standard_normal(spec.rhs_shape), jnp.float32)
+        ns = len(k)
+        s = "DHW"[-ns:] if ns > 1 else "W"
+        args = dict(window_strides=kw.get("window_strides", (1,) * ns), padding="SAME",
+                    dimension_numbers=(f"N{s}C", f"{s}IO", f"N{s}C"),
+                    feature_group_count=kw.get("feature_group_count", 1),
+                    precision=lax.Precision.HIGHEST)
+        want = lax.conv_general_dilated(x, w, **args)
+        got = jconv.conv_general_dilated(x, w, **args)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-3)

@@ -1,0 +1,219 @@
+"""Every lowering against `jax.lax.conv_general_dilated`: values and gradients.
+
+A table of configurations (1-3 spatial dims, strides, padding kinds, rhs and lhs
+dilation, feature groups including depthwise, batch groups) is run with each lowering
+forced; lowerings that do not apply to a configuration must refuse it with a ValueError
+naming the reason. Gradients (the einsum-convolution VJPs of `jconv._vjp`) are compared
+with the gradients of the lax convolution.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import sympy as sp
+from jax import lax
+
+import jconv
+from jconv._spec import ConvSpec
+from jconv.strategies import STRATEGIES, Geometry
+
+NAMES = sorted(STRATEGIES)
+
+
+def _dn(ns: int) -> tuple[str, str, str]:
+    s = "DHW"[-ns:] if ns > 1 else "W"
+    return (f"N{s}C", f"{s}IO", f"N{s}C")
+
+
+# (input NHWC-family shape, window, F, strides, padding, rhs_dil, lhs_dil, fgc, bgc)
+TABLE = [
+    ((2, 9, 8, 6), (3, 3), 6, (1, 1), "SAME", (1, 1), (1, 1), 1, 1),
+    ((2, 9, 8, 6), (3, 3), 4, (1, 1), "SAME", (1, 1), (1, 1), 2, 1),
+    ((2, 9, 8, 6), (3, 2), 6, (2, 1), "VALID", (2, 1), (1, 1), 3, 1),
+    ((2, 9, 8, 6), (3, 3), 12, (1, 1), "SAME", (1, 1), (1, 1), 6, 1),
+    ((2, 10, 8, 4), (3, 3), 5, (2, 2), ((1, 2), (0, 1)), (1, 2), (1, 1), 1, 1),
+    ((2, 10, 9, 4), (3, 3), 4, (1, 1), "SAME_LOWER", (2, 1), (1, 1), 1, 1),
+    ((2, 7, 8, 4), (3, 3), 4, (1, 1), ((2, 2), (1, 1)), (1, 1), (2, 1), 4, 1),
+    ((2, 6, 5, 4), (3, 3), 3, (1, 1), ((1, 1), (-1, 2)), (1, 1), (1, 1), 1, 1),
+    ((4, 6, 7, 3), (2, 3), 4, (1, 2), "SAME", (1, 1), (1, 1), 1, 2),
+    ((2, 9, 8, 6), (1, 1), 7, (1, 1), "VALID", (1, 1), (1, 1), 1, 1),
+    ((2, 9, 8, 6), (1, 1), 4, (2, 3), "SAME", (1, 1), (1, 1), 2, 1),
+    ((2, 17, 3), (5,), 4, (2,), "SAME", (3,), (1,), 1, 1),
+    ((2, 17, 4), (4,), 6, (1,), "SAME", (1,), (1,), 2, 1),
+    ((2, 33, 2), (15,), 3, (1,), "SAME", (1,), (1,), 1, 1),
+    ((2, 11, 3), (3,), 2, (1,), ((2, 1),), (1,), (3,), 1, 1),
+    ((2, 5, 6, 6), (3, 3), 4, (1, 1), ((2, 1), (1, 2)), (1, 1), (2, 2), 1, 1),
+    ((2, 5, 4, 6), (4, 3), 6, (1, 1), ((0, 3), (-1, 1)), (1, 1), (3, 2), 2, 1),
+    ((2, 4, 3, 3, 2), (3, 2, 3), 2, (1, 1, 1), ((1, 1), (1, 0), (2, 2)), (1, 1, 1), (2, 2, 3),
+     1, 1),
+    ((2, 5, 6, 4, 4), (3, 2, 3), 4, (1, 2, 1), "SAME", (1, 1, 2), (1, 1, 1), 2, 1),
+    ((1, 6, 5, 4, 3), (3, 3, 3), 2, (1, 1, 1), "VALID", (1, 1, 1), (1, 1, 1), 1, 1),
+]
+
+
+def _operands(row: tuple) -> tuple[jax.Array, jax.Array, dict]:
+    xs, win, f, st, pad, rd, ld, fgc, bgc = row
+    rng = np.random.default_rng(hash(row) % 2**32)
+    x = jnp.asarray(rng.standard_normal(xs), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((*win, xs[-1] // fgc, f)), jnp.float32)
+    kw = dict(window_strides=st, padding=pad, lhs_dilation=ld, rhs_dilation=rd,
+              dimension_numbers=_dn(len(win)), feature_group_count=fgc, batch_group_count=bgc)
+    return x, w, kw
+
+
+def _scale(x: jax.Array, w: jax.Array, kw: dict) -> np.ndarray:
+    """sum |x| |w| per output: the natural scale of the rounding error."""
+    return np.asarray(lax.conv_general_dilated(jnp.abs(x), jnp.abs(w), **kw)) + 1e-6
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("row", TABLE, ids=lambda r: f"{r[0]}-k{r[1]}-g{r[7]}b{r[8]}")
+def test_forward_matches_lax(name: str, row: tuple) -> None:
+    x, w, kw = _operands(row)
+    spec = ConvSpec.from_lax(x.shape, w.shape, **kw)
+    reason = STRATEGIES[name].applicable(spec, jnp.dtype(jnp.float32))
+    if reason is not None:
+        with pytest.raises(ValueError, match="cannot run this convolution"):
+            jconv.conv_general_dilated(x, w, **kw, strategy=name)
+        return
+    want = np.asarray(lax.conv_general_dilated(x, w, **kw, precision=lax.Precision.HIGHEST))
+    got = np.asarray(jconv.conv_general_dilated(x, w, **kw, strategy=name,
+                                                precision=lax.Precision.HIGHEST))
+    assert got.shape == want.shape == spec.out_shape
+    assert np.max(np.abs(got - want) / _scale(x, w, kw)) < 1e-5
+
+
+GRAD_ROWS = [TABLE[i] for i in (0, 1, 2, 3, 4, 6, 8, 11, 12, 15)]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("row", GRAD_ROWS, ids=lambda r: f"{r[0]}-k{r[1]}-g{r[7]}b{r[8]}")
+def test_gradients_match_lax(name: str, row: tuple) -> None:
+    x, w, kw = _operands(row)
+    spec = ConvSpec.from_lax(x.shape, w.shape, **kw)
+    if STRATEGIES[name].applicable(spec, jnp.dtype(jnp.float32)) is not None:
+        pytest.skip("lowering does not apply (refusal tested in the forward table)")
+    ct = jnp.asarray(np.random.default_rng(1).standard_normal(spec.out_shape), jnp.float32)
+    hi = lax.Precision.HIGHEST
+
+    def loss(conv, x, w):
+        return jnp.sum(conv(x, w) * ct)
+
+    def ref(a, b):
+        return lax.conv_general_dilated(a, b, **kw, precision=hi)
+
+    def ours(a, b):
+        return jconv.conv_general_dilated(a, b, **kw, strategy=name, precision=hi)
+
+    want = jax.grad(lambda a, b: loss(ref, a, b), (0, 1))(x, w)
+    got = jax.jit(jax.grad(lambda a, b: loss(ours, a, b), (0, 1)))(x, w)
+    for g, r in zip(got, want, strict=True):
+        assert g.shape == r.shape
+        tol = 1e-5 * float(jnp.max(jnp.abs(r))) * math.prod(spec.window) + 1e-5
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=tol, rtol=1e-4)
+
+
+def test_float64_forward_is_exact_to_rounding() -> None:
+    """In float64 every lowering agrees with lax to ~1e-12 relative (same sums)."""
+    with jax.enable_x64(True):
+        x, w, kw = _operands(TABLE[1])
+        x, w = x.astype(jnp.float64), w.astype(jnp.float64)
+        want = np.asarray(lax.conv_general_dilated(x, w, **kw))
+        spec = ConvSpec.from_lax(x.shape, w.shape, **kw)
+        for name in NAMES:
+            if STRATEGIES[name].applicable(spec, jnp.dtype(jnp.float64)) is not None:
+                continue
+            got = np.asarray(jconv.conv_general_dilated(x, w, **kw, strategy=name))
+            assert got.dtype == np.float64
+            assert np.max(np.abs(got - want) / _scale(x, w, kw)) < 1e-12, name
+
+
+def test_integer_inputs_exact() -> None:
+    """Integer convolutions are exact in every lowering that accepts integers."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.integers(-5, 5, (2, 7, 6, 4)), jnp.int32)
+    w = jnp.asarray(rng.integers(-3, 3, (3, 3, 2, 4)), jnp.int32)
+    kw = dict(window_strides=(1, 2), padding="SAME", dimension_numbers=_dn(2),
+              feature_group_count=2)
+    want = np.asarray(
+        lax.conv_general_dilated(x.astype(jnp.float32), w.astype(jnp.float32), **kw)
+    ).round().astype(np.int32)
+    spec = ConvSpec.from_lax(x.shape, w.shape, **kw)
+    for name in NAMES:
+        if STRATEGIES[name].applicable(spec, jnp.dtype(jnp.int32)) is not None:
+            assert name in ("winograd", "fft", "polyphase")
+            continue
+        got = jconv.conv_general_dilated(x, w, **kw, strategy=name)
+        assert got.dtype == jnp.int32
+        np.testing.assert_array_equal(np.asarray(got), want, err_msg=name)
+
+
+def test_bfloat16_accumulates_in_float32() -> None:
+    x, w, kw = _operands(TABLE[0])
+    want = np.asarray(lax.conv_general_dilated(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16),
+                                               **kw, preferred_element_type=jnp.float32))
+    for name in ("shift", "patches", "hybrid", "direct"):
+        got = jconv.conv_general_dilated(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), **kw,
+                                         strategy=name)
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=2e-2, atol=0.1)
+
+
+def test_refusals_name_the_rule() -> None:
+    x = jnp.ones((1, 8, 8, 2))
+    with pytest.raises(ValueError, match=r"winograd.*2-D 3x3 window"):
+        jconv.conv(x, jnp.ones((5, 5, 2, 2)), strategy="winograd")
+    with pytest.raises(ValueError, match=r"winograd.*stride 1"):
+        jconv.conv(x, jnp.ones((3, 3, 2, 2)), stride=2, strategy="winograd")
+    with pytest.raises(ValueError, match=r"fft.*real floating"):
+        jconv.conv(jnp.ones((1, 8, 8, 2), jnp.int32), jnp.ones((3, 3, 2, 2), jnp.int32),
+                   strategy="fft")
+    with pytest.raises(ValueError, match=r"direct.*unrolls"):
+        jconv.conv(jnp.ones((1, 8, 8, 64)), jnp.ones((3, 3, 64, 2)), strategy="direct")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cost_is_sympy_and_matches_symbolic_form(name: str) -> None:
+    """`cost(spec)` equals the symbolic formula with the spec's numbers substituted."""
+    spec = ConvSpec.from_lax((2, 10, 12, 6), (3, 3, 3, 4), (1, 1), "SAME",
+                             dimension_numbers=_dn(2), feature_group_count=2)
+    mod = STRATEGIES[name]
+    c = mod.cost(spec)
+    assert isinstance(c.flops, sp.Expr) and isinstance(c.temp_bytes, sp.Expr)
+    if name == "fft":
+        return  # its numeric cost uses 2-3-5-smooth lengths, checked in test_fft_lengths
+    geo, num = Geometry.symbols(2), Geometry.from_spec(spec)
+    subs = {geo.n: num.n, geo.cg: num.cg, geo.fq: num.fq, geo.g: num.g, geo.pad: num.pad,
+            geo.itemsize: 4}
+    for a in ("out", "window", "padded"):
+        subs.update(dict(zip(getattr(geo, a), getattr(num, a), strict=True)))
+    sym = mod.cost_of(geo)
+    assert sp.simplify(sym.flops.subs(subs) - c.flops) == 0
+    assert sp.simplify(sym.temp_bytes.subs(subs) - c.temp_bytes) == 0
+    if name in ("shift", "patches", "hybrid", "direct"):
+        assert c.flops == 2 * spec.macs  # every dense tap, multiplies and adds
+
+
+def test_fft_lengths_are_smooth() -> None:
+    from jconv.strategies.fft import fast_length
+
+    for n in (1, 7, 11, 97, 1000, 4127):
+        m = fast_length(n)
+        assert m >= n and m - n < max(n // 8, 4)
+        r = m
+        for p in (2, 3, 5):
+            while r % p == 0:
+                r //= p
+        assert r == 1
+
+
+def test_winograd_uses_fewer_multiplies() -> None:
+    spec = ConvSpec.from_lax((8, 56, 56, 64), (3, 3, 64, 64), (1, 1), "SAME",
+                             dimension_numbers=_dn(2))
+    wino = float(STRATEGIES["winograd"].cost(spec).flops)
+    assert wino < 0.5 * float(STRATEGIES["shift"].cost(spec).flops)
