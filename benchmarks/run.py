@@ -6,9 +6,12 @@
 For every case, forward and forward+backward (the gradient of ``sum(y * ct)`` with respect
 to input and kernel) are jitted, warmed up, then timed alternately with the native
 convolution in one process; the reported ratio is median(jconv) / median(native). GFLOP/s
-use the dense count ``2 * MACs`` (x3 for forward+backward); "% mm" is that rate over the
-machine's measured float32 matmul rate. With `--sweep` (on by default, off in --quick)
-every applicable lowering is timed as well, to check the planner's pick against the best.
+use the dense count ``2 * MACs`` (divided by the lhs dilation's phases for transposed
+convolutions; x3 for forward+backward); "% mm" is that rate over the
+machine's measured float32 matmul rate. Unless --quick or --no-sweep, every lowering the
+planner considers is timed as well (alternately among themselves), forward and, for those
+within 3x of the best forward, forward+backward: "pick/best" is the planner's choice over
+the fastest measured. Long timings use fewer repetitions (at least 3).
 A PyTorch CPU column is added when torch is importable.
 """
 
@@ -32,7 +35,7 @@ import numpy as np
 from jax import lax
 
 import jconv
-from jconv._planner import plan
+from jconv._planner import plan, predicted_seconds
 from jconv._spec import ConvSpec
 from jconv.strategies import STRATEGIES
 
@@ -98,17 +101,22 @@ CASES = [
 ]
 
 
-def timed(fns: list[Callable[[], Any]], reps: int) -> list[float]:
-    """Median seconds of each thunk, run alternately `reps` times after two warm-ups."""
+def timed(fns: list[Callable[[], Any]], reps: int, budget_s: float = 4.0) -> list[float]:
+    """Median seconds of each thunk, run alternately after two warm-ups; `reps` rounds, or
+    fewer (at least 3) when one round would take more than `budget_s / reps`."""
+    t0 = time.perf_counter()
     for f in fns:
         jax.block_until_ready(f())
+    for f in fns:
         jax.block_until_ready(f())
+    round_s = (time.perf_counter() - t0) / 2
+    reps = max(3, min(reps, int(budget_s / max(round_s, 1e-9))))
     ts: list[list[float]] = [[] for _ in fns]
     for _ in range(reps):
         for i, f in enumerate(fns):
-            t0 = time.perf_counter()
+            t = time.perf_counter()
             jax.block_until_ready(f())
-            ts[i].append(time.perf_counter() - t0)
+            ts[i].append(time.perf_counter() - t)
     return [statistics.median(t) for t in ts]
 
 
@@ -148,8 +156,10 @@ def torch_thunks(case: Case, x: np.ndarray, w: np.ndarray) -> tuple[Callable, Ca
         extra = [o - ((i - 1) * 2 - 2 * tp + k) for o, i, tp, k in
                  zip(spec.out_spatial, case.x[1:-1], tpad, case.k, strict=True)]
 
-        def run(a: Any, b: Any) -> Any:
-            return op(a, b, stride=2, padding=tpad, output_padding=extra, groups=case.groups)
+        def run(a: Any, b: Any) -> Any:  # torch has no negative output_padding: crop
+            y = op(a, b, stride=2, padding=tpad, output_padding=[max(e, 0) for e in extra],
+                   groups=case.groups)
+            return y[(slice(None), slice(None), *(slice(0, o) for o in spec.out_spatial))]
     else:
         wt = torch.from_numpy(np.ascontiguousarray(w.transpose(ns + 1, ns, *range(ns))))
         pads = [lo for lo, _ in spec.padding]
@@ -193,42 +203,61 @@ def bench_case(case: Case, reps: int, sweep: bool, peak: float) -> dict[str, Any
         return lambda a, b: jconv.conv_general_dilated(a, b, **args, strategy=strategy)
 
     chosen = plan(spec, jnp.dtype(jnp.float32))
-    flops = 2 * spec.macs
+    flops = 2 * spec.macs / math.prod(spec.lhs_dilation)  # transposed: taps on real input
     rec: dict[str, Any] = {"case": case.name, "strategy": chosen, "gflop": flops / 1e9}
+    th = torch_thunks(case, x, w)
+    candidates = [n for n, m in STRATEGIES.items()
+                  if m.applicable(spec, jnp.dtype(jnp.float32)) is None
+                  and math.isfinite(predicted_seconds(n, spec))]
     for mode, mult in (("fwd", 1), ("fwd+bwd", 3)):
         if mode == "fwd":
             fn, fr = jax.jit(ours("auto")), jax.jit(native)
-            t_ours, t_nat = timed([lambda fn=fn: fn(xj, wj), lambda fr=fr: fr(xj, wj)], reps)
+            thunks = [lambda fn=fn: fn(xj, wj), lambda fr=fr: fr(xj, wj)]
         else:
             gn, gr = fwd_bwd(ours("auto")), fwd_bwd(native)
-            t_ours, t_nat = timed(
-                [lambda gn=gn: gn(xj, wj, cj), lambda gr=gr: gr(xj, wj, cj)], reps)
+            thunks = [lambda gn=gn: gn(xj, wj, cj), lambda gr=gr: gr(xj, wj, cj)]
+        if th is not None:
+            thunks.append(th[0] if mode == "fwd" else th[1])
+        times = timed(thunks, reps)
+        t_ours, t_nat = times[0], times[1]
         r = {"jconv_ms": t_ours * 1e3, "native_ms": t_nat * 1e3, "ratio": t_ours / t_nat,
              "gflops": mult * flops / t_ours / 1e9,
              "pct_matmul": 100 * mult * flops / t_ours / peak,
              "native_gflops": mult * flops / t_nat / 1e9}
-        th = torch_thunks(case, x, w)
         if th is not None:
-            (t_torch,) = timed([th[0] if mode == "fwd" else th[1]], reps)
-            r["torch_ms"] = t_torch * 1e3
+            r["torch_ms"] = times[2] * 1e3
         if sweep:
-            per = {}
-            for name, mod in STRATEGIES.items():
-                if mod.applicable(spec, jnp.dtype(jnp.float32)) is not None:
-                    continue
+            names = candidates
+            if mode == "fwd+bwd":  # lowerings more than 3x slower forward are not retried
+                fwd_per = rec["fwd"]["per_strategy_ms"]
+                names = [n for n in candidates if fwd_per[n] <= 3 * min(fwd_per.values())]
+                names = sorted(set(names) | {chosen})
+            sweep_thunks = []
+            for name in names:
                 if mode == "fwd":
                     f = jax.jit(ours(name))
-                    (t,) = timed([lambda f=f: f(xj, wj)], reps)
+                    sweep_thunks.append(lambda f=f: f(xj, wj))
                 else:
                     g = fwd_bwd(ours(name))
-                    (t,) = timed([lambda g=g: g(xj, wj, cj)], reps)
-                per[name] = t * 1e3
+                    sweep_thunks.append(lambda g=g: g(xj, wj, cj))
+            per = {n: t * 1e3 for n, t in zip(names, timed(sweep_thunks, reps), strict=True)}
             r["per_strategy_ms"] = per
-            best = min(per.values())
             r["best_strategy"] = min(per, key=per.__getitem__)
-            r["chosen_over_best"] = per[chosen] / best
+            r["chosen_over_best"] = per[chosen] / min(per.values())
         rec[mode] = r
     return rec
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, else `platform.processor()`."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def geomean(xs: list[float]) -> float:
@@ -301,8 +330,8 @@ def main(argv: list[str] | None = None) -> None:
     fr = [r["fwd"]["ratio"] for r in recs]
     br = [r["fwd+bwd"]["ratio"] for r in recs]
     meta = {
-        "machine": f"{platform.machine()} {platform.processor() or ''} "
-                   f"{os.cpu_count()} cores, {jax.devices()[0].device_kind}".replace("  ", " "),
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores ({platform.machine()}, "
+                   f"{platform.system()}), jax device {jax.devices()[0].device_kind}",
         "jax": jax.__version__, "reps": reps, "quick": a.quick,
         "matmul_gflops": peak / 1e9,
         "time_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -56,7 +56,7 @@ def test_fft_is_not_picked_where_measured_slower() -> None:
 
 def test_dense_uses_a_gemm_lowering() -> None:
     for spec in (_spec((8, 28, 28, 128), (3, 3), 128), _spec((8, 28, 28, 128), (1, 1), 256)):
-        assert _planner.plan(spec, F32) in ("shift", "patches", "hybrid")
+        assert _planner.plan(spec, F32) in ("shift", "patches", "hybrid", "winograd")
 
 
 def test_integer_dtypes_never_get_fft_or_winograd() -> None:

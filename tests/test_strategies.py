@@ -217,3 +217,48 @@ def test_winograd_uses_fewer_multiplies() -> None:
                              dimension_numbers=_dn(2))
     wino = float(STRATEGIES["winograd"].cost(spec).flops)
     assert wino < 0.5 * float(STRATEGIES["shift"].cost(spec).flops)
+
+
+@pytest.mark.parametrize("row", [TABLE[i] for i in (1, 2, 4, 6, 12, 15)],
+                         ids=lambda r: f"{r[0]}-k{r[1]}-g{r[7]}")
+def test_einsum_vjps_equal_lax_gradients(row: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The einsum-convolution VJPs of `jconv._vjp` (transposed conv with the flipped kernel
+    for the input, per-offset correlation for the weight) equal lax's gradients. They are
+    off by default (`CUSTOM_VJP` is empty: a custom_vjp has no forward mode); here they are
+    switched on for every lowering."""
+    from jconv import _engine, _vjp
+
+    monkeypatch.setattr(_vjp, "CUSTOM_VJP", frozenset(STRATEGIES))
+    _engine._run.clear_cache()
+    try:
+        x, w, kw = _operands(row)
+        spec = ConvSpec.from_lax(x.shape, w.shape, **kw)
+        ct = jnp.asarray(np.random.default_rng(2).standard_normal(spec.out_shape), jnp.float32)
+        hi = lax.Precision.HIGHEST
+        want = jax.grad(lambda a, b: jnp.sum(
+            lax.conv_general_dilated(a, b, **kw, precision=hi) * ct), (0, 1))(x, w)
+        for name in ("shift", "patches"):
+            got = jax.grad(lambda a, b, name=name: jnp.sum(jconv.conv_general_dilated(
+                a, b, **kw, strategy=name, precision=hi) * ct), (0, 1))(x, w)
+            for g, r in zip(got, want, strict=True):
+                tol = 1e-5 * float(jnp.max(jnp.abs(r))) * math.prod(spec.window) + 1e-5
+                np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=tol, rtol=1e-4)
+    finally:
+        _engine._run.clear_cache()
+
+
+@pytest.mark.parametrize("name", ["shift", "hybrid"])
+def test_batch_chunked_path_matches_lax(name: str) -> None:
+    """Big enough to run over batch chunks (`_common.batch_chunk`): values and gradients."""
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((8, 56, 56, 64)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 64, 64)), jnp.float32)
+    kw = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=_dn(2))
+    hi = lax.Precision.HIGHEST
+    want = lax.conv_general_dilated(x, w, **kw, precision=hi)
+    got = jconv.conv_general_dilated(x, w, **kw, strategy=name, precision=hi)
+    assert np.max(np.abs(np.asarray(got - want)) / _scale(x, w, kw)) < 1e-5
+    gw = jax.grad(lambda b: jnp.sum(jconv.conv_general_dilated(x, b, **kw, strategy=name)))(w)
+    rw = jax.grad(lambda b: jnp.sum(lax.conv_general_dilated(x, b, **kw)))(w)
+    np.testing.assert_allclose(np.asarray(gw), np.asarray(rw), rtol=1e-3,
+                               atol=1e-4 * float(jnp.max(jnp.abs(rw))))

@@ -11,6 +11,8 @@ from ._layers import depthwise_conv as depthwise_conv
 from ._layers import local_conv as local_conv
 from ._layers import masked_conv as masked_conv
 from ._layers import separable_conv as separable_conv
+from ._planner import get_memory_budget as get_memory_budget
+from ._planner import set_memory_budget as set_memory_budget
 from ._spec import ConvSpec as ConvSpec
 from ._transpose import conv_transpose as conv_transpose
 from ._transpose import conv_transpose_torch as conv_transpose_torch
@@ -23,8 +25,10 @@ __all__ = [
     "conv_transpose_torch",
     "convert",
     "depthwise_conv",
+    "get_memory_budget",
     "local_conv",
     "masked_conv",
     "separable_conv",
+    "set_memory_budget",
 ]
 __version__ = "0.1.0"

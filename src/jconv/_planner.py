@@ -77,15 +77,25 @@ def get_memory_budget() -> int:
 # a lowering makes (strided slices, concatenations, products summed at the end) move at
 # COPY_BYTES_PER_S; fused elementwise multiply-adds run at ELEMENTWISE_FLOPS (2.5x that when
 # XLA fuses a depthwise einsum into one loop); the FFT's transforms and complex channel
-# mixing at FFT_FLOPS. OVERHEAD scales what the model misses: Winograd's 16-way batched
-# dot and its transposes at C_g >= 64 (x3), the concatenation of the patches (x2).
-PEAK_FLOPS = 1.0e11
-GEMM_KNEE = 64
-COPY_BYTES_PER_S = 4.0e9
+# mixing at FFT_FLOPS. OVERHEAD scales what the model misses: Winograd's transforms (x1.5)
+# and its 16-way batched dot with transposes at C_g >= 64 (x2 more, growing with C_g past
+# 128), the row patches of 3-D inputs (x2.5: nine copies of rows three times wider than
+# the input), the concatenation of the patches (x1.5), which
+# XLA's CPU backend writes at a fraction of memory bandwidth. The constants were fitted by
+# a grid search maximising the benchmark cases whose pick is within 10% of the fastest
+# lowering in a full sweep (15 of 18 cases), after shift, hybrid and patches learned to
+# run over batch chunks (`strategies._common.batch_chunk`); benchmarks/results/latest.md
+# reports pick/best per case.
+PEAK_FLOPS = 5.0e10
+GEMM_KNEE = 32
+COPY_BYTES_PER_S = 2.0e9
 ELEMENTWISE_FLOPS = 6.0e9
 FUSED_DEPTHWISE_SPEEDUP = 2.5
 FFT_FLOPS = 1.0e9
-OVERHEAD = {"patches": 2.0, "winograd_wide": 3.0}
+DIRECT_MAX_CG = 8
+"""`direct` is planned only for thin groups: its autodiff stores a product per term."""
+OVERHEAD = {"patches": 1.5, "hybrid": 1.0, "hybrid_3d": 2.5, "winograd": 1.5,
+            "winograd_wide": 2.0}
 
 
 def _gemm_rate(depth: int, width: int) -> float:
@@ -99,17 +109,21 @@ def predicted_seconds(name: str, spec: ConvSpec, itemsize: int = 4) -> float:
     cg = spec.in_features // spec.feature_group_count
     fq = spec.out_features // spec.groups
     if name == "direct":
-        return flops / ELEMENTWISE_FLOPS
+        thin_groups = spec.groups > 1 and 1 < cg <= DIRECT_MAX_CG
+        return flops / ELEMENTWISE_FLOPS if thin_groups else math.inf
     if name == "shift" and cg == 1 and spec.groups > 1:
         return flops / (ELEMENTWISE_FLOPS * FUSED_DEPTHWISE_SPEEDUP)
     if name == "fft":
         return flops / FFT_FLOPS + moved / COPY_BYTES_PER_S
     depth = {"patches": math.prod(spec.window) * cg, "hybrid": spec.window[-1] * cg}.get(name, cg)
     t = flops / _gemm_rate(depth, fq) + moved / COPY_BYTES_PER_S
-    if name == "patches":
-        t *= OVERHEAD["patches"]
-    if name == "winograd" and cg >= 64:
-        t *= OVERHEAD["winograd_wide"]
+    if name in ("patches", "hybrid"):
+        t *= OVERHEAD[name]
+    if name == "hybrid" and spec.num_spatial >= 3:
+        t *= OVERHEAD["hybrid_3d"]
+    if name == "winograd":
+        t *= OVERHEAD["winograd"] * (OVERHEAD["winograd_wide"] * max(1.0, cg / 128)
+                                      if cg >= 64 else 1.0)
     return t
 
 

@@ -1,9 +1,11 @@
 """Direct multiply-adds: every tap and input channel as a broadcast product, no dot.
 
-``out[n, o, g, m] = sum_k sum_c xp[n, o*s + k*d, g, c] * w[k, c, g, m]`` written, per
-offset, as a broadcast product summed over the ``C_g`` axis, which XLA fuses with the
-accumulation into one loop over the output: no product is stored, and autodiff saves only
-the input. This is the lowering for depthwise convolutions
+``out[n, o, g, m] = sum_k sum_c xp[n, o*s + k*d, g, c] * w[k, c, g, m]`` written as
+``prod(window) * C_g`` elementwise multiply-adds that XLA fuses into one loop over the
+output: no slice, no product is stored. Its autodiff, however, keeps output-sized
+buffers per term (measured: 2*terms+1 outputs per layer), so the planner uses it for
+thin groups only (``1 < C_g <= 8``), where it is 5x faster than native forward and
+backward. This is the lowering for depthwise convolutions
 (``C_g = 1``) and other thin groups, where a dot would have a contraction of size
 ``C_g`` and could not use the matrix units anyway.
 """
@@ -45,13 +47,13 @@ def lower(
     """``(N, *padded, C), (*window, Cg, F) -> (N_out, *out, F)`` by fused multiply-adds."""
     del precision  # elementwise products are exact in the accumulation dtype
     wg = group_kernel(spec, w).astype(acc_dtype)  # (*window, Cg, B, G, Fq)
-    wg = jnp.moveaxis(wg, spec.num_spatial, -2)  # (*window, B, G, Cg, Fq)
     lead = (1,) * (1 + spec.num_spatial)
-    acc = jnp.zeros((*spec.canonical_out_shape[:-1], *wg.shape[-4:-2], wg.shape[-1]), acc_dtype)
+    acc = jnp.zeros((*spec.canonical_out_shape[:-1], *wg.shape[-3:]), acc_dtype)
     for k in offsets(spec):
         xs = group_input(spec, window_slice(spec, xp, k)).astype(acc_dtype)  # (B, Nb, *o, G, Cg)
-        xs = jnp.moveaxis(xs, 0, -3)[..., None]  # (Nb, *o, B, G, Cg, 1)
-        acc = acc + jnp.sum(xs * wg[k].reshape(*lead, *wg.shape[-4:]), axis=-2)
+        xs = jnp.moveaxis(xs, 0, -3)  # (Nb, *o, B, G, Cg)
+        for c in range(xs.shape[-1]):
+            acc = acc + xs[..., c, None] * wg[k][c].reshape(*lead, *wg.shape[-3:])
     return acc.reshape(*acc.shape[:-3], spec.out_features)
 
 

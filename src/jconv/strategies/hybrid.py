@@ -18,8 +18,10 @@ from .._spec import ConvSpec
 from ._common import (
     Cost,
     Geometry,
+    batch_chunk,
     contract,
     group_kernel,
+    in_batch_chunks,
     make_cost,
     offsets,
     ungroup_output,
@@ -33,6 +35,21 @@ def applicable(spec: ConvSpec, dtype: jnp.dtype) -> str | None:
 
 
 def lower(
+    spec: ConvSpec,
+    xp: jax.Array,
+    w: jax.Array,
+    *,
+    precision: lax.PrecisionLike,
+    acc_dtype: jnp.dtype,
+) -> jax.Array:
+    """``(N, *padded, C), (*window, Cg, F) -> (N_out, *out, F)``: row patches, shifted."""
+    full = cost_of(Geometry.from_spec(spec, xp.dtype.itemsize))
+    chunk = batch_chunk(spec, float(full.temp_bytes))
+    return in_batch_chunks(spec, xp, chunk, lambda s, x: _lower_all(
+        s, x, w, precision=precision, acc_dtype=acc_dtype))
+
+
+def _lower_all(
     spec: ConvSpec,
     xp: jax.Array,
     w: jax.Array,
@@ -80,5 +97,13 @@ def cost_of(geo: Geometry) -> Cost:
 
 
 def cost(spec: ConvSpec, itemsize: int = 4) -> Cost:
-    """Cost of the hybrid lowering for ``spec`` (see `cost_of`)."""
-    return cost_of(Geometry.from_spec(spec, itemsize))
+    """Cost of the hybrid lowering for ``spec`` (see `cost_of`); when it runs over batch chunks
+    (`batch_chunk`) only the padded input stays whole, the rest scales with the chunk."""
+    geo = Geometry.from_spec(spec, itemsize)
+    full = cost_of(geo)
+    chunk = batch_chunk(spec, float(full.temp_bytes))
+    if chunk == spec.batch:
+        return full
+    whole = geo.pad * geo.in_elems * itemsize
+    temp = whole + (full.temp_bytes - whole) * sp.Rational(chunk, spec.batch)
+    return Cost(flops=full.flops, temp_bytes=sp.sympify(temp), moved_bytes=full.moved_bytes)

@@ -41,12 +41,11 @@ def _combine(mat: np.ndarray, parts: list[jax.Array]) -> list[jax.Array]:
     """``out[i] = sum_j mat[i, j] * parts[j]`` with the zero terms skipped."""
     out = []
     for row in mat:
-        acc = None
-        for coef, p in zip(row, parts, strict=True):
-            if coef == 0:
-                continue
-            t = p if coef == 1 else (-p if coef == -1 else p * jnp.asarray(coef, p.dtype))
-            acc = t if acc is None else acc + t
+        terms = [p if c == 1 else (-p if c == -1 else p * jnp.asarray(c, p.dtype))
+                 for c, p in zip(row, parts, strict=True) if c != 0]
+        acc = terms[0]
+        for t in terms[1:]:
+            acc = acc + t
         out.append(acc)
     return out
 
