@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from . import _planner, _vjp
+from . import _planner
 from ._padding import apply_padding_mode
 from ._spec import ConvSpec, Padding, _as_int, _int_tuple, normalize_layout
+from .strategies import STRATEGIES
 
 __all__ = ["conv", "conv_general_dilated"]
 
@@ -94,11 +95,6 @@ def _check_precision(precision: Any) -> Any:
     return tuple(precision) if isinstance(precision, list) else precision
 
 
-def _check_strategy(strategy: str, spec: ConvSpec, dtype: np.dtype) -> str:
-    """The lowering to run: the planner's pick for "auto", else the checked forced one."""
-    return _planner.resolve(strategy, spec, dtype)
-
-
 @functools.partial(jax.jit, static_argnames=("spec", "strategy", "precision", "out_dtype"))
 def _run(
     lhs: jax.Array,
@@ -121,7 +117,7 @@ def _run(
         ]
         config += [(0, 0, 0)]
         xp = lax.pad(x, jnp.zeros((), x.dtype), config)
-        y = _vjp.lower(spec, strategy, xp, w, precision=precision, acc_dtype=acc_dtype)
+        y = STRATEGIES[strategy].lower(spec, xp, w, precision=precision, acc_dtype=acc_dtype)
         y = y.astype(out_dtype)
     return jnp.transpose(y, spec.canonical_to_out)
 
@@ -160,7 +156,7 @@ def conv_general_dilated(
     )
     pet = _check_preferred(preferred_element_type, jnp.dtype(lhs.dtype))
     prec = _check_precision(precision)
-    name = _check_strategy(strategy, spec, jnp.dtype(lhs.dtype))
+    name = _planner.resolve(strategy, spec, jnp.dtype(lhs.dtype))  # "auto" -> planner's pick
     out_dtype = pet if pet is not None else jnp.dtype(lhs.dtype)
     y = _run(lhs, rhs, spec=spec, strategy=name, precision=prec, out_dtype=out_dtype)
     # `out_sharding` as in lax (Flax's nnx.Conv always passes it, usually None)

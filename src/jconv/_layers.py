@@ -9,7 +9,7 @@ All of them reduce to `jconv.conv` / einsum; none uses a convolution primitive.
 - grouped: `jconv.conv` with ``groups=G``.
 - masked: the kernel times a fixed 0/1 (or any) mask, as Flax's ``Conv(mask=...)``.
 - locally connected: a different kernel at every output position (`local_conv`, equal to
-  `jax.lax.conv_general_dilated_local`).
+  lax's locally connected convolution).
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def local_conv(
     dimension_numbers: Any = None,
     precision: lax.PrecisionLike = None,
 ) -> jax.Array:
-    """Locally connected (unshared) conv: drop-in for `jax.lax.conv_general_dilated_local`.
+    """Locally connected (unshared) conv: a drop-in for lax's locally connected conv.
 
     `rhs` has the output's spatial sizes in its spatial axes and ``I = C * prod(filter_shape)``
     ordered channel-major, then window offsets row-major in the kernel layout's spatial order:
