@@ -20,6 +20,9 @@ from .geometry import same_padding as same_padding
 from .geometry import size_symbols as size_symbols
 from .geometry import transposed_output_size as transposed_output_size
 from .hypotheses import hypotheses as hypotheses
+from .lowering import lowering_cost_formula as lowering_cost_formula
+from .lowering import lowering_costs as lowering_costs
+from .lowering import lowering_names as lowering_names
 from .memory import tensor_bytes as tensor_bytes
 from .memory import tensor_elements as tensor_elements
 from .stacks import asymptotic_order as asymptotic_order
@@ -41,6 +44,9 @@ __all__ = [
     "gamma",
     "hypotheses",
     "layer_model",
+    "lowering_cost_formula",
+    "lowering_costs",
+    "lowering_names",
     "output_padding",
     "output_size",
     "receptive_field",
