@@ -54,6 +54,17 @@ def test_fft_is_not_picked_where_measured_slower() -> None:
         assert _planner.plan(_spec((8, 4096, 64), (k,), 64), F32) != "fft"
 
 
+@pytest.mark.parametrize("k", [1, 3, 7, 15])
+def test_small_windows_of_exact_values_stay_exact(k: int) -> None:
+    """Below `FFT_MIN_TAPS` auto never takes the FFT, whose round-off touches every output:
+    a conv of ones over ones counts the taps exactly, as the definition does."""
+    x, w = jnp.ones((1, 30, 1), jnp.float32), jnp.ones((k, 1, 1), jnp.float32)
+    y = jconv.conv(x, w, padding=((k // 2, k // 2),), layout="NWC")
+    taps = np.convolve(np.ones(30), np.ones(k), mode="same")
+    np.testing.assert_array_equal(np.asarray(y)[0, :, 0], taps)
+    assert _planner.plan(_spec((1, 30, 1), (k,), 1), F32) != "fft"
+
+
 def test_dense_uses_a_gemm_lowering() -> None:
     for spec in (_spec((8, 28, 28, 128), (3, 3), 128), _spec((8, 28, 28, 128), (1, 1), 256)):
         assert _planner.plan(spec, F32) in ("shift", "patches", "hybrid", "winograd")

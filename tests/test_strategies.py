@@ -234,3 +234,18 @@ def test_batch_chunked_path_matches_lax(name: str) -> None:
     rw = jax.grad(lambda b: jnp.sum(lax.conv_general_dilated(x, b, **kw)))(w)
     np.testing.assert_allclose(np.asarray(gw), np.asarray(rw), rtol=1e-3,
                                atol=1e-4 * float(jnp.max(jnp.abs(rw))))
+
+
+@pytest.mark.parametrize(("size", "pads"), [(1, (-1, 1)), (2, (-4, 2)), (1, (-2, 3))])
+def test_polyphase_when_cropping_removes_every_real_sample(size: int, pads: tuple) -> None:
+    """lhs dilation 3 with a negative low pad that crops past the only real samples."""
+    from reference import conv_reference
+
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal((1, size, 2)), rng.standard_normal((2, 2, 3))
+    got = jconv.conv_general_dilated(
+        jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32), (1,), (pads,), (3,),
+        dimension_numbers=("NWC", "WIO", "NWC"), strategy="polyphase")
+    want = conv_reference(x, w, (1,), (pads,), (3,), (1,))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)

@@ -94,6 +94,10 @@ FUSED_DEPTHWISE_SPEEDUP = 2.5
 FFT_FLOPS = 1.0e9
 DIRECT_MAX_CG = 8
 """`direct` is planned only for thin groups: its autodiff stores a product per term."""
+FFT_MIN_TAPS = 49
+"""`fft` is planned only for windows of at least this many taps (7x7, or k >= 49 in 1-D):
+its round-off is spread over every output, so small convolutions of exact values (integers,
+ones) would no longer come out exact; it pays off only for large windows anyway."""
 OVERHEAD = {"patches": 1.5, "hybrid": 1.0, "hybrid_3d": 2.5, "winograd": 1.5,
             "winograd_wide": 2.0}
 
@@ -114,6 +118,8 @@ def predicted_seconds(name: str, spec: ConvSpec, itemsize: int = 4) -> float:
     if name == "shift" and cg == 1 and spec.groups > 1:
         return flops / (ELEMENTWISE_FLOPS * FUSED_DEPTHWISE_SPEEDUP)
     if name == "fft":
+        if math.prod(spec.window) < FFT_MIN_TAPS:
+            return math.inf
         return flops / FFT_FLOPS + moved / COPY_BYTES_PER_S
     depth = {"patches": math.prod(spec.window) * cg, "hybrid": spec.window[-1] * cg}.get(name, cg)
     t = flops / _gemm_rate(depth, fq) + moved / COPY_BYTES_PER_S

@@ -66,8 +66,11 @@ def lower(
     ns, strides = spec.num_spatial, spec.lhs_dilation
     tiles = tuple(-(-o // s) for o, s in zip(spec.out_spatial, strides, strict=True))
     start = [0, *(lo % s for (lo, _), s in zip(spec.padding, strides, strict=True)), 0]
-    xs = lax.slice(xp, start, xp.shape, (1, *strides, 1))
     n, f = spec.batch, spec.out_features
+    if any(b >= size for b, size in zip(start[1:-1], spec.padded_in, strict=True)):
+        # cropping removed every real sample: the window slides over zeros only
+        return jnp.zeros((n, *spec.out_spatial, f), acc_dtype)
+    xs = lax.slice(xp, start, xp.shape, (1, *strides, 1))
     phases = []
     for r in itertools.product(*(range(s) for s in strides)):
         geo = _phase(spec, r)
