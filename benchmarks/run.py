@@ -288,8 +288,9 @@ def markdown(meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
                f"{f['ratio']:.2f}", f"{f['gflops']:.1f}", f"{f['pct_matmul']:.0f}%",
                f"{b['native_ms']:.2f}", f"{b['ratio']:.2f}", f"{b['gflops']:.1f}"]
         if torch_col:
-            row += [f"{f.get('torch_ms', float('nan')):.2f}",
-                    f"{b.get('torch_ms', float('nan')):.2f}"]
+            # "-": no PyTorch equivalent (asymmetric SAME padding)
+            row += [f"{f['torch_ms']:.2f}" if "torch_ms" in f else "-",
+                    f"{b['torch_ms']:.2f}" if "torch_ms" in b else "-"]
         if sweep:
             row += [f"{f['chosen_over_best']:.2f} ({f['best_strategy']})",
                     f"{b['chosen_over_best']:.2f} ({b['best_strategy']})"]
