@@ -173,6 +173,37 @@ def in_batch_chunks(
     return ys.reshape(n, *ys.shape[2:])
 
 
+def lower_chunked(
+    spec: ConvSpec,
+    xp: jax.Array,
+    w: jax.Array,
+    cost_of: Callable[[Geometry], Cost],
+    lower_all: Callable[..., jax.Array],
+    *,
+    precision: lax.PrecisionLike,
+    acc_dtype: jnp.dtype,
+) -> jax.Array:
+    """``lower_all(spec, xp, w, ...)``, over batch chunks once `cost_of`'s temp bytes call for it
+    (`batch_chunk`)."""
+    full = cost_of(Geometry.from_spec(spec, xp.dtype.itemsize))
+    chunk = batch_chunk(spec, float(full.temp_bytes))
+    return in_batch_chunks(spec, xp, chunk, lambda s, x: lower_all(
+        s, x, w, precision=precision, acc_dtype=acc_dtype))
+
+
+def chunked_cost(spec: ConvSpec, itemsize: int, cost_of: Callable[[Geometry], Cost]) -> Cost:
+    """`cost_of` for ``spec``, with the temp bytes of a `lower_chunked` run: over batch chunks
+    only the padded input stays whole, the rest scales with the chunk."""
+    geo = Geometry.from_spec(spec, itemsize)
+    full = cost_of(geo)
+    chunk = batch_chunk(spec, float(full.temp_bytes))
+    if chunk == spec.batch:
+        return full
+    whole = geo.pad * geo.in_elems * itemsize
+    temp = whole + (full.temp_bytes - whole) * sp.Rational(chunk, spec.batch)
+    return Cost(flops=full.flops, temp_bytes=sp.sympify(temp), moved_bytes=full.moved_bytes)
+
+
 def offsets(spec: ConvSpec) -> Iterator[tuple[int, ...]]:
     """All kernel offsets ``k`` (tuples over spatial dims), row-major."""
     return itertools.product(*(range(k) for k in spec.window))

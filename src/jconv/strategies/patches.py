@@ -13,18 +13,17 @@ import math
 
 import jax
 import jax.numpy as jnp
-import sympy as sp
 from jax import lax
 
 from .._spec import ConvSpec
 from ._common import (
     Cost,
     Geometry,
-    batch_chunk,
+    chunked_cost,
     contract,
     group_input,
     group_kernel,
-    in_batch_chunks,
+    lower_chunked,
     make_cost,
     offsets,
     ungroup_output,
@@ -47,10 +46,8 @@ def lower(
 ) -> jax.Array:
     """``(N, *padded, C), (*window, Cg, F) -> (N_out, *out, F)`` by one patches einsum
     (per batch chunk when the patches are big, see `batch_chunk`)."""
-    full = cost_of(Geometry.from_spec(spec, xp.dtype.itemsize))
-    chunk = batch_chunk(spec, float(full.temp_bytes))
-    return in_batch_chunks(spec, xp, chunk, lambda s, x: _lower_all(
-        s, x, w, precision=precision, acc_dtype=acc_dtype))
+    return lower_chunked(spec, xp, w, cost_of, _lower_all, precision=precision,
+                         acc_dtype=acc_dtype)
 
 
 def _lower_all(
@@ -96,11 +93,4 @@ def cost_of(geo: Geometry) -> Cost:
 def cost(spec: ConvSpec, itemsize: int = 4) -> Cost:
     """Cost of the patches lowering for ``spec`` (see `cost_of`); when it runs over batch
     chunks only the padded input stays whole, the rest scales with the chunk."""
-    geo = Geometry.from_spec(spec, itemsize)
-    full = cost_of(geo)
-    chunk = batch_chunk(spec, float(full.temp_bytes))
-    if chunk == spec.batch:
-        return full
-    whole = geo.pad * geo.in_elems * itemsize
-    temp = whole + (full.temp_bytes - whole) * sp.Rational(chunk, spec.batch)
-    return Cost(flops=full.flops, temp_bytes=sp.sympify(temp), moved_bytes=full.moved_bytes)
+    return chunked_cost(spec, itemsize, cost_of)
