@@ -10,9 +10,14 @@ use the dense count ``2 * MACs`` (divided by the lhs dilation's phases for trans
 convolutions; x3 for forward+backward); "% mm" is that rate over the
 machine's measured float32 matmul rate. Unless --quick or --no-sweep, every lowering the
 planner considers is timed as well (alternately among themselves), forward and, for those
-within 3x of the best forward, forward+backward: "pick/best" is the planner's choice over
-the fastest measured. Long timings use fewer repetitions (at least 3).
-A PyTorch CPU column is added when torch is importable.
+within 3x of the best forward, forward+backward: "pick/best" is the planner's forward
+choice over the fastest lowering measured, and for forward+backward jconv's "auto" (values
+by the forward pick, derivatives through the backward pick, both in the "lowering" column)
+timed in the same group over the fastest single lowering. Long timings use fewer
+repetitions (at least 3).
+A PyTorch CPU column is added when torch is importable; torch is timed apart from jconv and
+lax, with OpenMP threads that sleep when idle (``OMP_WAIT_POLICY=PASSIVE``), so that its
+spinning workers do not steal the cores from the timings that follow.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import numpy as np
 from jax import lax
 
 import jconv
-from jconv._planner import plan, predicted_seconds
+from jconv._planner import plan, plan_backward, predicted_seconds
 from jconv._spec import ConvSpec
 from jconv.strategies import STRATEGIES
 
@@ -137,6 +142,7 @@ def fwd_bwd(conv: Callable[[jax.Array, jax.Array], jax.Array]) -> Callable[..., 
 
 def torch_thunks(case: Case, x: np.ndarray, w: np.ndarray) -> tuple[Callable, Callable] | None:
     """PyTorch CPU forward and forward+backward thunks for `case`, or None."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP
     try:
         import torch
         import torch.nn.functional as tf
@@ -203,8 +209,10 @@ def bench_case(case: Case, reps: int, sweep: bool, peak: float) -> dict[str, Any
         return lambda a, b: jconv.conv_general_dilated(a, b, **args, strategy=strategy)
 
     chosen = plan(spec, jnp.dtype(jnp.float32))
+    backward = plan_backward(spec, jnp.dtype(jnp.float32))
     flops = 2 * spec.macs / math.prod(spec.lhs_dilation)  # transposed: taps on real input
-    rec: dict[str, Any] = {"case": case.name, "strategy": chosen, "gflop": flops / 1e9}
+    rec: dict[str, Any] = {"case": case.name, "strategy": chosen, "backward": backward,
+                           "gflop": flops / 1e9}
     th = torch_thunks(case, x, w)
     candidates = [n for n, m in STRATEGIES.items()
                   if m.applicable(spec, jnp.dtype(jnp.float32)) is None
@@ -216,22 +224,19 @@ def bench_case(case: Case, reps: int, sweep: bool, peak: float) -> dict[str, Any
         else:
             gn, gr = fwd_bwd(ours("auto")), fwd_bwd(native)
             thunks = [lambda gn=gn: gn(xj, wj, cj), lambda gr=gr: gr(xj, wj, cj)]
-        if th is not None:
-            thunks.append(th[0] if mode == "fwd" else th[1])
-        times = timed(thunks, reps)
-        t_ours, t_nat = times[0], times[1]
+        t_ours, t_nat = timed(thunks, reps)
         r = {"jconv_ms": t_ours * 1e3, "native_ms": t_nat * 1e3, "ratio": t_ours / t_nat,
              "gflops": mult * flops / t_ours / 1e9,
              "pct_matmul": 100 * mult * flops / t_ours / peak,
              "native_gflops": mult * flops / t_nat / 1e9}
-        if th is not None:
-            r["torch_ms"] = times[2] * 1e3
+        if th is not None:  # timed on its own: its idle OpenMP threads would slow the next thunk
+            r["torch_ms"] = timed([th[0] if mode == "fwd" else th[1]], reps)[0] * 1e3
         if sweep:
             names = candidates
             if mode == "fwd+bwd":  # lowerings more than 3x slower forward are not retried
                 fwd_per = rec["fwd"]["per_strategy_ms"]
                 names = [n for n in candidates if fwd_per[n] <= 3 * min(fwd_per.values())]
-                names = sorted(set(names) | {chosen})
+                names = sorted(set(names) | {chosen, backward})
             sweep_thunks = []
             for name in names:
                 if mode == "fwd":
@@ -240,10 +245,15 @@ def bench_case(case: Case, reps: int, sweep: bool, peak: float) -> dict[str, Any
                 else:
                     g = fwd_bwd(ours(name))
                     sweep_thunks.append(lambda g=g: g(xj, wj, cj))
-            per = {n: t * 1e3 for n, t in zip(names, timed(sweep_thunks, reps), strict=True)}
+            if mode == "fwd+bwd":  # auto differentiates through the backward pick
+                g = fwd_bwd(ours("auto"))
+                sweep_thunks.append(lambda g=g: g(xj, wj, cj))
+            times = [t * 1e3 for t in timed(sweep_thunks, reps)]
+            per = dict(zip(names, times, strict=False))
+            auto = times[-1] if mode == "fwd+bwd" else per[chosen]
             r["per_strategy_ms"] = per
             r["best_strategy"] = min(per, key=per.__getitem__)
-            r["chosen_over_best"] = per[chosen] / min(per.values())
+            r["chosen_over_best"] = auto / min(per.values())
         rec[mode] = r
     return rec
 
@@ -268,7 +278,7 @@ def markdown(meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
     """The results as a Markdown table."""
     torch_col = any("torch_ms" in r["fwd"] for r in recs)
     sweep = any("per_strategy_ms" in r["fwd"] for r in recs)
-    head = ["case", "lowering", "GFLOP", "fwd native ms", "fwd ratio", "fwd GFLOP/s",
+    head = ["case", "lowering (fwd/grad)", "GFLOP", "fwd native ms", "fwd ratio", "fwd GFLOP/s",
             "fwd % mm", "f+b native ms", "f+b ratio", "f+b GFLOP/s"]
     if torch_col:
         head += ["torch fwd ms", "torch f+b ms"]
@@ -284,7 +294,9 @@ def markdown(meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
     ]
     for r in recs:
         f, b = r["fwd"], r["fwd+bwd"]
-        row = [r["case"], r["strategy"], f"{r['gflop']:.3f}", f"{f['native_ms']:.2f}",
+        low = r["strategy"] if r["backward"] == r["strategy"] else (
+            f"{r['strategy']}/{r['backward']}")
+        row = [r["case"], low, f"{r['gflop']:.3f}", f"{f['native_ms']:.2f}",
                f"{f['ratio']:.2f}", f"{f['gflops']:.1f}", f"{f['pct_matmul']:.0f}%",
                f"{b['native_ms']:.2f}", f"{b['ratio']:.2f}", f"{b['gflops']:.1f}"]
         if torch_col:
@@ -323,7 +335,8 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         rec = bench_case(case, reps, sweep, peak)
         recs.append(rec)
-        print(f"{case.name:28s} {rec['strategy']:8s} fwd {rec['fwd']['ratio']:.2f} "
+        print(f"{case.name:28s} {rec['strategy']:8s} {rec['backward']:8s} "
+              f"fwd {rec['fwd']['ratio']:.2f} "
               f"f+b {rec['fwd+bwd']['ratio']:.2f}"
               + (f" pick/best {rec['fwd']['chosen_over_best']:.2f}"
                  f"/{rec['fwd+bwd']['chosen_over_best']:.2f}" if sweep else "")

@@ -133,12 +133,13 @@ def test_float64_forward_is_exact_to_rounding() -> None:
             assert np.max(np.abs(got - want) / _scale(x, w, kw)) < 1e-12, name
 
 
-def test_integer_inputs_exact() -> None:
+@pytest.mark.parametrize("strides", [(1, 2), (1, 1)])
+def test_integer_inputs_exact(strides: tuple[int, int]) -> None:
     """Integer convolutions are exact in every lowering that accepts integers."""
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.integers(-5, 5, (2, 7, 6, 4)), jnp.int32)
     w = jnp.asarray(rng.integers(-3, 3, (3, 3, 2, 4)), jnp.int32)
-    kw = dict(window_strides=(1, 2), padding="SAME", dimension_numbers=_dn(2),
+    kw = dict(window_strides=strides, padding="SAME", dimension_numbers=_dn(2),
               feature_group_count=2)
     want = np.asarray(
         lax.conv_general_dilated(x.astype(jnp.float32), w.astype(jnp.float32), **kw)
@@ -146,7 +147,8 @@ def test_integer_inputs_exact() -> None:
     spec = ConvSpec.from_lax(x.shape, w.shape, **kw)
     for name in NAMES:
         if STRATEGIES[name].applicable(spec, jnp.dtype(jnp.int32)) is not None:
-            assert name in ("winograd", "fft", "polyphase")
+            strided = {"scatter"} if 2 in strides else set()
+            assert name in {"winograd", "fft", "polyphase"} | strided
             continue
         got = jconv.conv_general_dilated(x, w, **kw, strategy=name)
         assert got.dtype == jnp.int32
@@ -190,7 +192,7 @@ def test_cost_is_sympy_and_matches_symbolic_form(name: str) -> None:
     geo, num = Geometry.symbols(2), Geometry.from_spec(spec)
     subs = {geo.n: num.n, geo.cg: num.cg, geo.fq: num.fq, geo.g: num.g, geo.pad: num.pad,
             geo.itemsize: 4}
-    for a in ("out", "window", "padded"):
+    for a in ("out", "window", "padded", "inp"):
         subs.update(dict(zip(getattr(geo, a), getattr(num, a), strict=True)))
     sym = mod.cost_of(geo)
     assert sp.simplify(sym.flops.subs(subs) - c.flops) == 0

@@ -1,8 +1,8 @@
 """The numeric engine: `conv_general_dilated` and the friendly `conv`, as einsums.
 
 Pipeline: validate (`ConvSpec`, dtypes) in Python -> one jitted function per spec that
-transposes to canonical order, pads and lhs-dilates with `lax.pad`, hands the VALID
-strided/dilated/grouped contraction to a lowering strategy, casts and transposes back.
+transposes to canonical order, hands the padded, lhs-dilated, strided/dilated/grouped
+contraction to a lowering strategy, casts and transposes back.
 No convolution primitive is used anywhere.
 """
 
@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from . import _planner
 from ._padding import apply_padding_mode
@@ -95,13 +96,49 @@ def _check_precision(precision: Any) -> Any:
     return tuple(precision) if isinstance(precision, list) else precision
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
+def _lower(
+    x: jax.Array,
+    w: jax.Array,
+    spec: ConvSpec,
+    names: tuple[str, str],
+    precision: lax.PrecisionLike,
+    acc_dtype: np.dtype,
+) -> jax.Array:
+    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` by lowering ``names[0]``, whose
+    derivatives are those of lowering ``names[1]`` (`_lower_jvp`)."""
+    return STRATEGIES[names[0]].lower(spec, x, w, precision=precision, acc_dtype=acc_dtype)
+
+
+def _lower_jvp(
+    spec: ConvSpec,
+    names: tuple[str, str],
+    precision: lax.PrecisionLike,
+    acc_dtype: np.dtype,
+    primals: tuple[jax.Array, jax.Array],
+    tangents: tuple[Any, Any],
+) -> tuple[jax.Array, jax.Array]:
+    """The convolution is bilinear: its tangent is ``conv(dx, w) + conv(x, dw)``, here both by
+    lowering ``names[1]``; reverse mode transposes those. Symbolic-zero tangents are skipped."""
+    x, w = primals
+    dx, dw = tangents
+    y = _lower(x, w, spec, names, precision, acc_dtype)
+    grad = STRATEGIES[names[1]]
+    terms = [grad.lower(spec, a, b, precision=precision, acc_dtype=acc_dtype)
+             for a, b, t in ((dx, w, dx), (x, dw, dw)) if not isinstance(t, SymbolicZero)]
+    return y, functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(y)
+
+
+_lower.defjvp(_lower_jvp, symbolic_zeros=True)
+
+
 @functools.partial(jax.jit, static_argnames=("spec", "strategy", "precision", "out_dtype"))
 def _run(
     lhs: jax.Array,
     rhs: jax.Array,
     *,
     spec: ConvSpec,
-    strategy: str,
+    strategy: tuple[str, str],
     precision: lax.PrecisionLike,
     out_dtype: np.dtype,
 ) -> jax.Array:
@@ -111,13 +148,10 @@ def _run(
     if 0 in spec.canonical_out_shape or 0 in spec.window or spec.in_features == 0:
         y = jnp.zeros(spec.canonical_out_shape, out_dtype)
     else:
-        config = [(0, 0, 0)]
-        config += [
-            (lo, hi, d - 1) for (lo, hi), d in zip(spec.padding, spec.lhs_dilation, strict=True)
-        ]
-        config += [(0, 0, 0)]
-        xp = lax.pad(x, jnp.zeros((), x.dtype), config)
-        y = STRATEGIES[strategy].lower(spec, xp, w, precision=precision, acc_dtype=acc_dtype)
+        if strategy[0] == strategy[1]:  # plain autodiff of the one lowering
+            y = STRATEGIES[strategy[0]].lower(spec, x, w, precision=precision, acc_dtype=acc_dtype)
+        else:
+            y = _lower(x, w, spec, strategy, precision, acc_dtype)
         y = y.astype(out_dtype)
     return jnp.transpose(y, spec.canonical_to_out)
 
@@ -156,9 +190,9 @@ def conv_general_dilated(
     )
     pet = _check_preferred(preferred_element_type, jnp.dtype(lhs.dtype))
     prec = _check_precision(precision)
-    name = _planner.resolve(strategy, spec, jnp.dtype(lhs.dtype))  # "auto" -> planner's pick
+    names = _planner.resolve(strategy, spec, jnp.dtype(lhs.dtype))  # "auto": values, gradients
     out_dtype = pet if pet is not None else jnp.dtype(lhs.dtype)
-    y = _run(lhs, rhs, spec=spec, strategy=name, precision=prec, out_dtype=out_dtype)
+    y = _run(lhs, rhs, spec=spec, strategy=names, precision=prec, out_dtype=out_dtype)
     # `out_sharding` as in lax (Flax's nnx.Conv always passes it, usually None)
     return y if out_sharding is None else jax.sharding.reshard(y, out_sharding)
 

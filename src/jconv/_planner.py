@@ -2,8 +2,11 @@
 
 Every lowering module states its cost (`cost(spec)`: FLOPs, temp bytes, bytes moved). The
 planner turns it into a predicted time with per-lowering rates measured on a 2-core x86 CPU
-(see `RATES`), drops lowerings that cannot run the spec or whose temp bytes exceed the
-budget, and takes the fastest. Choices are cached per (spec, dtype, budget). A forced
+(the constants below), drops lowerings that cannot run the spec or whose temp bytes exceed
+the budget, and takes the fastest. It picks twice: once for the forward pass (`plan`) and
+once for the derivatives (`plan_backward`, the forward time scaled by how the lowering's
+transpose fares, `BACKWARD`); the engine computes values with the first and
+differentiates through the second. Choices are cached per (spec, dtype, budget). A forced
 strategy whose temp bytes exceed the budget raises `ValueError` before anything is
 allocated.
 """
@@ -26,6 +29,8 @@ __all__ = [
     "check_budget",
     "get_memory_budget",
     "plan",
+    "plan_backward",
+    "predicted_backward_seconds",
     "predicted_seconds",
     "resolve",
     "set_memory_budget",
@@ -98,6 +103,9 @@ FFT_MIN_TAPS = 49
 """`fft` is planned only for windows of at least this many taps (7x7, or k >= 49 in 1-D):
 its round-off is spread over every output, so small convolutions of exact values (integers,
 ones) would no longer come out exact; it pays off only for large windows anyway."""
+SCATTER_TAPS = 9
+"""`scatter` slows in proportion to its taps past this many: its fused sum reads one strided
+row of the products per tap for every output (1-D k = 15, 31 and 3-D 3x3x3 measured)."""
 OVERHEAD = {"patches": 1.5, "hybrid": 1.0, "hybrid_3d": 2.5, "winograd": 1.5,
             "winograd_wide": 2.0}
 
@@ -121,8 +129,13 @@ def predicted_seconds(name: str, spec: ConvSpec, itemsize: int = 4) -> float:
         if math.prod(spec.window) < FFT_MIN_TAPS:
             return math.inf
         return flops / FFT_FLOPS + moved / COPY_BYTES_PER_S
+    if name == "scatter" and spec.groups > 1:
+        return math.inf
     depth = {"patches": math.prod(spec.window) * cg, "hybrid": spec.window[-1] * cg}.get(name, cg)
-    t = flops / _gemm_rate(depth, fq) + moved / COPY_BYTES_PER_S
+    width = math.prod(spec.window) * fq if name == "scatter" else fq
+    t = flops / _gemm_rate(depth, width) + moved / COPY_BYTES_PER_S
+    if name == "scatter":
+        t *= max(1.0, math.prod(spec.window) / SCATTER_TAPS)
     if name in ("patches", "hybrid"):
         t *= OVERHEAD[name]
     if name == "hybrid" and spec.num_spatial >= 3:
@@ -131,6 +144,23 @@ def predicted_seconds(name: str, spec: ConvSpec, itemsize: int = 4) -> float:
         t *= OVERHEAD["winograd"] * (OVERHEAD["winograd_wide"] * max(1.0, cg / 128)
                                       if cg >= 64 else 1.0)
     return t
+
+
+BACKWARD = {"shift": 0.6, "patches": 0.4, "hybrid": 0.6, "scatter": 0.6, "winograd": 2.0,
+            "direct": 17.0, "polyphase": 0.2, "fft": 1.0}
+"""Backward (input and kernel gradients) over forward predicted time, per lowering: medians
+of the benchmark cases' measured gradient time over the predicted forward time (its
+forward is on the same scale), from the same sweep as the rates above."""
+BACKWARD_DEPTHWISE = 20.0
+"""The same for `shift` with one input channel per group: its kernel gradient reduces one
+copied window slice per tap, where the forward fused everything into one loop."""
+
+
+def predicted_backward_seconds(name: str, spec: ConvSpec, itemsize: int = 4) -> float:
+    """Predicted time of the gradients of lowering `name` on `spec` (`BACKWARD`)."""
+    depthwise = spec.in_features == spec.feature_group_count and spec.groups > 1
+    factor = BACKWARD_DEPTHWISE if name == "shift" and depthwise else BACKWARD[name]
+    return factor * predicted_seconds(name, spec, itemsize)
 
 
 def _why_not(name: str, spec: ConvSpec, dtype: jnp.dtype, budget: int) -> str | None:
@@ -157,9 +187,23 @@ def _plan(spec: ConvSpec, dtype: jnp.dtype, budget: int) -> str:
     return min(options, key=lambda n: predicted_seconds(n, spec, itemsize))
 
 
+@functools.lru_cache(maxsize=4096)
+def _plan_backward(spec: ConvSpec, dtype: jnp.dtype, budget: int) -> str:
+    itemsize = jnp.dtype(dtype).itemsize
+    options = [n for n in STRATEGIES if _why_not(n, spec, dtype, budget) is None]
+    if not options:
+        return _plan(spec, dtype, budget)  # raises the budget error
+    return min(options, key=lambda n: predicted_backward_seconds(n, spec, itemsize))
+
+
 def plan(spec: ConvSpec, dtype: jnp.dtype) -> str:
     """The lowering `strategy="auto"` runs for `spec` at `dtype` (cached)."""
     return _plan(spec, jnp.dtype(dtype), get_memory_budget())
+
+
+def plan_backward(spec: ConvSpec, dtype: jnp.dtype) -> str:
+    """The lowering `strategy="auto"` differentiates through for `spec` at `dtype` (cached)."""
+    return _plan_backward(spec, jnp.dtype(dtype), get_memory_budget())
 
 
 def check_budget(name: str, spec: ConvSpec, dtype: jnp.dtype) -> None:
@@ -169,15 +213,17 @@ def check_budget(name: str, spec: ConvSpec, dtype: jnp.dtype) -> None:
         raise ValueError(f"`strategy` (={name!r}) cannot run this convolution: {reason}.")
 
 
-def resolve(strategy: str, spec: ConvSpec, dtype: jnp.dtype) -> str:
-    """Validate `strategy` ("auto" or a lowering name) and return the lowering to run."""
+def resolve(strategy: str, spec: ConvSpec, dtype: jnp.dtype) -> tuple[str, str]:
+    """Validate `strategy` ("auto" or a lowering name) and return the lowerings to run: one
+    for the values, one for the derivatives (the same one unless "auto")."""
     if not isinstance(strategy, str) or (strategy != "auto" and strategy not in STRATEGIES):
         raise ValueError(
             f"`strategy` (={strategy!r}) must be 'auto' or one of {sorted(STRATEGIES)}."
         )
     if 0 in spec.canonical_out_shape or 0 in spec.window or spec.in_features == 0:
-        return "shift" if strategy == "auto" else strategy  # the engine returns zeros
+        name = "shift" if strategy == "auto" else strategy  # the engine returns zeros
+        return name, name
     if strategy == "auto":
-        return plan(spec, dtype)
+        return plan(spec, dtype), plan_backward(spec, dtype)
     check_budget(strategy, spec, dtype)
-    return strategy
+    return strategy, strategy

@@ -1,7 +1,8 @@
-"""Lowerings of a VALID, strided, rhs-dilated, grouped convolution to einsums.
+"""Lowerings of a padded, lhs-dilated, strided, rhs-dilated, grouped convolution to einsums.
 
-Each strategy module exposes ``lower(spec, xp, w, *, precision, acc_dtype)``: ``xp`` is the
-input already padded and lhs-dilated, in canonical order ``(N, *padded, C)``; ``w`` is the
+Each strategy module exposes ``lower(spec, x, w, *, precision, acc_dtype)``: ``x`` is the
+input in canonical order ``(N, *in, C)``, which the lowering pads and lhs-dilates as the spec
+says (most with `_common.pad_input`; polyphase never builds the dilated input); ``w`` is the
 kernel ``(*window, C // feature_group_count, F)``; the result is ``(N_out, *out, F)`` in
 ``acc_dtype``. Beside it, ``applicable(spec, dtype)`` (None, or why it cannot run) and
 ``cost(spec, itemsize)`` (SymPy FLOPs, temp bytes and bytes moved).
@@ -9,7 +10,7 @@ kernel ``(*window, C // feature_group_count, F)``; the result is ``(N_out, *out,
 
 from types import ModuleType
 
-from . import direct, fft, hybrid, patches, polyphase, shift, winograd
+from . import direct, fft, hybrid, patches, polyphase, scatter, shift, winograd
 from ._common import Cost, Geometry
 
 STRATEGIES: dict[str, ModuleType] = {
@@ -20,6 +21,7 @@ STRATEGIES: dict[str, ModuleType] = {
     "winograd": winograd,
     "fft": fft,
     "polyphase": polyphase,
+    "scatter": scatter,
 }
 
 __all__ = ["STRATEGIES", "Cost", "Geometry"]

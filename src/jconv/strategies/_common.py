@@ -23,7 +23,8 @@ Expr = Any
 class Geometry:
     """The sizes a lowering's cost depends on, as ints or SymPy symbols.
 
-    ``n``: batch (per batch group); ``out``/``window``/``padded``: per spatial dim;
+    ``n``: batch (per batch group); ``out``/``window``/``padded``/``inp`` (the input before
+    padding and lhs dilation): per spatial dim;
     ``cg``: input channels per group; ``fq``: output features per group; ``g``: groups
     (feature or batch); ``pad``: 1 if the engine materialises a padded input, else 0;
     ``strided``: 1 if any stride exceeds 1, else 0; ``itemsize``: bytes per element.
@@ -33,6 +34,7 @@ class Geometry:
     out: tuple[Expr, ...]
     window: tuple[Expr, ...]
     padded: tuple[Expr, ...]
+    inp: tuple[Expr, ...]
     cg: Expr
     fq: Expr
     g: Expr
@@ -49,6 +51,7 @@ class Geometry:
             out=spec.out_spatial,
             window=spec.window,
             padded=spec.padded_in,
+            inp=spec.in_spatial,
             cg=spec.in_features // spec.feature_group_count,
             fq=spec.out_features // spec.groups,
             g=spec.groups,
@@ -68,6 +71,7 @@ class Geometry:
             out=tuple(pos(f"o_{i}") for i in range(num_spatial)),
             window=tuple(pos(f"k_{i}") for i in range(num_spatial)),
             padded=tuple(pos(f"p_{i}") for i in range(num_spatial)),
+            inp=tuple(pos(f"i_{i}") for i in range(num_spatial)),
             cg=pos("C_g"),
             fq=pos("F_g"),
             g=pos("G"),
@@ -173,9 +177,18 @@ def in_batch_chunks(
     return ys.reshape(n, *ys.shape[2:])
 
 
+def pad_input(spec: ConvSpec, x: jax.Array) -> jax.Array:
+    """``(N, *in, C) -> (N, *padded, C)``: the spec's padding (negative crops) and lhs
+    dilation (zeros between samples), one `lax.pad`; ``x`` itself when there is neither."""
+    config = [(lo, hi, d - 1) for (lo, hi), d in zip(spec.padding, spec.lhs_dilation, strict=True)]
+    if all(c == (0, 0, 0) for c in config):
+        return x
+    return lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *config, (0, 0, 0)])
+
+
 def lower_chunked(
     spec: ConvSpec,
-    xp: jax.Array,
+    x: jax.Array,
     w: jax.Array,
     cost_of: Callable[[Geometry], Cost],
     lower_all: Callable[..., jax.Array],
@@ -183,8 +196,9 @@ def lower_chunked(
     precision: lax.PrecisionLike,
     acc_dtype: jnp.dtype,
 ) -> jax.Array:
-    """``lower_all(spec, xp, w, ...)``, over batch chunks once `cost_of`'s temp bytes call for it
-    (`batch_chunk`)."""
+    """``lower_all(spec, xp, w, ...)`` on the padded input ``xp`` (`pad_input`), over batch chunks
+    once `cost_of`'s temp bytes call for it (`batch_chunk`)."""
+    xp = pad_input(spec, x)
     full = cost_of(Geometry.from_spec(spec, xp.dtype.itemsize))
     chunk = batch_chunk(spec, float(full.temp_bytes))
     return in_batch_chunks(spec, xp, chunk, lambda s, x: lower_all(

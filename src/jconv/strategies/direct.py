@@ -19,7 +19,16 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._spec import ConvSpec
-from ._common import Cost, Geometry, group_input, group_kernel, make_cost, offsets, window_slice
+from ._common import (
+    Cost,
+    Geometry,
+    group_input,
+    group_kernel,
+    make_cost,
+    offsets,
+    pad_input,
+    window_slice,
+)
 
 MAX_TERMS = 512
 """Largest ``prod(window) * C_g`` this lowering unrolls (the traced graph grows with it)."""
@@ -38,14 +47,15 @@ def applicable(spec: ConvSpec, dtype: jnp.dtype) -> str | None:
 
 def lower(
     spec: ConvSpec,
-    xp: jax.Array,
+    x: jax.Array,
     w: jax.Array,
     *,
     precision: lax.PrecisionLike,
     acc_dtype: jnp.dtype,
 ) -> jax.Array:
-    """``(N, *padded, C), (*window, Cg, F) -> (N_out, *out, F)`` by fused multiply-adds."""
+    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` by fused multiply-adds."""
     del precision  # elementwise products are exact in the accumulation dtype
+    xp = pad_input(spec, x)
     wg = group_kernel(spec, w).astype(acc_dtype)  # (*window, Cg, B, G, Fq)
     lead = (1,) * (1 + spec.num_spatial)
     acc = jnp.zeros((*spec.canonical_out_shape[:-1], *wg.shape[-3:]), acc_dtype)

@@ -15,7 +15,7 @@ import sympy as sp
 from jax import lax
 
 from .._spec import ConvSpec
-from ._common import Cost, Geometry, make_cost
+from ._common import Cost, Geometry, make_cost, pad_input
 
 
 def fast_length(n: int) -> int:
@@ -42,19 +42,19 @@ def applicable(spec: ConvSpec, dtype: jnp.dtype) -> str | None:
 
 def lower(
     spec: ConvSpec,
-    xp: jax.Array,
+    x: jax.Array,
     w: jax.Array,
     *,
     precision: lax.PrecisionLike,
     acc_dtype: jnp.dtype,
 ) -> jax.Array:
-    """``(N, *padded, C), (*window, Cg, F) -> (N_out, *out, F)`` through the frequency domain."""
+    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` through the frequency domain."""
     ns = spec.num_spatial
     axes = tuple(range(1, ns + 1))
     lengths = tuple(fast_length(p) for p in spec.padded_in)
     b, g = spec.batch_group_count, spec.feature_group_count
     cg, fq = spec.in_features // g, spec.out_features // spec.groups
-    x = xp.astype(acc_dtype)
+    x = pad_input(spec, x).astype(acc_dtype)
     # dilate the kernel with zeros between taps: (*effective_window, Cg, F)
     wd = lax.pad(w.astype(acc_dtype), jnp.zeros((), acc_dtype),
                  [(0, 0, d - 1) for d in spec.rhs_dilation] + [(0, 0, 0), (0, 0, 0)])

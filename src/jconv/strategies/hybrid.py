@@ -36,14 +36,14 @@ def applicable(spec: ConvSpec, dtype: jnp.dtype) -> str | None:
 
 def lower(
     spec: ConvSpec,
-    xp: jax.Array,
+    x: jax.Array,
     w: jax.Array,
     *,
     precision: lax.PrecisionLike,
     acc_dtype: jnp.dtype,
 ) -> jax.Array:
-    """``(N, *padded, C), (*window, Cg, F) -> (N_out, *out, F)``: row patches, shifted."""
-    return lower_chunked(spec, xp, w, cost_of, _lower_all, precision=precision,
+    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)``: row patches, shifted."""
+    return lower_chunked(spec, x, w, cost_of, _lower_all, precision=precision,
                          acc_dtype=acc_dtype)
 
 

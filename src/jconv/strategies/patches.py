@@ -38,15 +38,15 @@ def applicable(spec: ConvSpec, dtype: jnp.dtype) -> str | None:
 
 def lower(
     spec: ConvSpec,
-    xp: jax.Array,
+    x: jax.Array,
     w: jax.Array,
     *,
     precision: lax.PrecisionLike,
     acc_dtype: jnp.dtype,
 ) -> jax.Array:
-    """``(N, *padded, C), (*window, Cg, F) -> (N_out, *out, F)`` by one patches einsum
+    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` by one patches einsum
     (per batch chunk when the patches are big, see `batch_chunk`)."""
-    return lower_chunked(spec, xp, w, cost_of, _lower_all, precision=precision,
+    return lower_chunked(spec, x, w, cost_of, _lower_all, precision=precision,
                          acc_dtype=acc_dtype)
 
 

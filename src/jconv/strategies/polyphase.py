@@ -53,48 +53,59 @@ def _phase(spec: ConvSpec, r: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
 
 def lower(
     spec: ConvSpec,
-    xp: jax.Array,
+    x: jax.Array,
     w: jax.Array,
     *,
     precision: lax.PrecisionLike,
     acc_dtype: jnp.dtype,
 ) -> jax.Array:
-    """``(N, *padded, C), (*window, Cg, F) -> (N, *out, F)`` phase by phase."""
+    """``(N, *in, C), (*window, Cg, F) -> (N, *out, F)`` phase by phase; the lhs-dilated
+    input is never built (`real_samples`)."""
     from .._planner import plan  # the planner imports this module
     from . import STRATEGIES
 
     ns, strides = spec.num_spatial, spec.lhs_dilation
-    tiles = tuple(-(-o // s) for o, s in zip(spec.out_spatial, strides, strict=True))
-    start = [0, *(lo % s for (lo, _), s in zip(spec.padding, strides, strict=True)), 0]
     n, f = spec.batch, spec.out_features
-    if any(b >= size for b, size in zip(start[1:-1], spec.padded_in, strict=True)):
-        # cropping removed every real sample: the window slides over zeros only
+    xs = real_samples(spec, x)
+    if xs is None:  # cropping removed every real sample: the window slides over zeros only
         return jnp.zeros((n, *spec.out_spatial, f), acc_dtype)
-    xs = lax.slice(xp, start, xp.shape, (1, *strides, 1))
-    phases = []
+    y = None
     for r in itertools.product(*(range(s) for s in strides)):
         geo = _phase(spec, r)
         if any(t == 0 for _, t, _, _ in geo) or any(o == 0 for *_, o in geo):
-            y = jnp.zeros((n, *(o for *_, o in geo), f), acc_dtype)
-        else:
-            wr = w[tuple(slice(k0, None, s) for (k0, *_), s in zip(geo, strides, strict=True))]
-            lim = [n, *(c + o + t - 1 for _, t, c, o in geo), xs.shape[-1]]
-            xr = lax.slice(xs, [0, *(c for _, _, c, _ in geo), 0], lim)
-            sub = ConvSpec.from_lax(
-                xr.shape, wr.shape, (1,) * ns, "VALID",
-                dimension_numbers=_canonical(ns), feature_group_count=spec.feature_group_count,
-            )
-            y = STRATEGIES[plan(sub, jnp.dtype(xp.dtype))].lower(
-                sub, xr, wr, precision=precision, acc_dtype=acc_dtype)
-        pad = [(0, 0, 0), *((0, t - o, 0) for t, (*_, o) in zip(tiles, geo, strict=True)),
-               (0, 0, 0)]
-        phases.append(lax.pad(y.astype(acc_dtype), jnp.zeros((), acc_dtype), pad))
-    stacked = jnp.stack(phases).reshape(*strides, n, *tiles, f)
-    # (*s, N, *T, F) -> (N, T0, s0, T1, s1, ..., F)
-    perm = [ns] + [a for i in range(ns) for a in (ns + 1 + i, i)] + [2 * ns + 1]
-    y = jnp.transpose(stacked, perm).reshape(n, *(t * s for t, s in zip(tiles, strides,
-                                                                       strict=True)), f)
-    return y[(slice(None), *(slice(0, o) for o in spec.out_spatial), slice(None))]
+            continue  # this phase of the output only ever meets zeros
+        wr = w[tuple(slice(k0, None, s) for (k0, *_), s in zip(geo, strides, strict=True))]
+        lim = [n, *(c + o + t - 1 for _, t, c, o in geo), xs.shape[-1]]
+        xr = lax.slice(xs, [0, *(c for _, _, c, _ in geo), 0], lim)
+        sub = ConvSpec.from_lax(
+            xr.shape, wr.shape, (1,) * ns, "VALID",
+            dimension_numbers=_canonical(ns), feature_group_count=spec.feature_group_count,
+        )
+        yr = STRATEGIES[plan(sub, jnp.dtype(x.dtype))].lower(
+            sub, xr, wr, precision=precision, acc_dtype=acc_dtype).astype(acc_dtype)
+        # phase r holds outputs r + s*q: spread them with s - 1 zeros between (one fused add)
+        pad = [(0, 0, 0), *((ri, size - ri - s * (o - 1) - 1, s - 1)
+                            for ri, s, size, (*_, o) in zip(r, strides, spec.out_spatial, geo,
+                                                            strict=True)), (0, 0, 0)]
+        yr = lax.pad(yr, jnp.zeros((), acc_dtype), pad)
+        y = yr if y is None else y + yr
+    return jnp.zeros((n, *spec.out_spatial, f), acc_dtype) if y is None else y
+
+
+def real_samples(spec: ConvSpec, x: jax.Array) -> jax.Array | None:
+    """``xs[n, i, c] = xp[n, b + s*i, c]`` (``b = pad_lo mod s``): the positions of the padded,
+    lhs-dilated input ``xp`` that can hold real samples, taken straight from ``x`` as one
+    plain pad (``pad_lo // s`` before, negative to crop); None when there are none."""
+    config = [(0, 0, 0)]
+    for (lo, _), s, size, p in zip(spec.padding, spec.lhs_dilation, x.shape[1:-1],
+                                   spec.padded_in, strict=True):
+        b = lo % s
+        length = len(range(b, p, s))
+        if length == 0:
+            return None
+        config.append((lo // s, length - size - lo // s, 0))
+    config.append((0, 0, 0))
+    return lax.pad(x, jnp.zeros((), x.dtype), config)
 
 
 def _canonical(ns: int) -> tuple[str, str, str]:

@@ -16,7 +16,7 @@ import sympy as sp
 from jax import lax
 
 from .._spec import ConvSpec
-from ._common import Cost, Geometry, make_cost
+from ._common import Cost, Geometry, make_cost, pad_input
 
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
@@ -52,13 +52,14 @@ def _combine(mat: np.ndarray, parts: list[jax.Array]) -> list[jax.Array]:
 
 def lower(
     spec: ConvSpec,
-    xp: jax.Array,
+    x: jax.Array,
     w: jax.Array,
     *,
     precision: lax.PrecisionLike,
     acc_dtype: jnp.dtype,
 ) -> jax.Array:
-    """``(N, Hp, Wp, C), (3, 3, Cg, F) -> (N, Ho, Wo, F)`` by Winograd F(2x2, 3x3)."""
+    """``(N, H, W, C), (3, 3, Cg, F) -> (N, Ho, Wo, F)`` by Winograd F(2x2, 3x3)."""
+    xp = pad_input(spec, x)
     n, c = xp.shape[0], xp.shape[-1]
     ho, wo = spec.out_spatial
     th, tw = -(-ho // 2), -(-wo // 2)

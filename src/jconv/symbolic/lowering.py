@@ -2,8 +2,8 @@
 
 Each lowering module in `jconv.strategies` states its own cost; this module gathers them.
 Give a `ConvSpec` for numbers, or a spatial rank for formulas in the symbols of
-`Geometry.symbols` (``N``, ``o_i``, ``k_i``, ``p_i``, ``C_g``, ``F_g``, ``G``, ``pad``,
-``strided``, ``b``):
+`Geometry.symbols` (``N``, ``o_i``, ``k_i``, ``p_i``, ``i_i``, ``C_g``, ``F_g``, ``G``,
+``pad``, ``strided``, ``b``):
 
 >>> from jconv import ConvSpec
 >>> spec = ConvSpec.from_lax((8, 28, 28, 1), (3, 3, 1, 10), (1, 1), "SAME",
