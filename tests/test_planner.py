@@ -235,3 +235,30 @@ def test_derivatives_run_the_backward_lowering(monkeypatch: pytest.MonkeyPatch) 
     calls.clear()
     jax.grad(loss, 1)(x, w)  # x is not differentiated: its tangent is a symbolic zero
     assert set(calls[:-1]) == {fwd} and calls[-1:] == [bwd], calls
+
+
+def test_split_lowerings_under_vmap_checkpoint_and_bfloat16() -> None:
+    """The split path (values and gradients by different lowerings) composes with vmap,
+    checkpoint and a bfloat16 input (gradients in bfloat16, like lax's)."""
+    spec = _spec((2, 9, 9, 3), (5, 5), 4, window_strides=(2, 2))
+    assert _planner.plan(spec, F32) != _planner.plan_backward(spec, F32)
+    kw = dict(window_strides=(2, 2), padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+              precision=lax.Precision.HIGHEST)
+    rng = np.random.default_rng(6)
+    xs = jnp.asarray(rng.standard_normal((3, 2, 9, 9, 3)), jnp.float32)  # a vmapped axis
+    w = jnp.asarray(rng.standard_normal(spec.rhs_shape), jnp.float32)
+
+    def loss(conv, x, w):
+        return jnp.sum(jnp.tanh(jax.checkpoint(lambda a, b: conv(a, b, **kw))(x, w)))
+
+    for dtype, tol in ((jnp.float32, 1e-4), (jnp.bfloat16, 5e-2)):
+        a, b = xs.astype(dtype), w.astype(dtype)
+        got = jax.vmap(jax.grad(lambda x, w: loss(jconv.conv_general_dilated, x, w), (0, 1)),
+                       (0, None))(a, b)
+        want = jax.vmap(jax.grad(lambda x, w: loss(lax.conv_general_dilated, x, w), (0, 1)),
+                        (0, None))(a, b)
+        for g, r in zip(got, want, strict=True):
+            assert g.dtype == r.dtype == dtype
+            scale = float(jnp.max(jnp.abs(r.astype(jnp.float32))))
+            err = float(jnp.max(jnp.abs(g.astype(jnp.float32) - r.astype(jnp.float32))))
+            assert err <= tol * scale, (dtype, err, scale)
