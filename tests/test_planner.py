@@ -174,13 +174,29 @@ def test_backward_pick_is_the_minimum_predicted_backward_time() -> None:
     assert times["shift"] == _planner.BACKWARD["shift"] * _planner.predicted_seconds("shift", spec)
 
 
+SPLIT_CANDIDATES = [((2, 12, 12, 16), (3, 3), 16, 1), ((4, 16, 16, 32), (3, 3), 32, 1),
+                    ((2, 9, 9, 3), (5, 5), 4, 2), ((2, 8, 8, 16), (3, 3), 16, 1)]
+
+
+def _split_case(dtype: jnp.dtype = F32) -> tuple[tuple[int, ...], ConvSpec, dict]:
+    """A small conv whose auto lowering differentiates through another lowering than it runs:
+    the first candidate that splits (the planner's constants decide which)."""
+    for xs, k, f, stride in SPLIT_CANDIDATES:
+        kw = dict(window_strides=(stride, stride), padding="SAME",
+                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        spec = ConvSpec.from_lax(xs, (*k, xs[-1], f), **kw)
+        if _planner.plan(spec, dtype) != _planner.plan_backward(spec, dtype):
+            return xs, spec, kw
+    raise AssertionError("no candidate convolution differentiates through another lowering")
+
+
 def test_resolve_gives_values_and_gradients_lowerings() -> None:
     """A forced strategy computes and differentiates through itself; "auto" may split."""
-    spec = _spec((2, 9, 9, 3), (5, 5), 4, window_strides=(2, 2))
+    _, spec, _ = _split_case()
     assert _planner.resolve("patches", spec, F32) == ("patches", "patches")
     auto = _planner.resolve("auto", spec, F32)
     assert auto == (_planner.plan(spec, F32), _planner.plan_backward(spec, F32))
-    assert auto[0] != auto[1]  # this spec exercises the split path below
+    assert auto[0] != auto[1]
 
 
 def test_auto_split_lowerings_differentiate_like_lax() -> None:
@@ -188,15 +204,14 @@ def test_auto_split_lowerings_differentiate_like_lax() -> None:
     mode, and the VJP equal to lax's (float64)."""
     from jax.test_util import check_grads
 
-    kw = dict(window_strides=(2, 2), padding="SAME",
-              dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    spec = _spec((2, 9, 9, 3), (5, 5), 4, window_strides=(2, 2))
+    f64 = jnp.dtype(jnp.float64)
+    xs, spec, kw = _split_case(f64)
     rng = np.random.default_rng(5)
     with jax.enable_x64(True):
-        x = jnp.asarray(rng.standard_normal((2, 9, 9, 3)))
+        x = jnp.asarray(rng.standard_normal(xs))
         w = jnp.asarray(rng.standard_normal(spec.rhs_shape))
         ct = jnp.asarray(rng.standard_normal(spec.out_shape))
-        names = _planner.resolve("auto", spec, jnp.dtype(jnp.float64))
+        names = _planner.resolve("auto", spec, f64)
         assert names[0] != names[1]
 
         def ours(a, b):
@@ -213,7 +228,7 @@ def test_derivatives_run_the_backward_lowering(monkeypatch: pytest.MonkeyPatch) 
     """The values come from the forward pick and every tangent from the backward pick: a
     record of which lowering saw which operands while tracing the gradient."""
     jax.clear_caches()  # trace afresh, with the recording lowerings
-    spec = _spec((2, 9, 9, 3), (5, 5), 4, window_strides=(2, 2))
+    xs, spec, kw = _split_case()
     fwd, bwd = _planner.resolve("auto", spec, F32)
     calls: list[str] = []
     for name in (fwd, bwd):
@@ -224,10 +239,10 @@ def test_derivatives_run_the_backward_lowering(monkeypatch: pytest.MonkeyPatch) 
             return orig(*a, **k)
 
         monkeypatch.setattr(STRATEGIES[name], "lower", record)
-    x, w = jnp.ones((2, 9, 9, 3)), jnp.ones(spec.rhs_shape)
+    x, w = jnp.ones(xs), jnp.ones(spec.rhs_shape)
 
     def loss(a, b):
-        return jnp.sum(jconv.conv(a, b, stride=2) ** 2)
+        return jnp.sum(jconv.conv_general_dilated(a, b, **kw) ** 2)
 
     jax.grad(loss, (0, 1))(x, w)
     # the primal (traced once outside, once inside the JVP rule), then conv(dx, w), conv(x, dw)
@@ -240,19 +255,17 @@ def test_derivatives_run_the_backward_lowering(monkeypatch: pytest.MonkeyPatch) 
 def test_split_lowerings_under_vmap_checkpoint_and_bfloat16() -> None:
     """The split path (values and gradients by different lowerings) composes with vmap,
     checkpoint and a bfloat16 input (gradients in bfloat16, like lax's)."""
-    spec = _spec((2, 9, 9, 3), (5, 5), 4, window_strides=(2, 2))
-    assert _planner.plan(spec, F32) != _planner.plan_backward(spec, F32)
-    kw = dict(window_strides=(2, 2), padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-              precision=lax.Precision.HIGHEST)
+    xs, spec, kw = _split_case()
+    kw = dict(kw, precision=lax.Precision.HIGHEST)
     rng = np.random.default_rng(6)
-    xs = jnp.asarray(rng.standard_normal((3, 2, 9, 9, 3)), jnp.float32)  # a vmapped axis
+    xb = jnp.asarray(rng.standard_normal((3, *xs)), jnp.float32)  # a vmapped axis
     w = jnp.asarray(rng.standard_normal(spec.rhs_shape), jnp.float32)
 
     def loss(conv, x, w):
         return jnp.sum(jnp.tanh(jax.checkpoint(lambda a, b: conv(a, b, **kw))(x, w)))
 
     for dtype, tol in ((jnp.float32, 1e-4), (jnp.bfloat16, 5e-2)):
-        a, b = xs.astype(dtype), w.astype(dtype)
+        a, b = xb.astype(dtype), w.astype(dtype)
         got = jax.vmap(jax.grad(lambda x, w: loss(jconv.conv_general_dilated, x, w), (0, 1)),
                        (0, None))(a, b)
         want = jax.vmap(jax.grad(lambda x, w: loss(lax.conv_general_dilated, x, w), (0, 1)),

@@ -194,7 +194,7 @@ def test_cost_is_sympy_and_matches_symbolic_form(name: str) -> None:
             geo.itemsize: 4}
     for a in ("out", "window", "padded", "inp"):
         subs.update(dict(zip(getattr(geo, a), getattr(num, a), strict=True)))
-    sym = mod.cost_of(geo)
+    sym = mod.cost_of(geo, int(mod.spreads(spec))) if name == "scatter" else mod.cost_of(geo)
     assert sp.simplify(sym.flops.subs(subs) - c.flops) == 0
     assert sp.simplify(sym.temp_bytes.subs(subs) - c.temp_bytes) == 0
     if name in ("shift", "patches", "hybrid", "direct"):
@@ -251,3 +251,32 @@ def test_polyphase_when_cropping_removes_every_real_sample(size: int, pads: tupl
     want = conv_reference(x, w, (1,), (pads,), (3,), (1,))
     assert got.shape == want.shape
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("limit", [0.0, 100.0], ids=["spread", "slice"])
+def test_scatter_both_paths_match_lax(
+    limit: float, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """Scatter's two ways of placing products (slice padded positions, or spread the real
+    samples' products with pads) each equal lax, values and VJPs, on every stride-1 row."""
+    scatter = STRATEGIES["scatter"]
+    monkeypatch.setattr(scatter, "SLICE_MAX_PADDING", limit)
+    jax.clear_caches()  # trace afresh under the patched limit, and again after it
+    request.addfinalizer(jax.clear_caches)
+    rows = [r for r in TABLE if all(s == 1 for s in r[3]) and r[8] == 1]
+    checked = 0
+    for row in rows:
+        x, w, kw = _operands(row)
+        spec = ConvSpec.from_lax(x.shape, w.shape, **kw)
+        assert scatter.spreads(spec) == (limit == 0.0 or any(d > 1 for d in row[6]))
+        kw = dict(kw, precision=lax.Precision.HIGHEST)
+        ct = jnp.asarray(np.random.default_rng(1).standard_normal(spec.out_shape), jnp.float32)
+        got, vjp = jax.vjp(lambda a, b, kw=kw: jconv.conv_general_dilated(
+            a, b, **kw, strategy="scatter"), x, w)
+        want, vjp_ref = jax.vjp(lambda a, b, kw=kw: lax.conv_general_dilated(a, b, **kw), x, w)
+        scale = _scale(x, w, kw)
+        assert np.max(np.abs(np.asarray(got) - np.asarray(want)) / scale) < 1e-5, row
+        for g, r in zip(vjp(ct), vjp_ref(ct), strict=True):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4, atol=1e-4)
+        checked += 1
+    assert checked >= 12

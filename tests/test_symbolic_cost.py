@@ -223,3 +223,22 @@ def test_error_bound_is_vacuous_not_an_error_when_k_u_reaches_one() -> None:
                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
     assert layer_model(spec, itemsize=2)["error_bound"].value == sp.oo
     assert layer_model(spec, itemsize=4)["error_bound"].value < 1e-3
+
+
+def test_flops_xla_of_a_strided_single_sample_conv() -> None:
+    """A window-1, stride-3 conv over one sample: XLA counts 8 flops. SymPy's own `Sum.doit`
+    returned 0 for its tap count in some processes (it depends on hash seeds and cache
+    state); the model writes sums over whole-number limits out term by term instead."""
+    from jconv.symbolic.cost import _unroll_sums
+
+    args = ((2, 1, 2), (1, 1, 2), (3,), "SAME", (1,), (1,), _DN[1], 2)
+
+    def f(x: jax.Array, w: jax.Array) -> jax.Array:
+        return lax.conv_general_dilated(x, w, *args[2:6], args[6], feature_group_count=2)
+
+    measured = xla_flops(f, jnp.zeros(args[0], jnp.float32), jnp.zeros(args[1], jnp.float32))
+    assert layer_model(ConvSpec.from_lax(*args), bias=False)["flops_xla"].value == measured == 8
+    t = sp.Symbol("t", integer=True)
+    assert _unroll_sums(sp.Sum(sp.Max(0, sp.floor(-t / 3) + 1), (t, 0, 0))) == 1
+    assert _unroll_sums(sp.Sum(sp.Max(0, sp.floor(t / 3)), (t, 0, 5))) == 3
+    assert _unroll_sums(sp.Sum(t, (t, 2, 1))) == 0  # empty range

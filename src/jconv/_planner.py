@@ -104,8 +104,9 @@ FFT_MIN_TAPS = 49
 its round-off is spread over every output, so small convolutions of exact values (integers,
 ones) would no longer come out exact; it pays off only for large windows anyway."""
 SCATTER_TAPS = 9
-"""`scatter` slows in proportion to its taps past this many: its fused sum reads one strided
-row of the products per tap for every output (1-D k = 15, 31 and 3-D 3x3x3 measured)."""
+"""`scatter` slows with the square root of its taps past this many: its fused sum reads one
+strided row of the products per tap for every output (fitted on 1-D k = 15, 31 and 3-D
+3x3x3)."""
 OVERHEAD = {"patches": 1.5, "hybrid": 1.0, "hybrid_3d": 2.5, "winograd": 1.5,
             "winograd_wide": 2.0}
 
@@ -135,7 +136,7 @@ def predicted_seconds(name: str, spec: ConvSpec, itemsize: int = 4) -> float:
     width = math.prod(spec.window) * fq if name == "scatter" else fq
     t = flops / _gemm_rate(depth, width) + moved / COPY_BYTES_PER_S
     if name == "scatter":
-        t *= max(1.0, math.prod(spec.window) / SCATTER_TAPS)
+        t *= math.sqrt(max(1.0, math.prod(spec.window) / SCATTER_TAPS))
     if name in ("patches", "hybrid"):
         t *= OVERHEAD[name]
     if name == "hybrid" and spec.num_spatial >= 3:
@@ -146,11 +147,15 @@ def predicted_seconds(name: str, spec: ConvSpec, itemsize: int = 4) -> float:
     return t
 
 
-BACKWARD = {"shift": 0.6, "patches": 0.4, "hybrid": 0.6, "scatter": 0.6, "winograd": 2.0,
+BACKWARD = {"shift": 0.5, "patches": 0.6, "hybrid": 0.6, "scatter": 0.6, "winograd": 2.0,
             "direct": 17.0, "polyphase": 0.2, "fft": 1.0}
-"""Backward (input and kernel gradients) over forward predicted time, per lowering: medians
-of the benchmark cases' measured gradient time over the predicted forward time (its
-forward is on the same scale), from the same sweep as the rates above."""
+"""Backward (input and kernel gradients) over forward predicted time, per lowering (the
+predicted forward is on the same scale): a grid search maximising the benchmark cases whose
+backward pick is within 10% of the fastest lowering's measured gradient time (29 of 36 over
+two sweeps)."""
+BACKWARD_SCATTER_SPREAD = 2.0
+"""Extra factor for `scatter` where it spreads products (`strategies.scatter.spreads`): its
+gradient turns every tap's spread back into a strided slice of the cotangent."""
 BACKWARD_DEPTHWISE = 20.0
 """The same for `shift` with one input channel per group: its kernel gradient reduces one
 copied window slice per tap, where the forward fused everything into one loop."""
@@ -160,6 +165,8 @@ def predicted_backward_seconds(name: str, spec: ConvSpec, itemsize: int = 4) -> 
     """Predicted time of the gradients of lowering `name` on `spec` (`BACKWARD`)."""
     depthwise = spec.in_features == spec.feature_group_count and spec.groups > 1
     factor = BACKWARD_DEPTHWISE if name == "shift" and depthwise else BACKWARD[name]
+    if name == "scatter" and STRATEGIES["scatter"].spreads(spec):
+        factor *= BACKWARD_SCATTER_SPREAD
     return factor * predicted_seconds(name, spec, itemsize)
 
 

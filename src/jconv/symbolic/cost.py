@@ -111,6 +111,21 @@ def xla_taps(i: sp.Expr, k: sp.Expr, s: sp.Expr, lo: sp.Expr, d: sp.Expr, o: sp.
     return sp.Sum(sp.Sum(hit, (q, 0, o - 1)), (t, 0, k - 1))
 
 
+def _unroll_sums(expr: sp.Expr) -> sp.Expr:
+    """Each ``Sum`` over whole-number limits written out term by term: SymPy's own
+    evaluation of ``Sum(Max(0, floor(-t/3) + 1), (t, 0, 0))`` returns 0 under some hash
+    seeds (the correct value is 1)."""
+    def unroll(s: sp.Sum) -> sp.Expr:
+        (t, lo, hi), = s.limits
+        return sp.Add(*(s.function.xreplace({t: sp.Integer(i)})
+                        for i in range(int(lo), int(hi) + 1)))
+
+    return expr.replace(
+        lambda e: isinstance(e, sp.Sum) and len(e.limits) == 1
+        and all(v.is_Integer for v in e.limits[0][1:]),
+        unroll)
+
+
 def layer_model(spec: ConvSpec, *, bias: bool = True, itemsize: int = 4) -> dict[str, Formula]:
     """Formulas of one convolution, each with its value at `spec`'s numbers.
 
@@ -160,7 +175,8 @@ def layer_model(spec: ConvSpec, *, bias: bool = True, itemsize: int = 4) -> dict
         taps.append(xla_taps(i, k, s, lo, d, o, ld))
 
     def make(name: str, expr: sp.Expr) -> Formula:
-        value = sp.sympify(expr).xreplace({a: sp.Integer(b) for a, b in vals.items()}).doit()
+        value = _unroll_sums(sp.sympify(expr).xreplace(
+            {a: sp.Integer(b) for a, b in vals.items()})).doit()
         return Formula(name, expr, int(value) if value.is_Integer else value)
 
     out: dict[str, Formula] = {}

@@ -51,7 +51,9 @@ def lowering_cost_formula(name: str, num_spatial: int) -> Cost:
 
     The symbolic window is general (a numeric 1x1 kernel without padding or strides makes
     no slice copies); for the FFT the transform lengths are the padded sizes ``p_i`` and
-    for polyphase the phase count is the symbol ``S``.
+    for polyphase the phase count is the symbol ``S``; for scatter ``spread`` is 1 where it
+    multiplies only the real input samples and spreads the products, 0 where it multiplies
+    every padded position and slices them.
     """
     if name not in STRATEGIES:
         raise ValueError(f"`name` (={name!r}) must be one of {sorted(STRATEGIES)}.")
@@ -59,4 +61,6 @@ def lowering_cost_formula(name: str, num_spatial: int) -> Cost:
     mod = STRATEGIES[name]
     if name == "polyphase":
         return mod.cost_of(geo, sp.Symbol("S", integer=True, positive=True))
+    if name == "scatter":
+        return mod.cost_of(geo, sp.Symbol("spread", integer=True, nonnegative=True))
     return mod.cost_of(geo)
