@@ -105,6 +105,9 @@ def test_zero_skipping_lowerings_use_less_memory_than_the_zeros() -> None:
     dense = STRATEGIES["shift"].cost(spec).flops
     assert STRATEGIES["scatter"].cost(spec).flops * 4 == dense
     assert STRATEGIES["polyphase"].cost(spec).flops < dense / 2
+    for name in ("polyphase", "scatter"):
+        predicted = float(STRATEGIES[name].cost(spec).temp_bytes)
+        assert abs(predicted - temps[name]) <= TOL * temps[name], (name, predicted, temps)
 
 
 def _train_temp(depth: int, strategy: str, c: int = 8, h: int = 16) -> int:

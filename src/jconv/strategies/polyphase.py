@@ -114,21 +114,22 @@ def _canonical(ns: int) -> tuple[str, str, str]:
 
 
 def cost_of(geo: Geometry, phases: sp.Expr | int = 1) -> Cost:
-    """FLOPs ``2*MACs / phases`` (only the taps that meet real samples); temp: the padded
-    dilated input the engine builds, its undilated copy, the phase outputs and their
-    interleaved copy."""
+    """FLOPs ``2*MACs / phases`` (only the taps that meet real samples); temp: the real
+    samples (`real_samples`) and the phase outputs, which one fused loop of padded adds
+    interleaves into the output."""
     real = geo.in_elems / phases
     return make_cost(
         flops=2 * geo.macs / phases,
-        temp_elems=geo.in_elems + real + 2 * geo.out_elems,
-        moved_elems=geo.in_elems + real + 2 * geo.out_elems + geo.taps / phases * geo.out_elems,
+        temp_elems=real + geo.out_elems,
+        moved_elems=real + 2 * geo.out_elems + geo.taps / phases * geo.out_elems,
         geo=geo,
     )
 
 
 def cost(spec: ConvSpec, itemsize: int = 4) -> Cost:
     """Cost of the polyphase lowering for ``spec``: the phases' own lowerings (as the
-    planner picks them) plus the undilated input copy and the interleaving."""
+    planner picks them; the largest one's temp bytes, XLA reuses them phase to phase) plus
+    the real samples and the phase outputs."""
     from .._planner import plan
     from . import STRATEGIES
 
@@ -138,7 +139,7 @@ def cost(spec: ConvSpec, itemsize: int = 4) -> Cost:
     if applicable(spec, jnp.dtype(jnp.float32)) is not None:
         return base
     dtype = jnp.dtype({2: jnp.float16, 8: jnp.float64}.get(itemsize, jnp.float32))
-    flops, temp = sp.Integer(0), geo.in_elems / phases + 2 * geo.out_elems
+    flops, inner_temp = sp.Integer(0), sp.Integer(0)
     for r in itertools.product(*(range(s) for s in spec.lhs_dilation)):
         g = _phase(spec, r)
         if any(t == 0 for _, t, _, _ in g) or any(o == 0 for *_, o in g):
@@ -151,6 +152,6 @@ def cost(spec: ConvSpec, itemsize: int = 4) -> Cost:
         )
         inner = STRATEGIES[plan(sub, dtype)].cost(sub, itemsize)
         flops += inner.flops
-        temp += inner.temp_bytes / itemsize
-    return make_cost(flops=flops, temp_elems=temp, moved_elems=base.moved_bytes / itemsize,
-                     geo=geo)
+        inner_temp = sp.Max(inner_temp, inner.temp_bytes / itemsize)
+    return make_cost(flops=flops, temp_elems=base.temp_bytes / itemsize + inner_temp,
+                     moved_elems=base.moved_bytes / itemsize, geo=geo)
