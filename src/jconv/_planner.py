@@ -181,26 +181,29 @@ def _why_not(name: str, spec: ConvSpec, dtype: jnp.dtype, budget: int) -> str | 
     return None
 
 
+def _options(spec: ConvSpec, dtype: jnp.dtype, budget: int) -> list[str]:
+    """The lowerings that can run `spec` within `budget`; ValueError if there are none."""
+    options = [n for n in STRATEGIES if _why_not(n, spec, dtype, budget) is None]
+    if not options:
+        shift = float(STRATEGIES["shift"].cost(spec, jnp.dtype(dtype).itemsize).temp_bytes)
+        raise ValueError(
+            f"No lowering fits the memory budget (={budget} bytes) for this convolution "
+            f"(shift needs {shift:.4g}); raise it with jconv.set_memory_budget."
+        )
+    return options
+
+
 @functools.lru_cache(maxsize=4096)
 def _plan(spec: ConvSpec, dtype: jnp.dtype, budget: int) -> str:
     itemsize = jnp.dtype(dtype).itemsize
-    options = [n for n in STRATEGIES if _why_not(n, spec, dtype, budget) is None]
-    if not options:
-        raise ValueError(
-            f"No lowering fits the memory budget (={budget} bytes) for this convolution "
-            f"(shift needs {float(STRATEGIES['shift'].cost(spec, itemsize).temp_bytes):.4g}); "
-            "raise it with jconv.set_memory_budget."
-        )
-    return min(options, key=lambda n: predicted_seconds(n, spec, itemsize))
+    return min(_options(spec, dtype, budget), key=lambda n: predicted_seconds(n, spec, itemsize))
 
 
 @functools.lru_cache(maxsize=4096)
 def _plan_backward(spec: ConvSpec, dtype: jnp.dtype, budget: int) -> str:
     itemsize = jnp.dtype(dtype).itemsize
-    options = [n for n in STRATEGIES if _why_not(n, spec, dtype, budget) is None]
-    if not options:
-        return _plan(spec, dtype, budget)  # raises the budget error
-    return min(options, key=lambda n: predicted_backward_seconds(n, spec, itemsize))
+    return min(_options(spec, dtype, budget),
+               key=lambda n: predicted_backward_seconds(n, spec, itemsize))
 
 
 def plan(spec: ConvSpec, dtype: jnp.dtype) -> str:

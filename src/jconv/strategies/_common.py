@@ -26,7 +26,7 @@ class Geometry:
     ``n``: batch (per batch group); ``out``/``window``/``padded``/``inp`` (the input before
     padding and lhs dilation): per spatial dim;
     ``cg``: input channels per group; ``fq``: output features per group; ``g``: groups
-    (feature or batch); ``pad``: 1 if the engine materialises a padded input, else 0;
+    (feature or batch); ``pad``: 1 if the spec pads or lhs-dilates the input, else 0;
     ``strided``: 1 if any stride exceeds 1, else 0; ``itemsize``: bytes per element.
     """
 

@@ -60,13 +60,13 @@ def lower(
     acc_dtype: jnp.dtype,
 ) -> jax.Array:
     """``(N, *in, C), (*window, Cg, F) -> (N, *out, F)`` phase by phase; the lhs-dilated
-    input is never built (`real_samples`)."""
+    input is never built (`_real_samples`)."""
     from .._planner import plan  # the planner imports this module
     from . import STRATEGIES
 
     ns, strides = spec.num_spatial, spec.lhs_dilation
     n, f = spec.batch, spec.out_features
-    xs = real_samples(spec, x)
+    xs = _real_samples(spec, x)
     if xs is None:  # cropping removed every real sample: the window slides over zeros only
         return jnp.zeros((n, *spec.out_spatial, f), acc_dtype)
     y = None
@@ -92,7 +92,7 @@ def lower(
     return jnp.zeros((n, *spec.out_spatial, f), acc_dtype) if y is None else y
 
 
-def real_samples(spec: ConvSpec, x: jax.Array) -> jax.Array | None:
+def _real_samples(spec: ConvSpec, x: jax.Array) -> jax.Array | None:
     """``xs[n, i, c] = xp[n, b + s*i, c]`` (``b = pad_lo mod s``): the positions of the padded,
     lhs-dilated input ``xp`` that can hold real samples, taken straight from ``x`` as one
     plain pad (``pad_lo // s`` before, negative to crop); None when there are none."""
@@ -115,7 +115,7 @@ def _canonical(ns: int) -> tuple[str, str, str]:
 
 def cost_of(geo: Geometry, phases: sp.Expr | int = 1) -> Cost:
     """FLOPs ``2*MACs / phases`` (only the taps that meet real samples); temp: the real
-    samples (`real_samples`) and the phase outputs, which one fused loop of padded adds
+    samples (`_real_samples`) and the phase outputs, which one fused loop of padded adds
     interleaves into the output."""
     real = geo.in_elems / phases
     return make_cost(

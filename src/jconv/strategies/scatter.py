@@ -59,8 +59,8 @@ def lower(
     precision: lax.PrecisionLike,
     acc_dtype: jnp.dtype,
 ) -> jax.Array:
-    """``(N, *in, C), (*window, Cg, F) -> (N, *out, F)``: all taps' products, sliced (or with
-    lhs dilation spread) and summed, per batch chunk when the products are big."""
+    """``(N, *in, C), (*window, Cg, F) -> (N, *out, F)``: all taps' products, sliced (or where
+    `spreads`, spread) and summed, per batch chunk when the products are big."""
     if not spreads(spec):
         return lower_chunked(spec, x, w, lambda geo: cost_of(geo, 0), _sliced,
                              precision=precision, acc_dtype=acc_dtype)
