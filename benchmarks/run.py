@@ -249,7 +249,7 @@ def bench_case(case: Case, reps: int, sweep: bool, peak: float) -> dict[str, Any
                 g = fwd_bwd(ours("auto"))
                 sweep_thunks.append(lambda g=g: g(xj, wj, cj))
             times = [t * 1e3 for t in timed(sweep_thunks, reps)]
-            per = dict(zip(names, times, strict=False))
+            per = dict(zip(names, times[:len(names)], strict=True))
             auto = times[-1] if mode == "fwd+bwd" else per[chosen]
             r["per_strategy_ms"] = per
             r["best_strategy"] = min(per, key=per.__getitem__)

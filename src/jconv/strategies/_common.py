@@ -195,25 +195,29 @@ def lower_chunked(
     *,
     precision: lax.PrecisionLike,
     acc_dtype: jnp.dtype,
+    padded: bool = True,
 ) -> jax.Array:
-    """``lower_all(spec, xp, w, ...)`` on the padded input ``xp`` (`pad_input`), over batch chunks
-    once `cost_of`'s temp bytes call for it (`batch_chunk`)."""
-    xp = pad_input(spec, x)
+    """``lower_all(spec, xp, w, ...)`` on the padded input ``xp`` (`pad_input`; ``x`` itself
+    when not ``padded``), over batch chunks once `cost_of`'s temp bytes call for it
+    (`batch_chunk`)."""
+    xp = pad_input(spec, x) if padded else x
     full = cost_of(Geometry.from_spec(spec, xp.dtype.itemsize))
     chunk = batch_chunk(spec, float(full.temp_bytes))
     return in_batch_chunks(spec, xp, chunk, lambda s, x: lower_all(
         s, x, w, precision=precision, acc_dtype=acc_dtype))
 
 
-def chunked_cost(spec: ConvSpec, itemsize: int, cost_of: Callable[[Geometry], Cost]) -> Cost:
+def chunked_cost(
+    spec: ConvSpec, itemsize: int, cost_of: Callable[[Geometry], Cost], padded: bool = True
+) -> Cost:
     """`cost_of` for ``spec``, with the temp bytes of a `lower_chunked` run: over batch chunks
-    only the padded input stays whole, the rest scales with the chunk."""
+    only the padded input (if ``padded``) stays whole, the rest scales with the chunk."""
     geo = Geometry.from_spec(spec, itemsize)
     full = cost_of(geo)
     chunk = batch_chunk(spec, float(full.temp_bytes))
     if chunk == spec.batch:
         return full
-    whole = geo.pad * geo.in_elems * itemsize
+    whole = geo.pad * geo.in_elems * itemsize if padded else 0
     temp = whole + (full.temp_bytes - whole) * sp.Rational(chunk, spec.batch)
     return Cost(flops=full.flops, temp_bytes=sp.sympify(temp), moved_bytes=full.moved_bytes)
 

@@ -17,7 +17,6 @@ chunks once that is large (`batch_chunk`).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
@@ -30,11 +29,9 @@ from ._common import (
     Cost,
     Expr,
     Geometry,
-    batch_chunk,
     chunked_cost,
     group_input,
     group_kernel,
-    in_batch_chunks,
     lower_chunked,
     make_cost,
     offsets,
@@ -61,13 +58,10 @@ def lower(
 ) -> jax.Array:
     """``(N, *in, C), (*window, Cg, F) -> (N, *out, F)``: all taps' products, sliced (or where
     `spreads`, spread) and summed, per batch chunk when the products are big."""
-    if not spreads(spec):
-        return lower_chunked(spec, x, w, lambda geo: cost_of(geo, 0), _sliced,
-                             precision=precision, acc_dtype=acc_dtype)
-    chunk = batch_chunk(spec, float(cost_of(Geometry.from_spec(spec, x.dtype.itemsize), 1)
-                                    .temp_bytes))
-    return in_batch_chunks(spec, x, chunk, lambda s, xc: _spread_out(
-        s, xc, w, precision=precision, acc_dtype=acc_dtype))
+    spread = spreads(spec)
+    return lower_chunked(spec, x, w, lambda geo: cost_of(geo, int(spread)),
+                         _spread_out if spread else _sliced, precision=precision,
+                         acc_dtype=acc_dtype, padded=not spread)
 
 
 SLICE_MAX_PADDING = 1.2
@@ -184,11 +178,7 @@ def cost_of(geo: Geometry, spread: Expr = 0) -> Cost:
 
 def cost(spec: ConvSpec, itemsize: int = 4) -> Cost:
     """Cost of scatter for ``spec`` (see `cost_of`); over batch chunks (`batch_chunk`) the
-    products scale with the chunk, the padded input stays whole."""
-    if not spreads(spec):
-        return chunked_cost(spec, itemsize, lambda geo: cost_of(geo, 0))
-    full = cost_of(Geometry.from_spec(spec, itemsize), 1)
-    chunk = batch_chunk(spec, float(full.temp_bytes))
-    if chunk == spec.batch:
-        return full
-    return dataclasses.replace(full, temp_bytes=full.temp_bytes * sp.Rational(chunk, spec.batch))
+    products scale with the chunk, the padded input (when it slices) stays whole."""
+    spread = spreads(spec)
+    return chunked_cost(spec, itemsize, lambda geo: cost_of(geo, int(spread)),
+                        padded=not spread)
