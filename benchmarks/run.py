@@ -3,17 +3,17 @@
     python benchmarks/run.py            # full suite, writes benchmarks/results/latest.{json,md}
     python benchmarks/run.py --quick    # fewer repetitions, no per-lowering sweep
 
-For every case, forward and forward+backward (the gradient of ``sum(y * ct)`` with respect
-to input and kernel) are jitted, warmed up, then timed alternately with the native
-convolution in one process; the reported ratio is median(jconv) / median(native). GFLOP/s
-use the dense count ``2 * MACs`` (divided by the lhs dilation's phases for transposed
-convolutions; x3 for forward+backward); "% mm" is that rate over the
-machine's measured float32 matmul rate. Unless --quick or --no-sweep, every lowering the
-planner considers is timed as well (alternately among themselves), forward and, for those
-within 3x of the best forward, forward+backward: "pick/best" is the planner's forward
-choice over the fastest lowering measured, and for forward+backward jconv's "auto" (values
-by the forward pick, derivatives through the backward pick, both in the "lowering" column)
-timed in the same group over the fastest single lowering. Long timings use fewer
+For every case, forward and forward+backward (``y = conv(x, w)`` and the pullback of a
+cotangent to input and kernel, as a layer does in training) are jitted, warmed up, then
+timed alternately with the native convolution in one process; the reported ratio is
+median(jconv) / median(native). GFLOP/s use the dense count ``2 * MACs`` (divided by the
+lhs dilation's phases for transposed convolutions; x3 for forward+backward); "% mm" is that
+rate over the machine's measured float32 matmul rate. Unless --quick or --no-sweep, every
+lowering the planner considers is timed as well (alternately among themselves), forward
+and, for those within 3x of the best forward, forward+backward: "pick/best" is the planner's forward
+choice over the fastest lowering measured, and for forward+backward jconv's "auto" (which,
+differentiated, runs the backward pick: "fwd/grad" in the "lowering" column) timed in the
+same group over the fastest single lowering. Long timings use fewer
 repetitions (at least 3).
 A PyTorch CPU column is added when torch is importable; torch is timed apart from jconv and
 lax, with OpenMP threads that sleep when idle (``OMP_WAIT_POLICY=PASSIVE``), so that its
@@ -134,10 +134,13 @@ def matmul_flops(reps: int) -> float:
 
 
 def fwd_bwd(conv: Callable[[jax.Array, jax.Array], jax.Array]) -> Callable[..., Any]:
-    """Jitted gradient of ``sum(conv(x, w) * ct)`` with respect to x and w."""
-    def loss(x: jax.Array, w: jax.Array, ct: jax.Array) -> jax.Array:
-        return jnp.sum(conv(x, w) * ct)
-    return jax.jit(jax.grad(loss, (0, 1)))
+    """Jitted training step of one layer: ``y = conv(x, w)`` and the pullback of cotangent
+    `ct` to x and w, returning all three (so XLA can neither drop the forward nor fuse it
+    into a loss reduction)."""
+    def step(x: jax.Array, w: jax.Array, ct: jax.Array) -> tuple[jax.Array, ...]:
+        y, pullback = jax.vjp(conv, x, w)
+        return (y, *pullback(ct))
+    return jax.jit(step)
 
 
 def torch_thunks(case: Case, x: np.ndarray, w: np.ndarray) -> tuple[Callable, Callable] | None:
@@ -245,7 +248,7 @@ def bench_case(case: Case, reps: int, sweep: bool, peak: float) -> dict[str, Any
                 else:
                     g = fwd_bwd(ours(name))
                     sweep_thunks.append(lambda g=g: g(xj, wj, cj))
-            if mode == "fwd+bwd":  # auto differentiates through the backward pick
+            if mode == "fwd+bwd":  # auto, differentiated, runs the backward pick
                 g = fwd_bwd(ours("auto"))
                 sweep_thunks.append(lambda g=g: g(xj, wj, cj))
             times = [t * 1e3 for t in timed(sweep_thunks, reps)]

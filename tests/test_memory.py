@@ -137,7 +137,7 @@ def test_training_temp_bytes_grow_linearly_with_depth(strategy: str) -> None:
     names = _planner.resolve(strategy, spec, F32)
     # scatter multiplies the unpadded input: it saves no padded copy
     residuals = output if names[1] == "scatter" else padded + output
-    bound = padded + output + float(STRATEGIES[names[0]].cost(spec).temp_bytes)
+    bound = padded + output + float(STRATEGIES[names[1]].cost(spec).temp_bytes)  # trains by it
     assert residuals <= steps[-1] <= bound, (steps, residuals, bound)
 
 

@@ -105,8 +105,8 @@ def _lower(
     precision: lax.PrecisionLike,
     acc_dtype: np.dtype,
 ) -> jax.Array:
-    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` by lowering ``names[0]``, whose
-    derivatives are those of lowering ``names[1]`` (`_lower_jvp`)."""
+    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` by lowering ``names[0]``; when
+    differentiated, by lowering ``names[1]`` throughout (`_lower_jvp`)."""
     return STRATEGIES[names[0]].lower(spec, x, w, precision=precision, acc_dtype=acc_dtype)
 
 
@@ -118,13 +118,16 @@ def _lower_jvp(
     primals: tuple[jax.Array, jax.Array],
     tangents: tuple[Any, Any],
 ) -> tuple[jax.Array, jax.Array]:
-    """The convolution is bilinear: its tangent is ``conv(dx, w) + conv(x, dw)``, here both by
-    lowering ``names[1]``; reverse mode transposes those. Symbolic-zero tangents are skipped."""
+    """Values and tangent by lowering ``names[1]``, the one fastest forward and backward
+    together: the convolution is bilinear, its tangent ``conv(dx, w) + conv(x, dw)``, and
+    reverse mode transposes those. Computing the values with the same lowering lets XLA
+    share the work on ``x`` (padding, patches) between them. Symbolic-zero tangents are
+    skipped."""
     x, w = primals
     dx, dw = tangents
-    y = _lower(x, w, spec, names, precision, acc_dtype)
-    grad = STRATEGIES[names[1]]
-    terms = [grad.lower(spec, a, b, precision=precision, acc_dtype=acc_dtype)
+    lowering = STRATEGIES[names[1]]
+    y = lowering.lower(spec, x, w, precision=precision, acc_dtype=acc_dtype)
+    terms = [lowering.lower(spec, a, b, precision=precision, acc_dtype=acc_dtype)
              for a, b, t in ((dx, w, dx), (x, dw, dw)) if not isinstance(t, SymbolicZero)]
     return y, functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(y)
 
@@ -190,7 +193,7 @@ def conv_general_dilated(
     )
     pet = _check_preferred(preferred_element_type, jnp.dtype(lhs.dtype))
     prec = _check_precision(precision)
-    names = _planner.resolve(strategy, spec, jnp.dtype(lhs.dtype))  # "auto": values, gradients
+    names = _planner.resolve(strategy, spec, jnp.dtype(lhs.dtype))  # plain, differentiated
     out_dtype = pet if pet is not None else jnp.dtype(lhs.dtype)
     y = _run(lhs, rhs, spec=spec, strategy=names, precision=prec, out_dtype=out_dtype)
     # `out_sharding` as in lax (Flax's nnx.Conv always passes it, usually None)

@@ -3,12 +3,13 @@
 Every lowering module states its cost (`cost(spec)`: FLOPs, temp bytes, bytes moved). The
 planner turns it into a predicted time with per-lowering rates measured on a 2-core x86 CPU
 (the constants below), drops lowerings that cannot run the spec or whose temp bytes exceed
-the budget, and takes the fastest. It picks twice: once for the forward pass (`plan`) and
-once for the derivatives (`plan_backward`, the forward time scaled by how the lowering's
-transpose fares, `BACKWARD`); the engine computes values with the first and
-differentiates through the second. Choices are cached per (spec, dtype, budget). A forced
-strategy whose temp bytes exceed the budget raises `ValueError` before anything is
-allocated.
+the budget, and takes the fastest. It picks twice: the fastest forward (`plan`), and the
+fastest forward plus backward (`plan_backward`; the backward is the forward's predicted
+arithmetic and copies scaled by how the lowering's transpose fares, `BACKWARD` and
+`BACKWARD_COPY`). The engine computes values with the first; when differentiated, it
+computes values and derivatives with the second. Choices are cached per (spec, dtype,
+budget). A forced strategy whose temp bytes exceed the budget raises `ValueError` before
+anything is allocated.
 """
 
 from __future__ import annotations
@@ -116,58 +117,81 @@ def _gemm_rate(depth: int, width: int) -> float:
     return PEAK_FLOPS * min(1.0, depth / GEMM_KNEE) * min(1.0, width / GEMM_KNEE)
 
 
-def predicted_seconds(name: str, spec: ConvSpec, itemsize: int = 4) -> float:
-    """Predicted run time of lowering `name` on `spec` from its cost and the rates above."""
+def _predicted_parts(name: str, spec: ConvSpec, itemsize: int) -> tuple[float, float]:
+    """Predicted (arithmetic, copy) seconds of lowering `name` on `spec`: the FLOPs at the
+    rate they run at, and the bytes moved at `COPY_BYTES_PER_S`, both scaled by `OVERHEAD`."""
     flops, _, moved = STRATEGIES[name].cost(spec, itemsize).evaluate()
     cg = spec.in_features // spec.feature_group_count
     fq = spec.out_features // spec.groups
     if name == "direct":
         thin_groups = spec.groups > 1 and 1 < cg <= DIRECT_MAX_CG
-        return flops / ELEMENTWISE_FLOPS if thin_groups else math.inf
+        return (flops / ELEMENTWISE_FLOPS if thin_groups else math.inf), 0.0
     if name == "shift" and cg == 1 and spec.groups > 1:
-        return flops / (ELEMENTWISE_FLOPS * FUSED_DEPTHWISE_SPEEDUP)
+        return flops / (ELEMENTWISE_FLOPS * FUSED_DEPTHWISE_SPEEDUP), 0.0
     if name == "fft":
         if math.prod(spec.window) < FFT_MIN_TAPS:
-            return math.inf
-        return flops / FFT_FLOPS + moved / COPY_BYTES_PER_S
+            return math.inf, 0.0
+        return flops / FFT_FLOPS, moved / COPY_BYTES_PER_S
     if name == "scatter" and spec.groups > 1:
-        return math.inf
+        return math.inf, 0.0
     depth = {"patches": math.prod(spec.window) * cg, "hybrid": spec.window[-1] * cg}.get(name, cg)
     width = math.prod(spec.window) * fq if name == "scatter" else fq
-    t = flops / _gemm_rate(depth, width) + moved / COPY_BYTES_PER_S
+    scale = 1.0
     if name == "scatter":
-        t *= math.sqrt(max(1.0, math.prod(spec.window) / SCATTER_TAPS))
+        scale = math.sqrt(max(1.0, math.prod(spec.window) / SCATTER_TAPS))
     if name in ("patches", "hybrid"):
-        t *= OVERHEAD[name]
+        scale = OVERHEAD[name]
     if name == "hybrid" and spec.num_spatial >= 3:
-        t *= OVERHEAD["hybrid_3d"]
+        scale *= OVERHEAD["hybrid_3d"]
     if name == "winograd":
-        t *= OVERHEAD["winograd"] * (OVERHEAD["winograd_wide"] * max(1.0, cg / 128)
-                                      if cg >= 64 else 1.0)
-    return t
+        scale = OVERHEAD["winograd"] * (OVERHEAD["winograd_wide"] * max(1.0, cg / 128)
+                                        if cg >= 64 else 1.0)
+    return scale * flops / _gemm_rate(depth, width), scale * moved / COPY_BYTES_PER_S
 
 
-BACKWARD = {"shift": 0.5, "patches": 0.6, "hybrid": 0.6, "scatter": 0.6, "winograd": 2.0,
-            "direct": 17.0, "polyphase": 0.2, "fft": 1.0}
-"""Backward (input and kernel gradients) over forward predicted time, per lowering (the
-predicted forward is on the same scale): a grid search maximising the benchmark cases whose
-backward pick is within 10% of the fastest lowering's measured gradient time (29 of 36 over
-two sweeps)."""
+def predicted_seconds(name: str, spec: ConvSpec, itemsize: int = 4) -> float:
+    """Predicted run time of lowering `name` on `spec` from its cost and the rates above."""
+    return sum(_predicted_parts(name, spec, itemsize))
+
+
+BACKWARD = {"shift": 0.5, "patches": 0.1, "hybrid": 2.0, "scatter": 0.8, "winograd": 2.0,
+            "direct": 17.0, "polyphase": 2.0, "fft": 1.0}
+"""Backward (input and kernel gradients) over the forward's predicted arithmetic time, per
+lowering: patches differentiates into two large GEMMs on the patches it already built,
+shift and hybrid into two GEMMs per tap or row. With `BACKWARD_COPY`, fitted by a
+coordinate search maximising the benchmark cases whose pick (least predicted forward plus
+backward) is within 10% of the fastest lowering's measured forward+backward: 56 of 72 over
+four sweeps. The misses: dilated (1.1-1.4x; patches is fastest), 1x1 (1.1-1.4x; the same
+GEMM in every lowering), dense 3x3 C=16 (1.2-1.4x), and 1-D k=15, 3-D and the stem (1.1x)."""
+BACKWARD_COPY = {"shift": 0.5, "patches": 0.1, "hybrid": 0.6, "scatter": 0.6, "winograd": 2.0,
+                 "direct": 17.0, "polyphase": 0.2, "fft": 1.0}
+"""The same for the forward's predicted copy time: the gradients turn every copy into its
+transpose (a slice into a pad, a concatenation into slices) on the cotangent's side."""
 BACKWARD_SCATTER_SPREAD = 2.0
 """Extra factor for `scatter` where it spreads products (`strategies.scatter.spreads`): its
 gradient turns every tap's spread back into a strided slice of the cotangent."""
 BACKWARD_DEPTHWISE = 20.0
 """The same for `shift` with one input channel per group: its kernel gradient reduces one
 copied window slice per tap, where the forward fused everything into one loop."""
+SCATTER_BACKWARD_MIN_CG = 64
+"""`scatter` is not differentiated below this many input channels per group: its gradients
+measured 1.3-3.2x the best lowering's at C = 8-48 (3x3, 28x28 and 56x56, batch 8), while
+it is the fastest at C = 64."""
 
 
 def predicted_backward_seconds(name: str, spec: ConvSpec, itemsize: int = 4) -> float:
-    """Predicted time of the gradients of lowering `name` on `spec` (`BACKWARD`)."""
+    """Predicted time of the gradients of lowering `name` on `spec` (`BACKWARD`,
+    `BACKWARD_COPY`)."""
+    if name == "scatter" and spec.in_features // spec.feature_group_count < SCATTER_BACKWARD_MIN_CG:
+        return math.inf
+    arith, copies = _predicted_parts(name, spec, itemsize)
+    t = BACKWARD[name] * arith + BACKWARD_COPY[name] * copies
     depthwise = spec.in_features == spec.feature_group_count and spec.groups > 1
-    factor = BACKWARD_DEPTHWISE if name == "shift" and depthwise else BACKWARD[name]
+    if name == "shift" and depthwise:
+        t *= BACKWARD_DEPTHWISE / BACKWARD[name]
     if name == "scatter" and STRATEGIES["scatter"].spreads(spec):
-        factor *= BACKWARD_SCATTER_SPREAD
-    return factor * predicted_seconds(name, spec, itemsize)
+        t *= BACKWARD_SCATTER_SPREAD
+    return t
 
 
 def _why_not(name: str, spec: ConvSpec, dtype: jnp.dtype, budget: int) -> str | None:
@@ -203,7 +227,8 @@ def _plan(spec: ConvSpec, dtype: jnp.dtype, budget: int) -> str:
 def _plan_backward(spec: ConvSpec, dtype: jnp.dtype, budget: int) -> str:
     itemsize = jnp.dtype(dtype).itemsize
     return min(_options(spec, dtype, budget),
-               key=lambda n: predicted_backward_seconds(n, spec, itemsize))
+               key=lambda n: predicted_seconds(n, spec, itemsize)
+               + predicted_backward_seconds(n, spec, itemsize))
 
 
 def plan(spec: ConvSpec, dtype: jnp.dtype) -> str:
@@ -212,7 +237,8 @@ def plan(spec: ConvSpec, dtype: jnp.dtype) -> str:
 
 
 def plan_backward(spec: ConvSpec, dtype: jnp.dtype) -> str:
-    """The lowering `strategy="auto"` differentiates through for `spec` at `dtype` (cached)."""
+    """The lowering `strategy="auto"` runs for `spec` at `dtype` when differentiated, values
+    and derivatives: the least predicted forward plus backward time (cached)."""
     return _plan_backward(spec, jnp.dtype(dtype), get_memory_budget())
 
 
@@ -225,7 +251,7 @@ def check_budget(name: str, spec: ConvSpec, dtype: jnp.dtype) -> None:
 
 def resolve(strategy: str, spec: ConvSpec, dtype: jnp.dtype) -> tuple[str, str]:
     """Validate `strategy` ("auto" or a lowering name) and return the lowerings to run: one
-    for the values, one for the derivatives (the same one unless "auto")."""
+    when not differentiated, one when differentiated (the same one unless "auto")."""
     if not isinstance(strategy, str) or (strategy != "auto" and strategy not in STRATEGIES):
         raise ValueError(
             f"`strategy` (={strategy!r}) must be 'auto' or one of {sorted(STRATEGIES)}."

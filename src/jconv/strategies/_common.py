@@ -299,11 +299,6 @@ def contract(
             precision=precision, preferred_element_type=acc_dtype,
         )
         return y.reshape(*lead, 1, 1, spec.out_features)
-    if not extra and x.shape[-1] == 1 and spec.batch_group_count == 1:
-        # one channel per group: a broadcast product, which XLA fuses with the sum over
-        # offsets and whose transpose (for gradients) is a fused reduction, not a dot
-        wb = w[0, 0].reshape((1,) * (x.ndim - 3) + w.shape[2:])  # (1, *1s, G, Fq)
-        return (x[0].astype(acc_dtype) * wb.astype(acc_dtype))[..., None, :, :]
     s = spatial_letters(spec)
     eq = f"BN{s}{extra}GC,{extra}CBGF->N{s}BGF"
     return jnp.einsum(eq, x, w, precision=precision, preferred_element_type=acc_dtype)
