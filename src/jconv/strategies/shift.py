@@ -9,6 +9,8 @@ they are all alive at once: that is the temporary memory.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -57,34 +59,31 @@ def _lower_all(
 ) -> jax.Array:
     """``(N, *padded, C), (*window, Cg, F) -> (N_out, *out, F)`` by shift-and-sum."""
     if spec.batch_group_count == 1 and spec.feature_group_count == spec.in_features > 1:
-        return _depthwise(spec, xp, w, acc_dtype)
+        terms = [_depthwise_product(spec, window_slice(spec, xp, k), w[k][0], acc_dtype)
+                 for k in offsets(spec)]
+        return functools.reduce(jnp.add, terms)
     wg = group_kernel(spec, w)
     terms = [
         contract(spec, group_input(spec, window_slice(spec, xp, k)), wg[k], "",
                  precision=precision, acc_dtype=acc_dtype)
         for k in offsets(spec)
     ]
-    acc = terms[0]
-    for t in terms[1:]:
-        acc = acc + t
-    return ungroup_output(spec, acc)
+    return ungroup_output(spec, functools.reduce(jnp.add, terms))
 
 
-def _depthwise(spec: ConvSpec, xp: jax.Array, w: jax.Array, acc_dtype: jnp.dtype) -> jax.Array:
-    """One input channel per group: per offset a broadcast product (input channel ``g`` feeds
-    outputs ``g*Fq .. g*Fq + Fq - 1``), which XLA fuses with the sum over offsets and whose
-    transposes are fused reductions, not dots. Kept in the plain ``(N, *out, F)`` layout: in
-    the grouped one (unit axes for B and Cg) XLA's gradients took twice as long."""
+def _depthwise_product(
+    spec: ConvSpec, xs: jax.Array, wk: jax.Array, acc_dtype: jnp.dtype
+) -> jax.Array:
+    """``(N, *out, C), (F,) -> (N, *out, F)`` with one input channel per group: a broadcast
+    product (input channel ``g`` feeds outputs ``g*Fq .. g*Fq + Fq - 1``), which XLA fuses
+    with the sum over offsets and whose transposes are fused reductions, not dots. Kept in
+    the plain layout: in the grouped one (unit axes for B and Cg) XLA's gradients took twice
+    as long."""
     fq = spec.out_features // spec.feature_group_count
-    acc = None
-    for k in offsets(spec):
-        xs = window_slice(spec, xp, k).astype(acc_dtype)  # (N, *out, C)
-        if fq > 1:
-            xs = jnp.repeat(xs, fq, axis=-1)  # (N, *out, F)
-        t = xs * w[k][0].astype(acc_dtype).reshape((1,) * (xs.ndim - 1) + (-1,))
-        acc = t if acc is None else acc + t
-    assert acc is not None  # a window has at least one offset here
-    return acc
+    xs = xs.astype(acc_dtype)
+    if fq > 1:
+        xs = jnp.repeat(xs, fq, axis=-1)
+    return xs * wk.astype(acc_dtype).reshape((1,) * (xs.ndim - 1) + (-1,))
 
 
 def cost_of(geo: Geometry) -> Cost:
