@@ -177,6 +177,18 @@ def test_backward_pick_is_the_least_predicted_forward_plus_backward_time() -> No
     assert _planner.plan_backward(spec, F32) != _planner.plan(spec, F32)  # not the forward's
 
 
+def test_depthwise_means_one_input_channel_per_feature_group() -> None:
+    """The rule the planner and shift's fused path share."""
+    assert _spec((2, 8, 8, 6), (3, 3), 6, feature_group_count=6).depthwise
+    assert _spec((2, 8, 8, 6), (3, 3), 12, feature_group_count=6).depthwise  # multiplier 2
+    assert not _spec((2, 8, 8, 6), (3, 3), 6, feature_group_count=3).depthwise
+    assert not _spec((2, 8, 8, 1), (3, 3), 4).depthwise  # one channel, one group
+    batch_grouped = ConvSpec.from_lax((4, 8, 8, 1), (3, 3, 1, 4), (1, 1), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      batch_group_count=2)
+    assert batch_grouped.groups == 2 and not batch_grouped.depthwise
+
+
 def test_scatter_is_not_differentiated_for_thin_inputs() -> None:
     """Below `SCATTER_BACKWARD_MIN_CG` input channels per group scatter may run forward but
     is never the backward pick; from there on its backward time is finite."""

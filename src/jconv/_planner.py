@@ -126,7 +126,7 @@ def _predicted_parts(name: str, spec: ConvSpec, itemsize: int) -> tuple[float, f
     if name == "direct":
         thin_groups = spec.groups > 1 and 1 < cg <= DIRECT_MAX_CG
         return (flops / ELEMENTWISE_FLOPS if thin_groups else math.inf), 0.0
-    if name == "shift" and cg == 1 and spec.groups > 1:
+    if name == "shift" and spec.depthwise:
         return flops / (ELEMENTWISE_FLOPS * FUSED_DEPTHWISE_SPEEDUP), 0.0
     if name == "fft":
         if math.prod(spec.window) < FFT_MIN_TAPS:
@@ -186,8 +186,7 @@ def predicted_backward_seconds(name: str, spec: ConvSpec, itemsize: int = 4) -> 
         return math.inf
     arith, copies = _predicted_parts(name, spec, itemsize)
     t = BACKWARD[name] * arith + BACKWARD_COPY[name] * copies
-    depthwise = spec.in_features == spec.feature_group_count and spec.groups > 1
-    if name == "shift" and depthwise:
+    if name == "shift" and spec.depthwise:
         t *= BACKWARD_DEPTHWISE / BACKWARD[name]
     if name == "scatter" and STRATEGIES["scatter"].spreads(spec):
         t *= BACKWARD_SCATTER_SPREAD

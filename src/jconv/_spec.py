@@ -380,6 +380,11 @@ class ConvSpec:
         return self.feature_group_count * self.batch_group_count
 
     @property
+    def depthwise(self) -> bool:
+        """One input channel per feature group, more than one group."""
+        return self.feature_group_count == self.in_features > 1
+
+    @property
     def dilated_in(self) -> tuple[int, ...]:
         return tuple(_dilate(i, d) for i, d in zip(self.in_spatial, self.lhs_dilation, strict=True))
 

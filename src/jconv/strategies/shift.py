@@ -58,7 +58,7 @@ def _lower_all(
     acc_dtype: jnp.dtype,
 ) -> jax.Array:
     """``(N, *padded, C), (*window, Cg, F) -> (N_out, *out, F)`` by shift-and-sum."""
-    if spec.batch_group_count == 1 and spec.feature_group_count == spec.in_features > 1:
+    if spec.depthwise:
         terms = [_depthwise_product(spec, window_slice(spec, xp, k), w[k][0], acc_dtype)
                  for k in offsets(spec)]
         return functools.reduce(jnp.add, terms)
