@@ -47,6 +47,8 @@ TABLE = [
     ((2, 17, 4), (4,), 6, (1,), "SAME", (1,), (1,), 2, 1),
     ((2, 33, 2), (15,), 3, (1,), "SAME", (1,), (1,), 1, 1),
     ((2, 11, 3), (3,), 2, (1,), ((2, 1),), (1,), (3,), 1, 1),
+    ((2, 40, 4), (5,), 3, (1,), ((3, 1),), (2,), (1,), 1, 1),
+    ((2, 30, 4), (7,), 8, (1,), "SAME", (1,), (1,), 4, 1),
     ((2, 5, 6, 6), (3, 3), 4, (1, 1), ((2, 1), (1, 2)), (1, 1), (2, 2), 1, 1),
     ((2, 5, 4, 6), (4, 3), 6, (1, 1), ((0, 3), (-1, 1)), (1, 1), (3, 2), 2, 1),
     ((2, 4, 3, 3, 2), (3, 2, 3), 2, (1, 1, 1), ((1, 1), (1, 0), (2, 2)), (1, 1, 1), (2, 2, 3),
@@ -88,7 +90,7 @@ def test_forward_matches_lax(name: str, row: tuple) -> None:
     assert np.max(np.abs(got - want) / _scale(x, w, kw)) < 1e-5
 
 
-GRAD_ROWS = [TABLE[i] for i in (0, 1, 2, 3, 4, 6, 8, 11, 12, 15)]
+GRAD_ROWS = [TABLE[i] for i in (0, 1, 2, 3, 4, 6, 8, 11, 12, 13, 15, 16, 17)]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -148,7 +150,7 @@ def test_integer_inputs_exact(strides: tuple[int, int]) -> None:
     for name in NAMES:
         if STRATEGIES[name].applicable(spec, jnp.dtype(jnp.int32)) is not None:
             strided = {"scatter"} if 2 in strides else set()
-            assert name in {"winograd", "fft", "polyphase"} | strided
+            assert name in {"winograd", "fft", "dft", "polyphase"} | strided
             continue
         got = jconv.conv_general_dilated(x, w, **kw, strategy=name)
         assert got.dtype == jnp.int32
@@ -175,6 +177,11 @@ def test_refusals_name_the_rule() -> None:
     with pytest.raises(ValueError, match=r"fft.*real floating"):
         jconv.conv(jnp.ones((1, 8, 8, 2), jnp.int32), jnp.ones((3, 3, 2, 2), jnp.int32),
                    strategy="fft")
+    with pytest.raises(ValueError, match=r"dft.*1 spatial dimension"):
+        jconv.conv(x, jnp.ones((3, 3, 2, 2)), strategy="dft")
+    with pytest.raises(ValueError, match=r"dft.*stride 1"):
+        jconv.conv(jnp.ones((1, 8, 2)), jnp.ones((3, 2, 2)), stride=2, layout="NWC",
+                   strategy="dft")
     with pytest.raises(ValueError, match=r"direct.*unrolls"):
         jconv.conv(jnp.ones((1, 8, 8, 64)), jnp.ones((3, 3, 64, 2)), strategy="direct")
 
@@ -185,6 +192,8 @@ def test_cost_is_sympy_and_matches_symbolic_form(name: str) -> None:
     spec = ConvSpec.from_lax((2, 10, 12, 6), (3, 3, 3, 4), (1, 1), "SAME",
                              dimension_numbers=_dn(2), feature_group_count=2)
     mod = STRATEGIES[name]
+    if name == "dft":
+        return  # 1-D only, at its chosen tile: test_dft_cost_is_measured
     c = mod.cost(spec)
     assert isinstance(c.flops, sp.Expr) and isinstance(c.temp_bytes, sp.Expr)
     if name == "fft":
@@ -219,6 +228,81 @@ def test_winograd_uses_fewer_multiplies() -> None:
                              dimension_numbers=_dn(2))
     wino = float(STRATEGIES["winograd"].cost(spec).flops)
     assert wino < 0.5 * float(STRATEGIES["shift"].cost(spec).flops)
+
+
+DFT_CASES = [  # (input, window, F, padding, rhs dilation, feature groups)
+    ((2, 300, 16), (9,), 8, "VALID", (1,), 2),
+    ((3, 100, 6), (9,), 10, "SAME", (2,), 1),
+    ((1, 500, 8), (31,), 8, ((20, 3),), (1,), 1),
+    ((2, 50, 4), (15,), 4, "SAME", (1,), 1),  # one tile covers every output
+]
+
+
+@pytest.mark.parametrize("case", DFT_CASES, ids=lambda c: f"{c[0]}-k{c[1]}-d{c[4]}-g{c[5]}")
+def test_dft_tiles_are_exact_in_float64(case: tuple) -> None:
+    """Overlap-save tiles with real DFT matrices: the same sums as the definition (float64
+    loop) to round-off, so tiles, halos, pair 0 and the inverse's kept outputs are right."""
+    from reference import conv_reference
+
+    xs, win, f, pad, rd, g = case
+    rng = np.random.default_rng(11)
+    x, w = rng.standard_normal(xs), rng.standard_normal((*win, xs[-1] // g, f))
+    with jax.enable_x64(True):
+        got = np.asarray(jconv.conv_general_dilated(
+            jnp.asarray(x), jnp.asarray(w), (1,), pad, None, rd, _dn(1), g, strategy="dft"))
+    pads = ConvSpec.from_lax(xs, w.shape, (1,), pad, None, rd, _dn(1), g).padding
+    want = conv_reference(x, w, (1,), pads, (1,), rd, g)
+    scale = conv_reference(np.abs(x), np.abs(w), (1,), pads, (1,), rd, g)
+    assert got.shape == want.shape
+    assert np.max(np.abs(got - want) / (scale + 1e-300)) < 1e-12
+
+
+@pytest.mark.parametrize("case", DFT_CASES[:3], ids=lambda c: f"{c[0]}-k{c[1]}")
+def test_dft_cost_is_measured(case: tuple) -> None:
+    """`dft.cost`: its symbolic form at the chosen tile, FLOPs against XLA's
+    `cost_analysis()` (the GEMMs and the kernel transform; the rest is elementwise) and temp
+    bytes against `memory_analysis()`."""
+    from jconv.strategies import dft
+    from jconv.symbolic import cost_analysis_flops, lowering_cost_formula
+
+    xs, win, f, pad, rd, g = case
+    ws = (*win, xs[-1] // g, f)
+    spec = ConvSpec.from_lax(xs, ws, (1,), pad, None, rd, _dn(1), g)
+    tile = dft.tile_length(spec)
+    assert tile is not None and tile % dft.TILE_QUANTUM == 0
+    assert tile >= 2 * (spec.effective_window[0] - 1)
+    c = dft.cost(spec)
+    geo, num = Geometry.symbols(1), Geometry.from_spec(spec)
+    subs = {geo.n: num.n, geo.cg: num.cg, geo.fq: num.fq, geo.g: num.g, geo.pad: num.pad,
+            geo.itemsize: 4, sp.Symbol("T", integer=True, positive=True): tile}
+    for a in ("out", "window", "padded", "inp"):
+        subs.update(dict(zip(getattr(geo, a), getattr(num, a), strict=True)))
+    sym = dft.cost_of(geo)
+    assert lowering_cost_formula("dft", 1) == sym
+    with pytest.raises(ValueError, match="must be 1 for 'dft'"):
+        lowering_cost_formula("dft", 2)
+    assert sp.simplify(sym.flops.subs(subs) - c.flops) == 0
+    assert sp.simplify(sym.temp_bytes.subs(subs) - c.temp_bytes) == 0
+    args = (jax.ShapeDtypeStruct(xs, jnp.float32), jax.ShapeDtypeStruct(ws, jnp.float32))
+    compiled = jax.jit(lambda a, b: jconv.conv_general_dilated(
+        a, b, (1,), pad, None, rd, _dn(1), g, strategy="dft")).lower(*args).compile()
+    flops = cost_analysis_flops(compiled.cost_analysis())
+    assert flops is not None and abs(flops - float(c.flops)) <= 0.01 * float(c.flops)
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    assert 0.6 * float(c.temp_bytes) <= temp <= float(c.temp_bytes) * 1.05
+
+
+def test_dft_uses_fewer_flops_for_long_windows() -> None:
+    """At 64 channels the tiles need far fewer FLOPs than summing taps from k = 15 on (2.3x
+    at k = 15, 4x at k = 31) and about as many at k = 3 (below `DFT_MIN_TAPS`)."""
+    from jconv.strategies import dft
+
+    def ratio(k: int) -> float:
+        spec = ConvSpec.from_lax((8, 4096, 64), (k, 64, 64), (1,), "SAME",
+                                 dimension_numbers=_dn(1))
+        return float(STRATEGIES["shift"].cost(spec).flops / dft.cost(spec).flops)
+
+    assert ratio(3) < 1.25 < 2 < ratio(15) < ratio(31)
 
 
 @pytest.mark.parametrize("name", ["shift", "hybrid"])

@@ -83,7 +83,9 @@ def get_memory_budget() -> int:
 # a lowering makes (strided slices, concatenations, products summed at the end) move at
 # COPY_BYTES_PER_S; fused elementwise multiply-adds run at ELEMENTWISE_FLOPS (2.5x that when
 # XLA fuses a depthwise einsum into one loop); the FFT's transforms and complex channel
-# mixing at FFT_FLOPS. OVERHEAD scales what the model misses: Winograd's transforms (x1.5)
+# mixing at FFT_FLOPS. OVERHEAD scales what the model misses: the DFT tiles' three GEMMs
+# (x2.2: transform GEMMs shallower than the mixing, and a transposed copy of the output),
+# Winograd's transforms (x1.5)
 # and its 16-way batched dot with transposes at C_g >= 64 (x2 more, growing with C_g past
 # 128), the row patches of 3-D inputs (x2.5: nine copies of rows three times wider than
 # the input), the concatenation of the patches (x1.5), which
@@ -104,11 +106,15 @@ FFT_MIN_TAPS = 49
 """`fft` is planned only for windows of at least this many taps (7x7, or k >= 49 in 1-D):
 its round-off is spread over every output, so small convolutions of exact values (integers,
 ones) would no longer come out exact; it pays off only for large windows anyway."""
+DFT_MIN_TAPS = 7
+"""`dft` is planned only for windows of at least this many taps, for the same reason; at
+64 channels its tiles measured 1.7x (forward) and 1.05x (forward+backward) the native
+convolution at k = 7, 0.6-1.0x from k = 15."""
 SCATTER_TAPS = 9
 """`scatter` slows with the square root of its taps past this many: its fused sum reads one
 strided row of the products per tap for every output (fitted on 1-D k = 15, 31 and 3-D
 3x3x3)."""
-OVERHEAD = {"patches": 1.5, "hybrid": 1.0, "hybrid_3d": 2.5, "winograd": 1.5,
+OVERHEAD = {"dft": 2.2, "patches": 1.5, "hybrid": 1.0, "hybrid_3d": 2.5, "winograd": 1.5,
             "winograd_wide": 2.0}
 
 
@@ -134,6 +140,11 @@ def _predicted_parts(name: str, spec: ConvSpec, itemsize: int) -> tuple[float, f
         return flops / FFT_FLOPS, moved / COPY_BYTES_PER_S
     if name == "scatter" and spec.groups > 1:
         return math.inf, 0.0
+    if name == "dft":
+        if math.prod(spec.window) < DFT_MIN_TAPS:
+            return math.inf, 0.0
+        rate = _gemm_rate(2 * cg, 2 * fq)
+        return OVERHEAD["dft"] * flops / rate, moved / COPY_BYTES_PER_S
     depth = {"patches": math.prod(spec.window) * cg, "hybrid": spec.window[-1] * cg}.get(name, cg)
     width = math.prod(spec.window) * fq if name == "scatter" else fq
     scale = 1.0
@@ -155,7 +166,7 @@ def predicted_seconds(name: str, spec: ConvSpec, itemsize: int = 4) -> float:
 
 
 BACKWARD = {"shift": 0.5, "patches": 0.1, "hybrid": 2.0, "scatter": 0.8, "winograd": 2.0,
-            "direct": 17.0, "polyphase": 2.0, "fft": 1.0}
+            "direct": 17.0, "polyphase": 2.0, "fft": 1.0, "dft": 1.0}
 """Backward (input and kernel gradients) over the forward's predicted arithmetic time, per
 lowering: patches differentiates into two large GEMMs on the patches it already built,
 shift and hybrid into two GEMMs per tap or row. With `BACKWARD_COPY`, fitted by a
@@ -164,7 +175,7 @@ backward) is within 10% of the fastest lowering's measured forward+backward: 56 
 four sweeps. The misses: dilated (1.1-1.4x; patches is fastest), 1x1 (1.1-1.4x; the same
 GEMM in every lowering), dense 3x3 C=16 (1.2-1.4x), and 1-D k=15, 3-D and the stem (1.1x)."""
 BACKWARD_COPY = {"shift": 0.5, "patches": 0.1, "hybrid": 0.6, "scatter": 0.6, "winograd": 2.0,
-                 "direct": 17.0, "polyphase": 0.2, "fft": 1.0}
+                 "direct": 17.0, "polyphase": 0.2, "fft": 1.0, "dft": 1.0}
 """The same for the forward's predicted copy time: the gradients turn every copy into its
 transpose (a slice into a pad, a concatenation into slices) on the cotangent's side."""
 BACKWARD_SCATTER_SPREAD = 2.0

@@ -10,7 +10,7 @@ kernel ``(*window, C // feature_group_count, F)``; the result is ``(N_out, *out,
 
 from types import ModuleType
 
-from . import direct, fft, hybrid, patches, polyphase, scatter, shift, winograd
+from . import dft, direct, fft, hybrid, patches, polyphase, scatter, shift, winograd
 from ._common import Cost, Geometry
 
 STRATEGIES: dict[str, ModuleType] = {
@@ -20,6 +20,7 @@ STRATEGIES: dict[str, ModuleType] = {
     "direct": direct,
     "winograd": winograd,
     "fft": fft,
+    "dft": dft,
     "polyphase": polyphase,
     "scatter": scatter,
 }

@@ -4,7 +4,9 @@
 size), ``Y[n, nu, f] = sum_c X[n, nu, c] * conj(W[nu, c, f])`` (the channel sum, as a
 complex einsum), ``out = irfftn(Y)[o*s]``. Circular wrap-around never reaches the kept
 outputs because ``L >= padded``. The work is ``O(L log L)`` per channel instead of
-``O(L * k)``, so it wins for long kernels (1-D ``k >= ~15``).
+``O(L * k)``, but the kernel is transformed at the full length and the channel mixing is
+one small GEMM per frequency, so it pays off only for large windows; in 1-D, the short
+tiles of `dft` are faster.
 """
 
 from __future__ import annotations
