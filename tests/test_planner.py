@@ -80,6 +80,17 @@ def test_small_windows_of_exact_values_stay_exact(k: int) -> None:
     assert _planner.plan(_spec((1, 30, 1), (k,), 1), F32) not in ("fft", "dft")
 
 
+def test_winograd4_is_only_taken_when_asked_for() -> None:
+    """Opt-in (`OPT_IN`): auto never picks F(4x4, 3x3), even where it is modelled fastest."""
+    assert "winograd4" in _planner.OPT_IN
+    for c in (16, 64, 128, 256):
+        spec = _spec((8, 28, 28, c), (3, 3), c)
+        assert "winograd4" not in (_planner.plan(spec, F32), _planner.plan_backward(spec, F32))
+    x, w = jnp.ones((1, 6, 6, 2)), jnp.ones((3, 3, 2, 3))
+    y = jconv.conv(x, w, strategy="winograd4")
+    np.testing.assert_allclose(np.asarray(y), np.asarray(jconv.conv(x, w)), rtol=1e-6)
+
+
 def test_dense_uses_a_gemm_lowering() -> None:
     for spec in (_spec((8, 28, 28, 128), (3, 3), 128), _spec((8, 28, 28, 128), (1, 1), 256)):
         assert _planner.plan(spec, F32) in ("shift", "patches", "hybrid", "winograd", "scatter")
@@ -181,7 +192,7 @@ def test_auto_matches_lax_on_the_benchmark_shapes_scaled_down() -> None:
 
 
 def test_backward_pick_is_the_least_predicted_forward_plus_backward_time() -> None:
-    spec = _spec((8, 28, 28, 128), (3, 3), 128, feature_group_count=4)
+    spec = _spec((8, 56, 56, 64), (3, 3), 64)
     admissible = [n for n, m in STRATEGIES.items() if m.applicable(spec, F32) is None]
     times = {n: _planner.predicted_seconds(n, spec) + _planner.predicted_backward_seconds(n, spec)
              for n in admissible}

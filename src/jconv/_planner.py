@@ -85,15 +85,13 @@ def get_memory_budget() -> int:
 # XLA fuses a depthwise einsum into one loop); the FFT's transforms and complex channel
 # mixing at FFT_FLOPS. OVERHEAD scales what the model misses: the DFT tiles' three GEMMs
 # (x2.2: transform GEMMs shallower than the mixing, and a transposed copy of the output),
-# Winograd's transforms (x1.5)
-# and its 16-way batched dot with transposes at C_g >= 64 (x2 more, growing with C_g past
-# 128), the row patches of 3-D inputs (x2.5: nine copies of rows three times wider than
-# the input), the concatenation of the patches (x1.5), which
-# XLA's CPU backend writes at a fraction of memory bandwidth. The constants were fitted by
-# a grid search maximising the benchmark cases whose pick is within 10% of the fastest
-# lowering in a full sweep (15 of 18 cases), after shift, hybrid and patches learned to
-# run over batch chunks (`strategies._common.batch_chunk`); benchmarks/results/latest.md
-# reports pick/best per case.
+# Winograd's (x1.5), the row patches of 3-D inputs (x2.5: nine copies of rows three times
+# wider than the input), the concatenation of the patches (x1.5), which XLA's CPU backend
+# writes at a fraction of memory bandwidth. The constants were fitted by a grid search
+# maximising the benchmark cases whose pick is within 10% of the fastest lowering in a full
+# sweep (16 of 18 cases), after shift, hybrid and patches learned to run over batch chunks
+# (`strategies._common.batch_chunk`); benchmarks/results/latest.md reports pick/best per
+# case.
 PEAK_FLOPS = 5.0e10
 GEMM_KNEE = 32
 COPY_BYTES_PER_S = 2.0e9
@@ -114,8 +112,11 @@ SCATTER_TAPS = 9
 """`scatter` slows with the square root of its taps past this many: its fused sum reads one
 strided row of the products per tap for every output (fitted on 1-D k = 15, 31 and 3-D
 3x3x3)."""
-OVERHEAD = {"dft": 2.2, "patches": 1.5, "hybrid": 1.0, "hybrid_3d": 2.5, "winograd": 1.5,
-            "winograd_wide": 2.0}
+OVERHEAD = {"dft": 2.2, "patches": 1.5, "hybrid": 1.0, "hybrid_3d": 2.5, "winograd": 1.5}
+OPT_IN = ("winograd4",)
+"""Lowerings `strategy="auto"` never picks: F(4x4, 3x3)'s rounding error measured 20-40x
+that of summing the taps or of F(2x2, 3x3) (a few 1e-6 of ``sum |x| |w|`` in float32), a
+trade to ask for with ``strategy="winograd4"``."""
 
 
 def _gemm_rate(depth: int, width: int) -> float:
@@ -129,6 +130,8 @@ def _predicted_parts(name: str, spec: ConvSpec, itemsize: int) -> tuple[float, f
     flops, _, moved = STRATEGIES[name].cost(spec, itemsize).evaluate()
     cg = spec.in_features // spec.feature_group_count
     fq = spec.out_features // spec.groups
+    if name in OPT_IN:
+        return math.inf, 0.0
     if name == "direct":
         thin_groups = spec.groups > 1 and 1 < cg <= DIRECT_MAX_CG
         return (flops / ELEMENTWISE_FLOPS if thin_groups else math.inf), 0.0
@@ -155,8 +158,7 @@ def _predicted_parts(name: str, spec: ConvSpec, itemsize: int) -> tuple[float, f
     if name == "hybrid" and spec.num_spatial >= 3:
         scale *= OVERHEAD["hybrid_3d"]
     if name == "winograd":
-        scale = OVERHEAD["winograd"] * (OVERHEAD["winograd_wide"] * max(1.0, cg / 128)
-                                        if cg >= 64 else 1.0)
+        scale = OVERHEAD[name]
     return scale * flops / _gemm_rate(depth, width), scale * moved / COPY_BYTES_PER_S
 
 
@@ -165,17 +167,18 @@ def predicted_seconds(name: str, spec: ConvSpec, itemsize: int = 4) -> float:
     return sum(_predicted_parts(name, spec, itemsize))
 
 
-BACKWARD = {"shift": 0.5, "patches": 0.1, "hybrid": 2.0, "scatter": 0.8, "winograd": 2.0,
-            "direct": 17.0, "polyphase": 2.0, "fft": 1.0, "dft": 1.0}
+BACKWARD = {"shift": 0.5, "patches": 0.1, "hybrid": 2.0, "scatter": 0.8, "winograd": 0.3,
+            "winograd4": 0.3, "direct": 17.0, "polyphase": 2.0, "fft": 1.0, "dft": 1.0}
 """Backward (input and kernel gradients) over the forward's predicted arithmetic time, per
 lowering: patches differentiates into two large GEMMs on the patches it already built,
-shift and hybrid into two GEMMs per tap or row. With `BACKWARD_COPY`, fitted by a
-coordinate search maximising the benchmark cases whose pick (least predicted forward plus
-backward) is within 10% of the fastest lowering's measured forward+backward: 56 of 72 over
-four sweeps. The misses: dilated (1.1-1.4x; patches is fastest), 1x1 (1.1-1.4x; the same
-GEMM in every lowering), dense 3x3 C=16 (1.2-1.4x), and 1-D k=15, 3-D and the stem (1.1x)."""
-BACKWARD_COPY = {"shift": 0.5, "patches": 0.1, "hybrid": 0.6, "scatter": 0.6, "winograd": 2.0,
-                 "direct": 17.0, "polyphase": 0.2, "fft": 1.0, "dft": 1.0}
+shift and hybrid into two GEMMs per tap or row, winograd and dft into the transposes of
+their three GEMMs. With `BACKWARD_COPY`, fitted by a coordinate search maximising the
+benchmark cases whose pick (least predicted forward plus backward) is within 10% of the
+fastest lowering's measured forward+backward: 56 of 72 over four sweeps, then winograd
+(rewritten as GEMMs) and dft refitted on a fifth with the rest fixed: 16 of 18 (the
+misses: dilated, where patches is fastest, 1.13x)."""
+BACKWARD_COPY = {"shift": 0.5, "patches": 0.1, "hybrid": 0.6, "scatter": 0.6, "winograd": 0.3,
+                 "winograd4": 0.3, "direct": 17.0, "polyphase": 0.2, "fft": 1.0, "dft": 1.0}
 """The same for the forward's predicted copy time: the gradients turn every copy into its
 transpose (a slice into a pad, a concatenation into slices) on the cotangent's side."""
 BACKWARD_SCATTER_SPREAD = 2.0

@@ -10,7 +10,7 @@ kernel ``(*window, C // feature_group_count, F)``; the result is ``(N_out, *out,
 
 from types import ModuleType
 
-from . import dft, direct, fft, hybrid, patches, polyphase, scatter, shift, winograd
+from . import dft, direct, fft, hybrid, patches, polyphase, scatter, shift, winograd, winograd4
 from ._common import Cost, Geometry
 
 STRATEGIES: dict[str, ModuleType] = {
@@ -19,6 +19,7 @@ STRATEGIES: dict[str, ModuleType] = {
     "hybrid": hybrid,
     "direct": direct,
     "winograd": winograd,
+    "winograd4": winograd4,
     "fft": fft,
     "dft": dft,
     "polyphase": polyphase,

@@ -2,12 +2,22 @@
 
 With ``B^T`` (4x4), ``G`` (4x3), ``A^T`` (2x4) the minimal-filtering matrices of Lavin and
 Gray (2016), every 2x2 output tile is ``A^T [(G w G^T) (.) (B^T d B)] A`` for the 4x4 input
-tile ``d``. Written as: the input transform as 16 fused linear combinations of strided
-slices, the channel contraction as one batched einsum over the 16 transform points
-``(16, N*T_h*T_w, C) x (16, C, F)``, the output transform as fused combinations again.
+tile ``d``. Each stage is one GEMM over the ``a^2 = 16`` transform points, with the
+Kronecker matrices ``B^T (x) B^T`` (16x16) and ``A^T (x) A^T`` (4x16):
+
+- tiles ``d (16, G, R, C_g)`` (``R = N T_h T_w`` tiles, one copy of the padded input),
+- input transform ``V = (B^T (x) B^T) d``, one GEMM of depth 16,
+- channel mixing ``M[p, g] = V[p, g] U[p, g]`` (``U = (G (x) G) w``), one GEMM batched over
+  points and feature groups,
+- output transform ``Y = (A^T (x) A^T) M``, then one transposed copy into ``(N, H, W, F)``.
+
+Every intermediate keeps the transform point as its leading axis, so no transpose sits
+between the GEMMs. `winograd4` is the same with F(4x4, 3x3) (`lower_tiles`, `tiles_cost_of`).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +26,7 @@ import sympy as sp
 from jax import lax
 
 from .._spec import ConvSpec
-from ._common import Cost, Geometry, make_cost, pad_input
+from ._common import Cost, Geometry, chunked_cost, lower_chunked, make_cost
 
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
@@ -24,7 +34,7 @@ AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
 
 
 def applicable(spec: ConvSpec, dtype: jnp.dtype) -> str | None:
-    """Why Winograd F(2x2, 3x3) cannot run ``spec``, or None."""
+    """Why Winograd F(m x m, 3x3) cannot run ``spec``, or None."""
     if spec.num_spatial != 2 or spec.window != (3, 3):
         return f"it needs a 2-D 3x3 window, got {spec.window}"
     if spec.window_strides != (1, 1) or spec.rhs_dilation != (1, 1):
@@ -37,17 +47,55 @@ def applicable(spec: ConvSpec, dtype: jnp.dtype) -> str | None:
     return None
 
 
-def _combine(mat: np.ndarray, parts: list[jax.Array]) -> list[jax.Array]:
-    """``out[i] = sum_j mat[i, j] * parts[j]`` with the zero terms skipped."""
-    out = []
-    for row in mat:
-        terms = [p if c == 1 else (-p if c == -1 else p * jnp.asarray(c, p.dtype))
-                 for c, p in zip(row, parts, strict=True) if c != 0]
-        acc = terms[0]
-        for t in terms[1:]:
-            acc = acc + t
-        out.append(acc)
-    return out
+def lower_tiles(
+    spec: ConvSpec,
+    xp: jax.Array,
+    w: jax.Array,
+    *,
+    matrices: tuple[np.ndarray, np.ndarray, np.ndarray],
+    precision: lax.PrecisionLike,
+    acc_dtype: jnp.dtype,
+) -> jax.Array:
+    """``(N, Hp, Wp, C)`` padded, ``(3, 3, Cg, F) -> (N, Ho, Wo, F)`` by F(m x m, 3x3) with
+    ``matrices = (B^T, G, A^T)`` of shapes ``(a, a)``, ``(a, 3)``, ``(m, a)``."""
+    bt, gm, at = matrices
+    m, a = at.shape
+    n, c = xp.shape[0], xp.shape[-1]
+    ho, wo = spec.out_spatial
+    th, tw = -(-ho // m), -(-wo // m)
+    g, f = spec.feature_group_count, spec.out_features
+    cg, fq = c // g, f // g
+    x = xp.astype(acc_dtype)
+    x = jnp.pad(x, ((0, 0), (0, m * th + m - x.shape[1]), (0, m * tw + m - x.shape[2]), (0, 0)))
+    # tile (i, j) is rows m*i .. m*i + a - 1: block i of m rows and 2 rows of block i + 1
+    xb = x.reshape(n, th + 1, m, tw + 1, m, g, cg)
+    xr = jnp.concatenate([xb[:, :th], xb[:, 1:, :2]], axis=2)  # (N, Th, a, Tw + 1, m, G, Cg)
+    xc = jnp.concatenate([xr[:, :, :, :tw], xr[:, :, :, 1:, :2]], axis=4)  # (..., a, Tw, a, ..)
+    d = xc.transpose(2, 4, 5, 0, 1, 3, 6).reshape(a * a, g, n * th * tw, cg)
+    v = jnp.einsum("pq,qgrc->pgrc", jnp.asarray(np.kron(bt, bt), acc_dtype), d,
+                   precision=precision)
+    u = jnp.einsum("pk,kcgf->pgcf", jnp.asarray(np.kron(gm, gm), acc_dtype),
+                   w.astype(acc_dtype).reshape(9, cg, g, fq), precision=lax.Precision.HIGHEST)
+    prod = jnp.einsum("pgrc,pgcf->pgrf", v, u, precision=precision)
+    y = jnp.einsum("sp,pgrf->sgrf", jnp.asarray(np.kron(at, at), acc_dtype), prod,
+                   precision=precision)
+    y = y.reshape(m, m, g, n, th, tw, fq).transpose(3, 4, 0, 5, 1, 2, 6)
+    return y.reshape(n, m * th, m * tw, f)[:, :ho, :wo]
+
+
+def tiles_cost_of(geo: Geometry, m: int) -> Cost:
+    """F(m x m, 3x3) with ``a = m + 2`` and ``R = N ceil(o_0/m) ceil(o_1/m)`` tiles. FLOPs:
+    input transform ``2 a^4 R C``, mixing ``2 a^2 R C_g F``, output transform
+    ``2 m^2 a^2 R F``, kernel transform ``18 a^2 C_g F``. Temp: the padded input, and two
+    tile-sized buffers live at once (the tiles and their transform, ``a^2 R C`` each, or the
+    transform and the products, ``a^2 R F``), and the transformed kernel ``a^2 C_g F``."""
+    a = m + 2
+    tiles = geo.n * sp.ceiling(geo.out[0] / m) * sp.ceiling(geo.out[1] / m)
+    c, f = geo.g * geo.cg, geo.g * geo.fq
+    flops = (2 * a**4 * tiles * c + 2 * a * a * tiles * geo.cg * f + 2 * m * m * a * a * tiles * f
+             + 18 * a * a * geo.cg * f)
+    temp = geo.pad * geo.in_elems + a * a * (tiles * (c + sp.Max(c, f)) + geo.cg * f)
+    return make_cost(flops=flops, temp_elems=temp, moved_elems=temp + geo.out_elems, geo=geo)
 
 
 def lower(
@@ -58,49 +106,20 @@ def lower(
     precision: lax.PrecisionLike,
     acc_dtype: jnp.dtype,
 ) -> jax.Array:
-    """``(N, H, W, C), (3, 3, Cg, F) -> (N, Ho, Wo, F)`` by Winograd F(2x2, 3x3)."""
-    xp = pad_input(spec, x)
-    n, c = xp.shape[0], xp.shape[-1]
-    ho, wo = spec.out_spatial
-    th, tw = -(-ho // 2), -(-wo // 2)
-    g, f = spec.feature_group_count, spec.out_features
-    x = xp.astype(acc_dtype)
-    extra_h, extra_w = 2 * th + 2 - xp.shape[1], 2 * tw + 2 - xp.shape[2]
-    x = jnp.pad(x, ((0, 0), (0, max(extra_h, 0)), (0, max(extra_w, 0)), (0, 0)))
-    rows = [lax.slice_in_dim(x, a, a + 2 * th - 1, 2, axis=1) for a in range(4)]
-    rows = _combine(BT, rows)  # 4 x (N, Th, Wp', C)
-    v = []
-    for r in rows:
-        cols = [lax.slice_in_dim(r, b, b + 2 * tw - 1, 2, axis=2) for b in range(4)]
-        v += _combine(BT, cols)  # 4 x (N, Th, Tw, C)
-    vt = jnp.stack(v).reshape(16, n * th * tw, g, c // g)
-    gm = jnp.asarray(G, acc_dtype)
-    u = jnp.einsum("ia,jb,abcf->ijcf", gm, gm, w.astype(acc_dtype),
-                   precision=lax.Precision.HIGHEST)
-    u = u.reshape(16, c // g, g, f // g)
-    m = jnp.einsum("tPgc,tcgf->tPgf", vt, u, precision=precision,
-                   preferred_element_type=acc_dtype)
-    m = m.reshape(4, 4, n, th, tw, f)
-    cols_out = [_combine(AT, [m[a, b] for b in range(4)]) for a in range(4)]  # [a][q]
-    y = [_combine(AT, [cols_out[a][q] for a in range(4)]) for q in range(2)]  # [q][p]
-    out = jnp.stack([jnp.stack([y[q][p] for q in range(2)], axis=3) for p in range(2)], axis=2)
-    out = out.reshape(n, 2 * th, 2 * tw, f)
-    return out[:, :ho, :wo, :]
+    """``(N, H, W, C), (3, 3, Cg, F) -> (N, Ho, Wo, F)`` by Winograd F(2x2, 3x3), over batch
+    chunks when the temp bytes call for it."""
+    return lower_chunked(spec, x, w, cost_of, functools.partial(lower_tiles, matrices=(BT, G, AT)),
+                         precision=precision, acc_dtype=acc_dtype)
 
 
 def cost_of(geo: Geometry) -> Cost:
-    """FLOPs: the 16-point batched contraction ``2 * 16 * N*T_h*T_w * C_g * F`` plus the
-    transforms (32 adds per input tile and channel, 24 per output tile and feature);
-    temp: the transformed input and the transformed products (16 per tile); the padding
-    fuses into the input transform."""
-    th, tw = sp.ceiling(geo.out[0] / 2), sp.ceiling(geo.out[1] / 2)
-    tiles = geo.n * th * tw
-    c, f = geo.g * geo.cg, geo.g * geo.fq
-    flops = 2 * 16 * tiles * geo.cg * f + 32 * tiles * c + 24 * tiles * f
-    temp = 16 * tiles * (c + f)
-    return make_cost(flops=flops, temp_elems=temp, moved_elems=temp + geo.out_elems, geo=geo)
+    """Cost of F(2x2, 3x3) (`tiles_cost_of` with ``m = 2``)."""
+    return tiles_cost_of(geo, 2)
 
 
 def cost(spec: ConvSpec, itemsize: int = 4) -> Cost:
-    """Cost of Winograd F(2x2, 3x3) for ``spec`` (see `cost_of`)."""
-    return cost_of(Geometry.from_spec(spec, itemsize))
+    """Cost of Winograd F(2x2, 3x3) for ``spec``, batch chunks included."""
+    return chunked_cost(spec, itemsize, cost_of)
+
+
+__all__ = ["applicable", "cost", "cost_of", "lower", "lower_tiles", "tiles_cost_of"]
