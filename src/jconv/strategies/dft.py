@@ -7,13 +7,15 @@ correlation is ``Y_q = X_q conj(W_q)``, exact for the first ``step`` outputs. Th
 numbers of a real signal's spectrum are kept as ``T/2`` pairs (``(Re X_q, Im X_q)`` for
 ``0 < q < T/2``, ``(X_0, X_{T/2})`` for pair 0), so the three stages are real einsums:
 
-- input transform ``V[h, tile, u, c] = sum_t x[tile, t, c] B[t, h, u]`` (``B``: ``(T, T/2, 2)``),
-- channel mixing per pair ``M[h, tile, v, f] = sum_{u, c} V[h, tile, u, c] K[h, u, c, v, f]``
-  (``K``: the 2x2 real form of multiplying by ``conj(W_q)``; one batched GEMM over pairs and
-  feature groups),
-- inverse ``y[tile, s, f] = sum_{h, v} M[h, tile, v, f] A[h, v, s]`` (``A``: ``(T/2, 2, step)``,
-  only the outputs kept).
+- input transform ``V[h, u, c, tile] = sum_t B[t, h, u] x[t, c, tile]`` (``B``:
+  ``(T, T/2, 2)``; the tiles are copied once into ``(T, C, tiles)`` order),
+- channel mixing per pair ``M[h, v, f, tile] = sum_{u, c} K[h, v, f, u, c] V[h, u, c, tile]``
+  (``K``: the 2x2 real form of multiplying by ``conj(W_q)``; one GEMM batched over pairs
+  and feature groups),
+- inverse ``y[tile, s, f] = sum_{h, v} A[h, v, s] M[h, v, f, tile]`` (``A``:
+  ``(T/2, 2, step)``, only the outputs kept), then one transposed copy into ``(N, L, F)``.
 
+With the pair axis leading and the tiles trailing, no transpose separates the GEMMs.
 The mixing does ``4 T C_g F`` FLOPs per tile where direct summation does
 ``2 k step C_g F``: for long windows (``k >= ~15`` at 64 channels) the tiles win, like
 Winograd does for 3x3. Round-off spreads over every output, as in `fft`.
