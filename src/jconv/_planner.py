@@ -167,16 +167,16 @@ def predicted_seconds(name: str, spec: ConvSpec, itemsize: int = 4) -> float:
     return sum(_predicted_parts(name, spec, itemsize))
 
 
-BACKWARD = {"shift": 0.5, "patches": 0.1, "hybrid": 2.0, "scatter": 0.8, "winograd": 0.3,
-            "winograd4": 0.3, "direct": 17.0, "polyphase": 2.0, "fft": 1.0, "dft": 1.0}
+BACKWARD = {"shift": 0.5, "patches": 0.1, "hybrid": 2.0, "scatter": 0.8, "winograd": 0.6,
+            "winograd4": 0.6, "direct": 17.0, "polyphase": 2.0, "fft": 1.0, "dft": 1.0}
 """Backward (input and kernel gradients) over the forward's predicted arithmetic time, per
 lowering: patches differentiates into two large GEMMs on the patches it already built,
 shift and hybrid into two GEMMs per tap or row, winograd and dft into the transposes of
 their three GEMMs. With `BACKWARD_COPY`, fitted by a coordinate search maximising the
 benchmark cases whose pick (least predicted forward plus backward) is within 10% of the
 fastest lowering's measured forward+backward: 56 of 72 over four sweeps, then winograd
-(rewritten as GEMMs) and dft refitted on a fifth with the rest fixed: 16 of 18 (the
-misses: dilated, where patches is fastest, 1.13x)."""
+(rewritten as GEMMs) and dft refitted on two more with the rest fixed: 31 of 36 (the
+misses: dilated, where patches is fastest, 1.1-1.3x, and dense 3x3 C=16, 1.1x)."""
 BACKWARD_COPY = {"shift": 0.5, "patches": 0.1, "hybrid": 0.6, "scatter": 0.6, "winograd": 0.3,
                  "winograd4": 0.3, "direct": 17.0, "polyphase": 0.2, "fft": 1.0, "dft": 1.0}
 """The same for the forward's predicted copy time: the gradients turn every copy into its
