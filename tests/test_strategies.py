@@ -310,6 +310,8 @@ def test_dft_cost_is_measured(case: tuple) -> None:
     assert lowering_cost_formula("dft", 1) == sym
     with pytest.raises(ValueError, match="must be 1 for 'dft'"):
         lowering_cost_formula("dft", 2)
+    with pytest.raises(ValueError, match="must be 2 for 'winograd4'"):
+        lowering_cost_formula("winograd4", 1)
     assert sp.simplify(sym.flops.subs(subs) - c.flops) == 0
     assert sp.simplify(sym.temp_bytes.subs(subs) - c.temp_bytes) == 0
     args = (jax.ShapeDtypeStruct(xs, jnp.float32), jax.ShapeDtypeStruct(ws, jnp.float32))

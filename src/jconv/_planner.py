@@ -127,11 +127,11 @@ def _gemm_rate(depth: int, width: int) -> float:
 def _predicted_parts(name: str, spec: ConvSpec, itemsize: int) -> tuple[float, float]:
     """Predicted (arithmetic, copy) seconds of lowering `name` on `spec`: the FLOPs at the
     rate they run at, and the bytes moved at `COPY_BYTES_PER_S`, both scaled by `OVERHEAD`."""
+    if name in OPT_IN:
+        return math.inf, 0.0
     flops, _, moved = STRATEGIES[name].cost(spec, itemsize).evaluate()
     cg = spec.in_features // spec.feature_group_count
     fq = spec.out_features // spec.groups
-    if name in OPT_IN:
-        return math.inf, 0.0
     if name == "direct":
         thin_groups = spec.groups > 1 and 1 < cg <= DIRECT_MAX_CG
         return (flops / ELEMENTWISE_FLOPS if thin_groups else math.inf), 0.0
@@ -168,7 +168,7 @@ def predicted_seconds(name: str, spec: ConvSpec, itemsize: int = 4) -> float:
 
 
 BACKWARD = {"shift": 0.5, "patches": 0.1, "hybrid": 2.0, "scatter": 0.8, "winograd": 0.6,
-            "winograd4": 0.6, "direct": 17.0, "polyphase": 2.0, "fft": 1.0, "dft": 1.0}
+            "direct": 17.0, "polyphase": 2.0, "fft": 1.0, "dft": 1.0}
 """Backward (input and kernel gradients) over the forward's predicted arithmetic time, per
 lowering: patches differentiates into two large GEMMs on the patches it already built,
 shift and hybrid into two GEMMs per tap or row, winograd and dft into the transposes of
@@ -178,7 +178,7 @@ fastest lowering's measured forward+backward: 56 of 72 over four sweeps, then wi
 (rewritten as GEMMs) and dft refitted on two more with the rest fixed: 31 of 36 (the
 misses: dilated, where patches is fastest, 1.1-1.3x, and dense 3x3 C=16, 1.1x)."""
 BACKWARD_COPY = {"shift": 0.5, "patches": 0.1, "hybrid": 0.6, "scatter": 0.6, "winograd": 0.3,
-                 "winograd4": 0.3, "direct": 17.0, "polyphase": 0.2, "fft": 1.0, "dft": 1.0}
+                 "direct": 17.0, "polyphase": 0.2, "fft": 1.0, "dft": 1.0}
 """The same for the forward's predicted copy time: the gradients turn every copy into its
 transpose (a slice into a pad, a concatenation into slices) on the cotangent's side."""
 BACKWARD_SCATTER_SPREAD = 2.0
@@ -196,7 +196,9 @@ it is the fastest at C = 64."""
 def predicted_backward_seconds(name: str, spec: ConvSpec, itemsize: int = 4) -> float:
     """Predicted time of the gradients of lowering `name` on `spec` (`BACKWARD`,
     `BACKWARD_COPY`)."""
-    if name == "scatter" and spec.in_features // spec.feature_group_count < SCATTER_BACKWARD_MIN_CG:
+    thin_scatter = name == "scatter" and (
+        spec.in_features // spec.feature_group_count < SCATTER_BACKWARD_MIN_CG)
+    if name in OPT_IN or thin_scatter:
         return math.inf
     arith, copies = _predicted_parts(name, spec, itemsize)
     t = BACKWARD[name] * arith + BACKWARD_COPY[name] * copies

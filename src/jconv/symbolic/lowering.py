@@ -54,11 +54,12 @@ def lowering_cost_formula(name: str, num_spatial: int) -> Cost:
     dft (1-D only) the tile length is the symbol ``T``, for polyphase the phase count is
     ``S``; for scatter ``spread`` is 1 where it multiplies only the real input samples and
     spreads the products, 0 where it multiplies every padded position and slices them.
-    winograd is 2-D only. ValueError for an unknown name or a rank the lowering lacks.
+    winograd and winograd4 are 2-D only. ValueError for an unknown name or a rank the
+    lowering lacks.
     """
     if name not in STRATEGIES:
         raise ValueError(f"`name` (={name!r}) must be one of {sorted(STRATEGIES)}.")
-    fixed = {"winograd": 2, "dft": 1}.get(name)
+    fixed = {"winograd": 2, "winograd4": 2, "dft": 1}.get(name)
     if fixed is not None and num_spatial != fixed:
         raise ValueError(f"`num_spatial` (={num_spatial!r}) must be {fixed} for {name!r}.")
     geo = Geometry.symbols(num_spatial)
