@@ -32,7 +32,7 @@ import sympy as sp
 from jax import lax
 
 from .._spec import ConvSpec
-from ._common import Cost, Geometry, make_cost, pad_input
+from ._common import Cost, Expr, Geometry, make_cost, pad_input
 
 TILE_QUANTUM = 16
 """Tile lengths are multiples of this (even, so the spectrum pairs up; SIMD-friendly)."""
@@ -56,12 +56,13 @@ def applicable(spec: ConvSpec, dtype: jnp.dtype) -> str | None:
     return None
 
 
-def _tile_flops(t: int, k: int, out: int, c: int, cg: int, f: int) -> int:
-    """FLOPs per image of tiles of length ``t`` (see `cost_of`)."""
-    step = t - k + 1
-    return -(-out // step) * (2 * t * t * c + 4 * t * cg * f + 2 * t * step * f)
+def _flops_per_tile(t: Expr, step: Expr, c: Expr, cg: Expr, f: Expr) -> Expr:
+    """Input transform ``2 T^2 C``, mixing ``4 T C_g F`` (``T/2`` pairs of 2x2 blocks),
+    inverse ``2 T step F``: ints for `tile_length`, SymPy for `cost_of`."""
+    return 2 * t * t * c + 4 * t * cg * f + 2 * t * step * f
 
 
+@functools.lru_cache(maxsize=1024)
 def tile_length(spec: ConvSpec) -> int | None:
     """The tile length ``T`` with the fewest FLOPs: a multiple of `TILE_QUANTUM` with
     ``step >= k_eff - 1`` (a tile's overlap comes from the next tile alone), up to the one
@@ -74,7 +75,8 @@ def tile_length(spec: ConvSpec) -> int | None:
     hi = min(MAX_TILE, q * -(-(out + k - 1) // q))
     if lo > MAX_TILE:
         return None
-    return min(range(lo, max(hi, lo) + 1, q), key=lambda t: _tile_flops(t, k, out, c, cg, f))
+    return min(range(lo, max(hi, lo) + 1, q),
+               key=lambda t: -(-out // (t - k + 1)) * _flops_per_tile(t, t - k + 1, c, cg, f))
 
 
 @functools.lru_cache(maxsize=64)
@@ -147,8 +149,7 @@ def cost_of(geo: Geometry, tile: sp.Expr | int | None = None) -> Cost:
     step = t - (p - o + 1) + 1
     tiles = geo.n * sp.ceiling(o / step)
     c, f = geo.g * geo.cg, geo.g * geo.fq
-    flops = (tiles * (2 * t * t * c + 4 * t * geo.cg * f + 2 * t * step * f)
-             + 4 * (t / 2 + 1) * k * geo.cg * f)
+    flops = tiles * _flops_per_tile(t, step, c, geo.cg, f) + 4 * (t / 2 + 1) * k * geo.cg * f
     temp = 2 * tiles * t * sp.Max(c, f) + 2 * t * geo.cg * f
     moved = geo.pad * geo.in_elems + tiles * t * c + tiles * step * f
     return make_cost(flops=flops, temp_elems=temp, moved_elems=moved, geo=geo)
