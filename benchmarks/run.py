@@ -30,7 +30,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,31 +106,47 @@ CASES = [
 ]
 
 
-def timed(fns: list[Callable[[], Any]], reps: int, budget_s: float = 4.0) -> list[float]:
-    """Median seconds of each thunk, run alternately after two warm-ups; `reps` rounds, or
-    fewer (at least 3) when one round would take more than `budget_s / reps`."""
+def timed(fns: Sequence[Callable[[], Any]], reps: int, budget_s: float = 4.0,
+          inner: int = 1) -> list[float]:
+    """Median seconds per call of each thunk, run alternately after two warm-ups; `reps`
+    rounds, or fewer (at least 3) when one round would take more than `budget_s / reps`.
+    Each sample dispatches `inner` calls back to back and waits for the last (on an
+    accelerator this measures the device, not the host's dispatch)."""
+    def sample(f: Callable[[], Any]) -> Any:
+        for _ in range(inner - 1):
+            f()
+        return jax.block_until_ready(f())
+
     t0 = time.perf_counter()
     for f in fns:
-        jax.block_until_ready(f())
+        sample(f)
     for f in fns:
-        jax.block_until_ready(f())
+        sample(f)
     round_s = (time.perf_counter() - t0) / 2
     reps = max(3, min(reps, int(budget_s / max(round_s, 1e-9))))
     ts: list[list[float]] = [[] for _ in fns]
     for _ in range(reps):
         for i, f in enumerate(fns):
             t = time.perf_counter()
-            jax.block_until_ready(f())
-            ts[i].append(time.perf_counter() - t)
+            sample(f)
+            ts[i].append((time.perf_counter() - t) / inner)
     return [statistics.median(t) for t in ts]
 
 
-def matmul_flops(reps: int) -> float:
-    """Measured float32 matmul FLOP/s (2048^3)."""
-    a = jnp.ones((2048, 2048), jnp.float32)
+def rel_err(a: Any, b: Any) -> float:
+    """``||a - b|| / ||b||`` over all leaves (float64)."""
+    la = [np.asarray(v, np.float64) for v in jax.tree_util.tree_leaves(a)]
+    lb = [np.asarray(v, np.float64) for v in jax.tree_util.tree_leaves(b)]
+    num = sum(float(np.sum((u - v) ** 2)) for u, v in zip(la, lb, strict=True))
+    return math.sqrt(num / sum(float(np.sum(v**2)) for v in lb))
+
+
+def matmul_flops(reps: int, n: int, inner: int) -> float:
+    """Measured float32 matmul FLOP/s (n^3, default precision)."""
+    a = jnp.asarray(np.random.default_rng(1).standard_normal((n, n), dtype=np.float32))
     f = jax.jit(lambda a: a @ a)
-    (t,) = timed([lambda: f(a)], reps)
-    return 2 * 2048**3 / t
+    (t,) = timed([lambda: f(a)], reps, inner=inner)
+    return 2 * n**3 / t
 
 
 def fwd_bwd(conv: Callable[[jax.Array, jax.Array], jax.Array]) -> Callable[..., Any]:
@@ -161,12 +177,13 @@ def torch_thunks(case: Case, x: np.ndarray, w: np.ndarray) -> tuple[Callable, Ca
             np.flip(w, tuple(range(ns))).transpose(ns, ns + 1, *range(ns))))
         pads = [lo for lo, _ in spec.padding]
         tpad = [k - 1 - p for k, p in zip(case.k, pads, strict=True)]
-        op = {1: tf.conv_transpose1d, 2: tf.conv_transpose2d, 3: tf.conv_transpose3d}[ns]
+        ops: dict[int, Callable[..., Any]] = {
+            1: tf.conv_transpose1d, 2: tf.conv_transpose2d, 3: tf.conv_transpose3d}
         extra = [o - ((i - 1) * 2 - 2 * tp + k) for o, i, tp, k in
                  zip(spec.out_spatial, case.x[1:-1], tpad, case.k, strict=True)]
 
         def run(a: Any, b: Any) -> Any:  # torch has no negative output_padding: crop
-            y = op(a, b, stride=2, padding=tpad, output_padding=[max(e, 0) for e in extra],
+            y = ops[ns](a, b, stride=2, padding=tpad, output_padding=[max(e, 0) for e in extra],
                    groups=case.groups)
             return y[(slice(None), slice(None), *(slice(0, o) for o in spec.out_spatial))]
     else:
@@ -174,10 +191,10 @@ def torch_thunks(case: Case, x: np.ndarray, w: np.ndarray) -> tuple[Callable, Ca
         pads = [lo for lo, _ in spec.padding]
         if any(lo != hi for lo, hi in spec.padding):
             return None
-        op = {1: tf.conv1d, 2: tf.conv2d, 3: tf.conv3d}[ns]
+        ops = {1: tf.conv1d, 2: tf.conv2d, 3: tf.conv3d}
 
         def run(a: Any, b: Any) -> Any:
-            return op(a, b, stride=case.stride, padding=pads, dilation=case.dilation,
+            return ops[ns](a, b, stride=case.stride, padding=pads, dilation=case.dilation,
                       groups=case.groups)
     if ns == 2:
         xt = xt.contiguous(memory_format=torch.channels_last)
@@ -195,8 +212,10 @@ def torch_thunks(case: Case, x: np.ndarray, w: np.ndarray) -> tuple[Callable, Ca
     return fwd, bwd
 
 
-def bench_case(case: Case, reps: int, sweep: bool, peak: float) -> dict[str, Any]:
-    """Time one case; returns a JSON-able record."""
+def bench_case(case: Case, reps: int, sweep: bool, peak: float, inner: int,
+               torch_col: bool) -> dict[str, Any]:
+    """Time one case; returns a JSON-able record. Every jconv output timed (values, and
+    gradients for forward+backward) is also compared with lax's: ``rel_err``."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal(case.x, dtype=np.float32)
     w = rng.standard_normal(case.w_shape(), dtype=np.float32)
@@ -216,7 +235,7 @@ def bench_case(case: Case, reps: int, sweep: bool, peak: float) -> dict[str, Any
     flops = 2 * spec.macs / math.prod(spec.lhs_dilation)  # transposed: taps on real input
     rec: dict[str, Any] = {"case": case.name, "strategy": chosen, "backward": backward,
                            "gflop": flops / 1e9}
-    th = torch_thunks(case, x, w)
+    th = torch_thunks(case, x, w) if torch_col else None
     candidates = [n for n, m in STRATEGIES.items()
                   if m.applicable(spec, jnp.dtype(jnp.float32)) is None
                   and math.isfinite(predicted_seconds(n, spec))]
@@ -227,8 +246,11 @@ def bench_case(case: Case, reps: int, sweep: bool, peak: float) -> dict[str, Any
         else:
             gn, gr = fwd_bwd(ours("auto")), fwd_bwd(native)
             thunks = [lambda gn=gn: gn(xj, wj, cj), lambda gr=gr: gr(xj, wj, cj)]
-        t_ours, t_nat = timed(thunks, reps)
-        r = {"jconv_ms": t_ours * 1e3, "native_ms": t_nat * 1e3, "ratio": t_ours / t_nat,
+        t_ours, t_nat = timed(thunks, reps, inner=inner)
+        ref = thunks[1]()
+        r: dict[str, Any] = {
+             "jconv_ms": t_ours * 1e3, "native_ms": t_nat * 1e3, "ratio": t_ours / t_nat,
+             "rel_err": rel_err(thunks[0](), ref),
              "gflops": mult * flops / t_ours / 1e9,
              "pct_matmul": 100 * mult * flops / t_ours / peak,
              "native_gflops": mult * flops / t_nat / 1e9}
@@ -251,8 +273,10 @@ def bench_case(case: Case, reps: int, sweep: bool, peak: float) -> dict[str, Any
             if mode == "fwd+bwd":  # auto, differentiated, runs the backward pick
                 g = fwd_bwd(ours("auto"))
                 sweep_thunks.append(lambda g=g: g(xj, wj, cj))
-            times = [t * 1e3 for t in timed(sweep_thunks, reps)]
+            times = [t * 1e3 for t in timed(sweep_thunks, reps, inner=inner)]
             per = dict(zip(names, times[:len(names)], strict=True))
+            r["per_strategy_rel_err"] = {
+                n: rel_err(t(), ref) for n, t in zip(names, sweep_thunks, strict=False)}
             auto = times[-1] if mode == "fwd+bwd" else per[chosen]
             r["per_strategy_ms"] = per
             r["best_strategy"] = min(per, key=per.__getitem__)
@@ -289,8 +313,11 @@ def markdown(meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
         head += ["pick/best fwd", "pick/best f+b"]
     lines = [
         f"Machine: {meta['machine']}; jax {meta['jax']}; float32; matmul "
-        f"{meta['matmul_gflops']:.0f} GFLOP/s; {meta['reps']} alternating reps per timing "
-        f"after 2 warm-ups; ratio = median jconv / median lax.conv_general_dilated.",
+        f"{meta['matmul_gflops']:.0f} GFLOP/s ({meta['matmul_n']}^3); {meta['reps']} "
+        f"alternating reps per timing after 2 warm-ups"
+        + (f", {meta['inner']} calls per sample" if meta["inner"] > 1 else "")
+        + (f"; every batch x{meta['batch_scale']}" if meta["batch_scale"] > 1 else "")
+        + "; ratio = median jconv / median lax.conv_general_dilated.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -311,11 +338,15 @@ def markdown(meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
                     f"{b['chosen_over_best']:.2f} ({b['best_strategy']})"]
         lines.append("| " + " | ".join(row) + " |")
     s = meta["summary"]
+    max_err = max(e for r in recs for m in ("fwd", "fwd+bwd")
+                  for e in [r[m]["rel_err"], *r[m].get("per_strategy_rel_err", {}).values()])
     lines += [
         "",
         f"Geometric mean ratio: forward {s['fwd_geomean']:.2f}, forward+backward "
         f"{s['fwd_bwd_geomean']:.2f}. Cases with forward ratio <= 1.0: {s['fwd_le_1']}/"
-        f"{len(recs)}; forward+backward <= 1.2: {s['fwd_bwd_le_1_2']}/{len(recs)}.",
+        f"{len(recs)}; forward+backward <= 1.2: {s['fwd_bwd_le_1_2']}/{len(recs)}. "
+        f"Largest relative error against lax (values and gradients, every lowering timed): "
+        f"{max_err:.1e}.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -327,39 +358,59 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", default="", help="run only cases whose name contains this")
     ap.add_argument("--no-sweep", action="store_true", help="skip timing every lowering")
     ap.add_argument("--out", default=None, help="basename in benchmarks/results/")
+    ap.add_argument("--inner", type=int, default=None,
+                    help="calls per timing sample (default 1 on CPU, 20 on an accelerator)")
+    ap.add_argument("--batch-scale", type=int, default=1,
+                    help="multiply every case's batch (accelerators: fill the device)")
     a = ap.parse_args(argv)
+    on_cpu = jax.default_backend() == "cpu"
     reps = a.reps or (3 if a.quick else 7)
+    inner = a.inner or (1 if on_cpu else 20)
+    if inner < 1 or a.batch_scale < 1:
+        raise ValueError(f"--inner={inner}, --batch-scale={a.batch_scale}: must be >= 1")
     sweep = not (a.quick or a.no_sweep)
-    peak = matmul_flops(reps)
-    recs = []
+    # default precision: on GPUs with tensor cores, float32 products may run as TF32 (lax too)
+    tol = 1e-4 if on_cpu else 1e-2
+    n_mm = 2048 if on_cpu else 8192
+    peak = matmul_flops(reps, n_mm, inner)
+    dev = jax.devices()[0]
+    meta: dict[str, Any] = {
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores ({platform.machine()}, "
+                   f"{platform.system()}), jax device {dev.platform}: {dev.device_kind}",
+        "jax": jax.__version__, "reps": reps, "inner": inner, "quick": a.quick,
+        "batch_scale": a.batch_scale,
+        "matmul_n": n_mm, "matmul_gflops": peak / 1e9, "rel_err_tol": tol,
+        "time_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    base = a.out or ("quick" if a.quick else "latest")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    recs: list[dict[str, Any]] = []
     for case in CASES:
         if a.only and a.only not in case.name:
             continue
         t0 = time.perf_counter()
-        rec = bench_case(case, reps, sweep, peak)
+        case = dataclasses.replace(case, x=(case.x[0] * a.batch_scale, *case.x[1:]))
+        rec = bench_case(case, reps, sweep, peak, inner, torch_col=on_cpu)
         recs.append(rec)
+        errs = [rec[m]["rel_err"] for m in ("fwd", "fwd+bwd")]
+        errs += [e for m in ("fwd", "fwd+bwd")
+                 for e in rec[m].get("per_strategy_rel_err", {}).values()]
         print(f"{case.name:28s} {rec['strategy']:8s} {rec['backward']:8s} "
               f"fwd {rec['fwd']['ratio']:.2f} "
               f"f+b {rec['fwd+bwd']['ratio']:.2f}"
               + (f" pick/best {rec['fwd']['chosen_over_best']:.2f}"
                  f"/{rec['fwd+bwd']['chosen_over_best']:.2f}" if sweep else "")
+              + f" err {max(errs):.1e}" + (" MISMATCH" if max(errs) > tol else "")
               + f" ({time.perf_counter() - t0:.0f}s)", flush=True)
-    fr = [r["fwd"]["ratio"] for r in recs]
-    br = [r["fwd+bwd"]["ratio"] for r in recs]
-    meta = {
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores ({platform.machine()}, "
-                   f"{platform.system()}), jax device {jax.devices()[0].device_kind}",
-        "jax": jax.__version__, "reps": reps, "quick": a.quick,
-        "matmul_gflops": peak / 1e9,
-        "time_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "summary": {"fwd_geomean": geomean(fr), "fwd_bwd_geomean": geomean(br),
-                    "fwd_le_1": sum(x <= 1.0 for x in fr),
-                    "fwd_bwd_le_1_2": sum(x <= 1.2 for x in br)},
-    }
-    base = a.out or ("quick" if a.quick else "latest")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{base}.json").write_text(json.dumps({"meta": meta, "cases": recs}, indent=1))
-    (RESULTS / f"{base}.md").write_text(markdown(meta, recs))
+        fr = [r["fwd"]["ratio"] for r in recs]
+        br = [r["fwd+bwd"]["ratio"] for r in recs]
+        meta["summary"] = {"fwd_geomean": geomean(fr), "fwd_bwd_geomean": geomean(br),
+                           "fwd_le_1": sum(x <= 1.0 for x in fr),
+                           "fwd_bwd_le_1_2": sum(x <= 1.2 for x in br)}
+        # written after every case, so an interrupted run keeps what it measured
+        (RESULTS / f"{base}.json").write_text(
+            json.dumps({"meta": meta, "cases": recs}, indent=1))
+        (RESULTS / f"{base}.md").write_text(markdown(meta, recs))
     print(markdown(meta, recs))
 
 
