@@ -10,14 +10,18 @@ median(jconv) / median(native). GFLOP/s use the dense count ``2 * MACs`` (divide
 lhs dilation's phases for transposed convolutions; x3 for forward+backward); "% mm" is that
 rate over the machine's measured float32 matmul rate. Unless --quick or --no-sweep, every
 lowering the planner considers is timed as well (alternately among themselves), forward
-and, for those within 3x of the best forward, forward+backward: "pick/best" is the planner's forward
-choice over the fastest lowering measured, and for forward+backward jconv's "auto" (which,
-differentiated, runs the backward pick: "fwd/grad" in the "lowering" column) timed in the
-same group over the fastest single lowering. Long timings use fewer
-repetitions (at least 3).
-A PyTorch CPU column is added when torch is importable; torch is timed apart from jconv and
-lax, with OpenMP threads that sleep when idle (``OMP_WAIT_POLICY=PASSIVE``), so that its
-spinning workers do not steal the cores from the timings that follow.
+and, for those within 3x of the best forward, forward+backward: "pick/best" is the
+planner's forward choice over the fastest lowering measured, and for forward+backward
+jconv's "auto" (which, differentiated, runs the backward pick: "fwd/grad" in the "lowering"
+column) timed in the same group over the fastest single lowering. Long timings use fewer
+repetitions (at least 3). Every output timed is compared with lax's (``rel_err``).
+
+On an accelerator each timing sample dispatches ``--inner`` calls and waits for the last,
+and ``--batch-scale`` enlarges the batches so that the device, not the dispatch, is timed.
+On the CPU backend a PyTorch CPU column is added when torch is importable; torch is timed
+apart from jconv and lax, with OpenMP threads that sleep when idle
+(``OMP_WAIT_POLICY=PASSIVE``), so that its spinning workers do not steal the cores from the
+timings that follow.
 """
 
 from __future__ import annotations
