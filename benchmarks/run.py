@@ -253,11 +253,11 @@ def bench_case(case: Case, reps: int, sweep: bool, peak: float, inner: int,
         t_ours, t_nat = timed(thunks, reps, inner=inner)
         ref = thunks[1]()
         r: dict[str, Any] = {
-             "jconv_ms": t_ours * 1e3, "native_ms": t_nat * 1e3, "ratio": t_ours / t_nat,
-             "rel_err": rel_err(thunks[0](), ref),
-             "gflops": mult * flops / t_ours / 1e9,
-             "pct_matmul": 100 * mult * flops / t_ours / peak,
-             "native_gflops": mult * flops / t_nat / 1e9}
+            "jconv_ms": t_ours * 1e3, "native_ms": t_nat * 1e3, "ratio": t_ours / t_nat,
+            "rel_err": rel_err(thunks[0](), ref),
+            "gflops": mult * flops / t_ours / 1e9,
+            "pct_matmul": 100 * mult * flops / t_ours / peak,
+            "native_gflops": mult * flops / t_nat / 1e9}
         if th is not None:  # timed on its own: its idle OpenMP threads would slow the next thunk
             r["torch_ms"] = timed([th[0] if mode == "fwd" else th[1]], reps)[0] * 1e3
         if sweep:
@@ -368,10 +368,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="multiply every case's batch (accelerators: fill the device)")
     a = ap.parse_args(argv)
     on_cpu = jax.default_backend() == "cpu"
-    reps = a.reps or (3 if a.quick else 7)
-    inner = a.inner or (1 if on_cpu else 20)
-    if inner < 1 or a.batch_scale < 1:
-        raise ValueError(f"--inner={inner}, --batch-scale={a.batch_scale}: must be >= 1")
+    reps = a.reps if a.reps is not None else (3 if a.quick else 7)
+    inner = a.inner if a.inner is not None else (1 if on_cpu else 20)
+    for flag, v in (("--reps", reps), ("--inner", inner), ("--batch-scale", a.batch_scale)):
+        if v < 1:
+            ap.error(f"{flag}={v}: must be at least 1")
     sweep = not (a.quick or a.no_sweep)
     # default precision: on GPUs with tensor cores, float32 products may run as TF32 (lax too)
     tol = 1e-4 if on_cpu else 1e-2
@@ -389,6 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     base = a.out or ("quick" if a.quick else "latest")
     RESULTS.mkdir(parents=True, exist_ok=True)
     recs: list[dict[str, Any]] = []
+    mismatched: list[str] = []
     for case in CASES:
         if a.only and a.only not in case.name:
             continue
@@ -399,6 +401,8 @@ def main(argv: list[str] | None = None) -> None:
         errs = [rec[m]["rel_err"] for m in ("fwd", "fwd+bwd")]
         errs += [e for m in ("fwd", "fwd+bwd")
                  for e in rec[m].get("per_strategy_rel_err", {}).values()]
+        if max(errs) > tol:
+            mismatched.append(case.name)
         print(f"{case.name:28s} {rec['strategy']:8s} {rec['backward']:8s} "
               f"fwd {rec['fwd']['ratio']:.2f} "
               f"f+b {rec['fwd+bwd']['ratio']:.2f}"
@@ -416,6 +420,9 @@ def main(argv: list[str] | None = None) -> None:
             json.dumps({"meta": meta, "cases": recs}, indent=1))
         (RESULTS / f"{base}.md").write_text(markdown(meta, recs))
     print(markdown(meta, recs))
+    if mismatched:
+        raise SystemExit(f"jconv differs from lax by more than {tol:g} (relative) on: "
+                         + ", ".join(mismatched))
 
 
 if __name__ == "__main__":
