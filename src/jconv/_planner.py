@@ -184,9 +184,10 @@ transpose (a slice into a pad, a concatenation into slices) on the cotangent's s
 BACKWARD_SCATTER_SPREAD = 2.0
 """Extra factor for `scatter` where it spreads products (`strategies.scatter.spreads`): its
 gradient turns every tap's spread back into a strided slice of the cotangent."""
-BACKWARD_DEPTHWISE = 20.0
-"""The same for `shift` with one input channel per group: its kernel gradient reduces one
-copied window slice per tap, where the forward fused everything into one loop."""
+BACKWARD_DEPTHWISE = 12.0
+"""The same for `shift` with one input channel per group: its kernel gradient copies and
+reduces one window slice per tap, in a loop, where the forward fused everything into one
+loop (measured 10-13x the forward on the benchmark's depthwise 3x3 and 5x5)."""
 SCATTER_BACKWARD_MIN_CG = 64
 """`scatter` is not differentiated below this many input channels per group: its gradients
 measured 1.3-3.2x the best lowering's at C = 8-48 (3x3, 28x28 and 56x56, batch 8), while

@@ -228,12 +228,23 @@ def offsets(spec: ConvSpec) -> Iterator[tuple[int, ...]]:
 
 
 def window_slice(
-    spec: ConvSpec, xp: jax.Array, k: tuple[int | None, ...]
+    spec: ConvSpec, xp: jax.Array, k: tuple[int | None, ...] | jax.Array
 ) -> jax.Array:
     """``xp[:, o*s + k*d, :]`` for every output position ``o``: shape ``(N, *out, C)``.
 
-    A ``None`` in ``k`` keeps that spatial axis whole (no slice, no stride).
+    A ``None`` in ``k`` keeps that spatial axis whole (no slice, no stride). ``k`` may also
+    be a traced ``(num_spatial,)`` integer array (one offset per step of a loop): then the
+    window is a `lax.dynamic_slice`, strided afterwards.
     """
+    if isinstance(k, jax.Array):
+        extent = [(o - 1) * s + 1 for o, s in zip(spec.out_spatial, spec.window_strides,
+                                                   strict=True)]
+        zero = jnp.zeros((), k.dtype)
+        start = [zero, *(k * jnp.asarray(spec.rhs_dilation, k.dtype)), zero]
+        win = lax.dynamic_slice(xp, start, [xp.shape[0], *extent, xp.shape[-1]])
+        if all(s == 1 for s in spec.window_strides):
+            return win
+        return lax.slice(win, [0] * win.ndim, win.shape, [1, *spec.window_strides, 1])
     start, limit, step = [0], [xp.shape[0]], [1]
     for ax, (ki, d, o, s) in enumerate(
         zip(k, spec.rhs_dilation, spec.out_spatial, spec.window_strides, strict=True)

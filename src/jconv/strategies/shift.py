@@ -4,16 +4,21 @@
 loop over the ``prod(window)`` offsets (unrolled at trace time), the inner one an einsum
 (a single matrix product without groups). XLA copies each strided window slice, runs one
 dot per offset and adds the ``prod(window)`` products in one fused loop at the end, so
-they are all alive at once: that is the temporary memory.
+they are all alive at once: that is the temporary memory. With one input channel per group
+(depthwise) the products are broadcast multiplies fused into that sum, and the kernel's
+tangent is a loop over the offsets (`_depthwise_loop`), so that its transpose, the kernel
+gradient, keeps one window slice alive at a time.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from .._spec import ConvSpec
 from ._common import (
@@ -59,9 +64,7 @@ def _lower_all(
 ) -> jax.Array:
     """``(N, *padded, C), (*window, Cg, F) -> (N_out, *out, F)`` by shift-and-sum."""
     if spec.depthwise:
-        terms = [_depthwise_product(spec, window_slice(spec, xp, k), w[k][0], acc_dtype)
-                 for k in offsets(spec)]
-        return functools.reduce(jnp.add, terms)
+        return _depthwise(spec, jnp.dtype(acc_dtype), xp, w)
     wg = group_kernel(spec, w)
     terms = [
         contract(spec, group_input(spec, window_slice(spec, xp, k)), wg[k], "",
@@ -69,6 +72,62 @@ def _lower_all(
         for k in offsets(spec)
     ]
     return ungroup_output(spec, functools.reduce(jnp.add, terms))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _depthwise(spec: ConvSpec, acc_dtype: jnp.dtype, xp: jax.Array, w: jax.Array) -> jax.Array:
+    """``(N, *padded, C), (*window, 1, F) -> (N, *out, F)`` with one input channel per group:
+    the per-offset products summed in one fused loop (`_depthwise_sum`). Differentiated,
+    the kernel's tangent is `_depthwise_loop` (`_depthwise_jvp`)."""
+    return _depthwise_sum(spec, xp, w, acc_dtype)
+
+
+def _depthwise_sum(spec: ConvSpec, xp: jax.Array, w: jax.Array, acc_dtype: jnp.dtype) -> jax.Array:
+    """``(N, *padded, C), (*window, 1, F) -> (N, *out, F)``: one broadcast product per offset,
+    all added at once (XLA fuses them into one loop)."""
+    terms = [_depthwise_product(spec, window_slice(spec, xp, k), w[k][0], acc_dtype)
+             for k in offsets(spec)]
+    return functools.reduce(jnp.add, terms)
+
+
+def _depthwise_loop(spec: ConvSpec, xp: jax.Array, w: jax.Array, acc_dtype: jnp.dtype) -> jax.Array:
+    """`_depthwise_sum` as a `lax.scan` over the offsets with a rematerialised body: its
+    transpose, the kernel gradient, copies one window slice per step and reduces it with
+    the cotangent, the steps sharing one buffer. Transposing the fused sum instead makes XLA
+    copy every offset's slice before reducing it and keep all the copies alive (depthwise
+    5x5, C = 256, 28x28, batch 8: 154 MB of temporaries, 38,000 page faults and 56 ms per
+    forward+backward; this way 15 MB, none, 31 ms)."""
+    ks = jnp.asarray(list(offsets(spec)), jnp.int32)
+    out = jnp.zeros((xp.shape[0], *spec.out_spatial, spec.out_features), acc_dtype)
+
+    @jax.checkpoint
+    def step(acc: jax.Array, kw: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
+        k, wk = kw
+        return acc + _depthwise_product(spec, window_slice(spec, xp, k), wk, acc_dtype), None
+
+    return lax.scan(step, out, (ks, w.reshape(len(ks), -1)))[0]
+
+
+def _depthwise_jvp(
+    spec: ConvSpec,
+    acc_dtype: jnp.dtype,
+    primals: tuple[jax.Array, jax.Array],
+    tangents: tuple[Any, Any],
+) -> tuple[jax.Array, jax.Array]:
+    """Values by `_depthwise_sum`; the tangent ``conv(dx, w) + conv(x, dw)`` (bilinear) with
+    the kernel's term by `_depthwise_loop`. Symbolic-zero tangents are skipped."""
+    xp, w = primals
+    dxp, dw = tangents
+    y = _depthwise_sum(spec, xp, w, acc_dtype)
+    terms = []
+    if not isinstance(dxp, SymbolicZero):
+        terms.append(_depthwise_sum(spec, dxp, w, acc_dtype))
+    if not isinstance(dw, SymbolicZero):
+        terms.append(_depthwise_loop(spec, xp, dw, acc_dtype))
+    return y, functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(y)
+
+
+_depthwise.defjvp(_depthwise_jvp, symbolic_zeros=True)
 
 
 def _depthwise_product(
