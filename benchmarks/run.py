@@ -280,7 +280,7 @@ def bench_case(case: Case, reps: int, sweep: bool, peak: float, inner: int,
             times = [t * 1e3 for t in timed(sweep_thunks, reps, inner=inner)]
             per = dict(zip(names, times[:len(names)], strict=True))
             r["per_strategy_rel_err"] = {
-                n: rel_err(t(), ref) for n, t in zip(names, sweep_thunks, strict=False)}
+                n: rel_err(t(), ref) for n, t in zip(names, sweep_thunks[:len(names)], strict=True)}
             auto = times[-1] if mode == "fwd+bwd" else per[chosen]
             r["per_strategy_ms"] = per
             r["best_strategy"] = min(per, key=per.__getitem__)
