@@ -44,8 +44,8 @@ import numpy as np
 from jax import lax
 
 import jconv
-from jconv._planner import plan, plan_backward, predicted_seconds
-from jconv._spec import ConvSpec
+from jconv import ConvSpec
+from jconv.planner import plan
 from jconv.strategies import STRATEGIES
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -235,14 +235,14 @@ def bench_case(case: Case, reps: int, sweep: bool, peak: float, inner: int,
         return lambda a, b: jconv.conv_general_dilated(a, b, **args, strategy=strategy)
 
     chosen = plan(spec, jnp.dtype(jnp.float32))
-    backward = plan_backward(spec, jnp.dtype(jnp.float32))
+    backward = plan(spec, jnp.dtype(jnp.float32), differentiated=True)
     flops = 2 * spec.macs / math.prod(spec.lhs_dilation)  # transposed: taps on real input
     rec: dict[str, Any] = {"case": case.name, "strategy": chosen, "backward": backward,
                            "gflop": flops / 1e9}
     th = torch_thunks(case, x, w) if torch_col else None
     candidates = [n for n, m in STRATEGIES.items()
-                  if m.applicable(spec, jnp.dtype(jnp.float32)) is None
-                  and math.isfinite(predicted_seconds(n, spec))]
+                  if m.AUTO and m.applicable(spec, jnp.dtype(jnp.float32)) is None
+                  and math.isfinite(m.predict(spec).forward)]
     for mode, mult in (("fwd", 1), ("fwd+bwd", 3)):
         if mode == "fwd":
             fn, fr = jax.jit(ours("auto")), jax.jit(native)

@@ -11,9 +11,8 @@ import pytest
 from jax import lax
 
 import jconv
-from jconv import _planner
-from jconv._spec import ConvSpec
-from jconv.strategies import STRATEGIES
+from jconv import ConvSpec, planner
+from jconv.strategies import STRATEGIES, Prediction
 
 F32 = jnp.dtype(jnp.float32)
 
@@ -28,33 +27,33 @@ def _spec(x: tuple[int, ...], k: tuple[int, ...], f: int, **kw) -> ConvSpec:
 
 @pytest.fixture(autouse=True)
 def _default_budget():
-    _planner.set_memory_budget(None)
+    planner.set_memory_budget(None)
     yield
-    _planner.set_memory_budget(None)
+    planner.set_memory_budget(None)
 
 
 def test_depthwise_uses_the_fused_shift_einsum() -> None:
     """Depthwise: XLA fuses the per-offset einsums (contraction of size 1) into one loop."""
     spec = _spec((8, 56, 56, 128), (3, 3), 128, feature_group_count=128)
-    assert _planner.plan(spec, F32) == "shift"
+    assert planner.plan(spec, F32) == "shift"
 
 
 def test_thin_groups_use_direct_multiply_adds() -> None:
     spec = _spec((8, 28, 28, 256), (3, 3), 256, feature_group_count=32)
-    assert _planner.plan(spec, F32) == "direct"
+    assert planner.plan(spec, F32) == "direct"
 
 
 def test_transposed_convs_skip_the_zeros() -> None:
     spec = ConvSpec.from_lax((8, 28, 28, 64), (3, 3, 64, 32), (1, 1), ((2, 1), (2, 1)),
                              (2, 2), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    assert _planner.plan(spec, F32) in ("polyphase", "scatter")
-    assert _planner.plan_backward(spec, F32) in ("polyphase", "scatter")
+    assert planner.plan(spec, F32) in ("polyphase", "scatter")
+    assert planner.plan(spec, F32, differentiated=True) in ("polyphase", "scatter")
 
 
 def test_fft_is_not_picked_where_measured_slower() -> None:
     """Channel mixing per frequency is a batch of tiny GEMMs: FFT lost every benchmark case."""
     for k in (3, 15, 31):
-        assert _planner.plan(_spec((8, 4096, 64), (k,), 64), F32) != "fft"
+        assert planner.plan(_spec((8, 4096, 64), (k,), 64), F32) != "fft"
 
 
 def test_long_1d_windows_use_dft_tiles() -> None:
@@ -62,10 +61,10 @@ def test_long_1d_windows_use_dft_tiles() -> None:
     k = 15 and 31; at k = 3 summing taps is faster and the tiles are not allowed."""
     for k in (15, 31):
         spec = _spec((8, 4096, 64), (k,), 64)
-        assert _planner.plan(spec, F32) == _planner.plan_backward(spec, F32) == "dft"
+        assert planner.plan(spec, F32) == planner.plan(spec, F32, differentiated=True) == "dft"
     spec = _spec((8, 4096, 64), (3,), 64)
-    assert "dft" not in (_planner.plan(spec, F32), _planner.plan_backward(spec, F32))
-    assert _planner.predicted_seconds("dft", spec) == math.inf
+    assert "dft" not in (planner.plan(spec, F32), planner.plan(spec, F32, differentiated=True))
+    assert STRATEGIES["dft"].predict(spec).forward == math.inf
 
 
 @pytest.mark.parametrize("k", [1, 3, 7, 15])
@@ -77,15 +76,21 @@ def test_small_windows_of_exact_values_stay_exact(k: int) -> None:
     y = jconv.conv(x, w, padding=((k // 2, k // 2),), layout="NWC")
     taps = np.convolve(np.ones(30), np.ones(k), mode="same")
     np.testing.assert_array_equal(np.asarray(y)[0, :, 0], taps)
-    assert _planner.plan(_spec((1, 30, 1), (k,), 1), F32) not in ("fft", "dft")
+    assert planner.plan(_spec((1, 30, 1), (k,), 1), F32) not in ("fft", "dft")
 
 
 def test_winograd4_is_only_taken_when_asked_for() -> None:
-    """Opt-in (`OPT_IN`): auto never picks F(4x4, 3x3), even where it is modelled fastest."""
-    assert "winograd4" in _planner.OPT_IN
+    """Opt-in (``AUTO = False``): auto never picks F(4x4, 3x3), though it is modelled fastest
+    for wide channels."""
+    assert not STRATEGIES["winograd4"].AUTO
+    wide = _spec((8, 28, 28, 256), (3, 3), 256)
+    fastest = min(STRATEGIES, key=lambda n: STRATEGIES[n].predict(wide).forward
+                  if STRATEGIES[n].applicable(wide, F32) is None else math.inf)
+    assert fastest == "winograd4"
     for c in (16, 64, 128, 256):
         spec = _spec((8, 28, 28, c), (3, 3), c)
-        assert "winograd4" not in (_planner.plan(spec, F32), _planner.plan_backward(spec, F32))
+        picks = (planner.plan(spec, F32), planner.plan(spec, F32, differentiated=True))
+        assert "winograd4" not in picks
     x, w = jnp.ones((1, 6, 6, 2)), jnp.ones((3, 3, 2, 3))
     y = jconv.conv(x, w, strategy="winograd4")
     np.testing.assert_allclose(np.asarray(y), np.asarray(jconv.conv(x, w)), rtol=1e-6)
@@ -93,34 +98,51 @@ def test_winograd4_is_only_taken_when_asked_for() -> None:
 
 def test_dense_uses_a_gemm_lowering() -> None:
     for spec in (_spec((8, 28, 28, 128), (3, 3), 128), _spec((8, 28, 28, 128), (1, 1), 256)):
-        assert _planner.plan(spec, F32) in ("shift", "patches", "hybrid", "winograd", "scatter")
+        assert planner.plan(spec, F32) in ("shift", "patches", "hybrid", "winograd", "scatter")
 
 
 def test_integer_dtypes_never_get_fft_or_winograd() -> None:
     spec = _spec((8, 4096, 64), (31,), 64)
-    assert _planner.plan(spec, jnp.dtype(jnp.int32)) not in ("fft", "winograd")
+    assert planner.plan(spec, jnp.dtype(jnp.int32)) not in ("fft", "winograd")
     spec = _spec((8, 28, 28, 128), (3, 3), 128, feature_group_count=4)
-    assert _planner.plan(spec, F32) == "winograd"
-    assert _planner.plan(spec, jnp.dtype(jnp.int32)) != "winograd"
+    assert planner.plan(spec, F32) == "winograd"
+    assert planner.plan(spec, jnp.dtype(jnp.int32)) != "winograd"
 
 
-def test_pick_is_the_minimum_predicted_time_among_admissible() -> None:
+@pytest.mark.parametrize("differentiated", [False, True])
+def test_the_plan_follows_what_the_lowerings_state(
+    monkeypatch: pytest.MonkeyPatch, differentiated: bool
+) -> None:
+    """The planner is a plain choice over the modules' statements: a lowering that states the
+    least time is picked, one that states ``AUTO = False`` never is, one that states it
+    cannot run the spec never is."""
     spec = _spec((4, 20, 20, 32), (3, 3), 32)
-    pick = _planner.plan(spec, F32)
-    admissible = [n for n, m in STRATEGIES.items() if m.applicable(spec, F32) is None]
-    times = {n: _planner.predicted_seconds(n, spec) for n in admissible}
-    assert pick == min(times, key=times.__getitem__)
+    before = planner.plan(spec, F32, differentiated=differentiated)
+    other = next(n for n, m in STRATEGIES.items()
+                 if n != before and m.AUTO and m.applicable(spec, F32) is None)
+    time = Prediction(1e-12, 0.0, 1e-12)
+    monkeypatch.setattr(STRATEGIES[other], "predict", lambda spec, dtype=F32: time)
+    planner._plan.cache_clear()
+    assert planner.plan(spec, F32, differentiated=differentiated) == other
+    monkeypatch.setattr(STRATEGIES[other], "AUTO", False)
+    planner._plan.cache_clear()
+    assert planner.plan(spec, F32, differentiated=differentiated) == before
+    monkeypatch.setattr(STRATEGIES[other], "AUTO", True)
+    monkeypatch.setattr(STRATEGIES[other], "applicable", lambda spec, dtype: "not today")
+    planner._plan.cache_clear()
+    assert planner.plan(spec, F32, differentiated=differentiated) == before
+    planner._plan.cache_clear()
 
 
 def test_budget_excludes_big_lowerings_and_forced_ones_raise() -> None:
     spec = _spec((8, 56, 56, 64), (3, 3), 64)
     patches = float(STRATEGIES["patches"].cost(spec).temp_bytes)
-    direct_free = min(float(STRATEGIES[n].cost(spec).temp_bytes) for n in STRATEGIES
-                      if STRATEGIES[n].applicable(spec, F32) is None)
+    direct_free = min(float(m.cost(spec).temp_bytes) for m in STRATEGIES.values()
+                      if m.AUTO and m.applicable(spec, F32) is None)
     budget = int(direct_free) + 1
     assert budget < patches
-    _planner.set_memory_budget(budget)
-    pick = _planner.plan(spec, F32)
+    planner.set_memory_budget(budget)
+    pick = planner.plan(spec, F32)
     assert float(STRATEGIES[pick].cost(spec).temp_bytes) <= budget
     x = jax.ShapeDtypeStruct((8, 56, 56, 64), jnp.float32)
     w = jax.ShapeDtypeStruct((3, 3, 64, 64), jnp.float32)
@@ -132,31 +154,31 @@ def test_budget_excludes_big_lowerings_and_forced_ones_raise() -> None:
 
 
 def test_nothing_fits_raises() -> None:
-    _planner.set_memory_budget(1)
+    planner.set_memory_budget(1)
     with pytest.raises(ValueError, match="No lowering fits the memory budget"):
         jconv.conv(jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 2)))
 
 
 def test_default_budget_is_a_fraction_of_available_memory() -> None:
-    avail = _planner.available_memory()
+    avail = planner.available_memory()
     assert avail > 0
-    assert abs(_planner.get_memory_budget() - _planner.BUDGET_FRACTION * avail) <= 0.05 * avail
-    _planner.set_memory_budget(12345)
-    assert _planner.get_memory_budget() == 12345
+    assert abs(planner.get_memory_budget() - planner.BUDGET_FRACTION * avail) <= 0.05 * avail
+    planner.set_memory_budget(12345)
+    assert planner.get_memory_budget() == 12345
 
 
 @pytest.mark.parametrize("bad", [0, -5, 1.5, True, "1GB"])
 def test_bad_budget(bad: object) -> None:
     with pytest.raises(ValueError, match="`nbytes`"):
-        _planner.set_memory_budget(bad)  # type: ignore[arg-type]
+        planner.set_memory_budget(bad)  # type: ignore[arg-type]
 
 
 def test_choice_is_cached_per_spec() -> None:
     spec = _spec((2, 12, 12, 8), (3, 3), 8)
-    _planner.plan(spec, F32)
-    before = _planner._plan.cache_info().hits
-    assert _planner.plan(spec, F32) == _planner.plan(spec, F32)
-    assert _planner._plan.cache_info().hits == before + 2
+    planner.plan(spec, F32)
+    before = planner._plan.cache_info().hits
+    assert planner.plan(spec, F32) == planner.plan(spec, F32)
+    assert planner._plan.cache_info().hits == before + 2
 
 
 @pytest.mark.parametrize("bad", ["fast", "", None, 3])
@@ -191,15 +213,6 @@ def test_auto_matches_lax_on_the_benchmark_shapes_scaled_down() -> None:
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-3)
 
 
-def test_backward_pick_is_the_least_predicted_forward_plus_backward_time() -> None:
-    spec = _spec((8, 56, 56, 64), (3, 3), 64)
-    admissible = [n for n, m in STRATEGIES.items() if m.applicable(spec, F32) is None]
-    times = {n: _planner.predicted_seconds(n, spec) + _planner.predicted_backward_seconds(n, spec)
-             for n in admissible}
-    assert _planner.plan_backward(spec, F32) == min(times, key=times.__getitem__)
-    assert _planner.plan_backward(spec, F32) != _planner.plan(spec, F32)  # not the forward's
-
-
 def test_depthwise_means_one_input_channel_per_feature_group() -> None:
     """The rule the planner and shift's fused path share."""
     assert _spec((2, 8, 8, 6), (3, 3), 6, feature_group_count=6).depthwise
@@ -213,13 +226,14 @@ def test_depthwise_means_one_input_channel_per_feature_group() -> None:
 
 
 def test_scatter_is_not_differentiated_for_thin_inputs() -> None:
-    """Below `SCATTER_BACKWARD_MIN_CG` input channels per group scatter may run forward but
+    """Below `scatter.BACKWARD_MIN_CG` input channels per group scatter may run forward but
     is never the backward pick; from there on its backward time is finite."""
+    scatter = STRATEGIES["scatter"]
     thin = _spec((8, 56, 56, 16), (3, 3), 16)
-    wide = _spec((8, 56, 56, _planner.SCATTER_BACKWARD_MIN_CG), (3, 3), 64)
-    assert math.isinf(_planner.predicted_backward_seconds("scatter", thin))
-    assert math.isfinite(_planner.predicted_backward_seconds("scatter", wide))
-    assert _planner.plan_backward(thin, F32) != "scatter"
+    wide = _spec((8, 56, 56, scatter.BACKWARD_MIN_CG), (3, 3), 64)
+    assert math.isinf(scatter.predict(thin).backward)
+    assert math.isfinite(scatter.predict(wide).backward)
+    assert planner.plan(thin, F32, differentiated=True) != "scatter"
 
 
 SPLIT_CANDIDATES = [((2, 12, 12, 16), (3, 3), 16, 1), ((4, 16, 16, 32), (3, 3), 32, 1),
@@ -233,7 +247,7 @@ def _split_case(dtype: jnp.dtype = F32) -> tuple[tuple[int, ...], ConvSpec, dict
         kw = dict(window_strides=(stride, stride), padding="SAME",
                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
         spec = ConvSpec.from_lax(xs, (*k, xs[-1], f), **kw)
-        if _planner.plan(spec, dtype) != _planner.plan_backward(spec, dtype):
+        if planner.plan(spec, dtype) != planner.plan(spec, dtype, differentiated=True):
             return xs, spec, kw
     raise AssertionError("no candidate convolution differentiates through another lowering")
 
@@ -241,9 +255,9 @@ def _split_case(dtype: jnp.dtype = F32) -> tuple[tuple[int, ...], ConvSpec, dict
 def test_resolve_gives_values_and_gradients_lowerings() -> None:
     """A forced strategy runs itself, differentiated or not; "auto" may split."""
     _, spec, _ = _split_case()
-    assert _planner.resolve("patches", spec, F32) == ("patches", "patches")
-    auto = _planner.resolve("auto", spec, F32)
-    assert auto == (_planner.plan(spec, F32), _planner.plan_backward(spec, F32))
+    assert planner.resolve("patches", spec, F32) == ("patches", "patches")
+    auto = planner.resolve("auto", spec, F32)
+    assert auto == (planner.plan(spec, F32), planner.plan(spec, F32, differentiated=True))
     assert auto[0] != auto[1]
 
 
@@ -259,7 +273,7 @@ def test_auto_split_lowerings_differentiate_like_lax() -> None:
         x = jnp.asarray(rng.standard_normal(xs))
         w = jnp.asarray(rng.standard_normal(spec.rhs_shape))
         ct = jnp.asarray(rng.standard_normal(spec.out_shape))
-        names = _planner.resolve("auto", spec, f64)
+        names = planner.resolve("auto", spec, f64)
         assert names[0] != names[1]
 
         def ours(a, b):
@@ -278,7 +292,7 @@ def test_derivatives_run_the_backward_lowering(monkeypatch: pytest.MonkeyPatch) 
     forward pick runs alone: a record of which lowering traced what."""
     jax.clear_caches()  # trace afresh, with the recording lowerings
     xs, spec, kw = _split_case()
-    fwd, bwd = _planner.resolve("auto", spec, F32)
+    fwd, bwd = planner.resolve("auto", spec, F32)
     calls: list[str] = []
     for name in (fwd, bwd):
         orig = STRATEGIES[name].lower

@@ -5,17 +5,19 @@ per-channel correlations, so a layer always outputs F maps.
 """
 
 from . import convert as convert
+from . import planner as planner
+from . import strategies as strategies
 from ._engine import conv as conv
 from ._engine import conv_general_dilated as conv_general_dilated
 from ._layers import depthwise_conv as depthwise_conv
 from ._layers import local_conv as local_conv
 from ._layers import masked_conv as masked_conv
 from ._layers import separable_conv as separable_conv
-from ._planner import get_memory_budget as get_memory_budget
-from ._planner import set_memory_budget as set_memory_budget
 from ._spec import ConvSpec as ConvSpec
 from ._transpose import conv_transpose as conv_transpose
 from ._transpose import conv_transpose_torch as conv_transpose_torch
+from .planner import get_memory_budget as get_memory_budget
+from .planner import set_memory_budget as set_memory_budget
 
 __all__ = [
     "ConvSpec",
@@ -28,7 +30,9 @@ __all__ = [
     "get_memory_budget",
     "local_conv",
     "masked_conv",
+    "planner",
     "separable_conv",
     "set_memory_budget",
+    "strategies",
 ]
 __version__ = "0.1.0"

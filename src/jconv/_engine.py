@@ -18,9 +18,10 @@ import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from . import _planner
+from . import planner
 from ._padding import apply_padding_mode
-from ._spec import ConvSpec, Padding, _as_int, _int_tuple, normalize_layout
+from ._spec import ConvSpec, Padding, normalize_layout
+from ._validate import as_int, check_operands, check_precision, check_preferred, int_tuple
 from .strategies import STRATEGIES
 
 __all__ = ["conv", "conv_general_dilated"]
@@ -28,72 +29,10 @@ __all__ = ["conv", "conv_general_dilated"]
 _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
-def _check_operands(lhs: Any, rhs: Any) -> tuple[jax.Array, jax.Array]:
-    """Arrays of one numeric dtype, or a TypeError naming the culprit."""
-    out = []
-    for name, a in (("lhs", lhs), ("rhs", rhs)):
-        if not hasattr(a, "shape") or not hasattr(a, "dtype"):
-            try:
-                a = jnp.asarray(a)
-            except TypeError as e:
-                raise TypeError(f"`{name}` (={a!r}) must be an array.") from e
-        dt = jnp.dtype(a.dtype)
-        if not (jnp.issubdtype(dt, jnp.number) or dt == jnp.dtype(bool)):
-            raise TypeError(
-                f"`{name}` has dtype {dt}; convolution needs a numeric or bool dtype."
-            )
-        out.append(a)
-    if jnp.dtype(out[0].dtype) != jnp.dtype(out[1].dtype):
-        raise TypeError(
-            f"`lhs` (dtype {out[0].dtype}) and `rhs` (dtype {out[1].dtype}) must have the same "
-            "dtype; cast one of them explicitly."
-        )
-    return out[0], out[1]
 
 
-def _check_preferred(preferred: Any, dtype: np.dtype) -> np.dtype | None:
-    """Validate `preferred_element_type` against the input dtype, as lax does."""
-    if preferred is None:
-        return None
-    try:
-        pet = jnp.dtype(preferred)
-    except TypeError as e:
-        raise TypeError(f"`preferred_element_type` (={preferred!r}) is not a dtype.") from e
-    int_to_float = jnp.issubdtype(dtype, jnp.integer) and jnp.issubdtype(pet, jnp.floating)
-    if not int_to_float:
-        for kind in (jnp.integer, jnp.floating, jnp.complexfloating):
-            if jnp.issubdtype(dtype, kind) and not jnp.issubdtype(pet, kind):
-                raise TypeError(
-                    f"`preferred_element_type` (={pet}) is incompatible with the input dtype "
-                    f"(={dtype}): allowed are integer->integer, integer->floating, "
-                    "floating->floating and complex->complex."
-                )
-        if jnp.issubdtype(dtype, jnp.signedinteger) and not jnp.issubdtype(pet, jnp.signedinteger):
-            raise TypeError(
-                f"`preferred_element_type` (={pet}) must be signed like the input dtype (={dtype})."
-            )
-    if pet.itemsize < jnp.dtype(dtype).itemsize:
-        raise TypeError(
-            f"`preferred_element_type` (={pet}) must not be narrower than the input dtype "
-            f"(={dtype})."
-        )
-    return pet
 
 
-def _check_precision(precision: Any) -> Any:
-    """None, a `lax.Precision` (or its name) or a pair of them, made hashable."""
-    items = precision if isinstance(precision, (list, tuple)) else (precision,)
-    if len(items) not in (1, 2):
-        raise ValueError(f"`precision` (={precision!r}) must be one precision or a pair.")
-    for p in items:
-        if p is None or isinstance(p, lax.Precision):
-            continue
-        if not isinstance(p, str) or p.upper() not in lax.Precision.__members__:
-            raise ValueError(
-                f"`precision` (={precision!r}) must be None, a lax.Precision, one of "
-                f"{sorted(lax.Precision.__members__)}, or a pair of these."
-            )
-    return tuple(precision) if isinstance(precision, list) else precision
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
@@ -101,31 +40,31 @@ def _lower(
     x: jax.Array,
     w: jax.Array,
     spec: ConvSpec,
-    names: tuple[str, str],
+    lowerings: tuple[str, str],
     precision: lax.PrecisionLike,
     acc_dtype: np.dtype,
 ) -> jax.Array:
-    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` by lowering ``names[0]``; when
-    differentiated, by lowering ``names[1]`` throughout (`_lower_jvp`)."""
-    return STRATEGIES[names[0]].lower(spec, x, w, precision=precision, acc_dtype=acc_dtype)
+    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` by lowering ``lowerings[0]``;
+    when differentiated, by lowering ``lowerings[1]`` throughout (`_lower_jvp`)."""
+    return STRATEGIES[lowerings[0]].lower(spec, x, w, precision=precision, acc_dtype=acc_dtype)
 
 
 def _lower_jvp(
     spec: ConvSpec,
-    names: tuple[str, str],
+    lowerings: tuple[str, str],
     precision: lax.PrecisionLike,
     acc_dtype: np.dtype,
     primals: tuple[jax.Array, jax.Array],
     tangents: tuple[Any, Any],
 ) -> tuple[jax.Array, jax.Array]:
-    """Values and tangent by lowering ``names[1]``, the one fastest forward and backward
+    """Values and tangent by lowering ``lowerings[1]``, the one fastest forward and backward
     together: the convolution is bilinear, its tangent ``conv(dx, w) + conv(x, dw)``, and
     reverse mode transposes those. Computing the values with the same lowering lets XLA
     share the work on ``x`` (padding, patches) between them. Symbolic-zero tangents are
     skipped."""
     x, w = primals
     dx, dw = tangents
-    lowering = STRATEGIES[names[1]]
+    lowering = STRATEGIES[lowerings[1]]
     y = lowering.lower(spec, x, w, precision=precision, acc_dtype=acc_dtype)
     terms = [lowering.lower(spec, a, b, precision=precision, acc_dtype=acc_dtype)
              for a, b, t in ((dx, w, dx), (x, dw, dw)) if not isinstance(t, SymbolicZero)]
@@ -135,26 +74,29 @@ def _lower_jvp(
 _lower.defjvp(_lower_jvp, symbolic_zeros=True)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "strategy", "precision", "out_dtype"))
+@functools.partial(jax.jit, static_argnames=("spec", "lowerings", "precision", "out_dtype"))
 def _run(
     lhs: jax.Array,
     rhs: jax.Array,
     *,
     spec: ConvSpec,
-    strategy: tuple[str, str],
+    lowerings: tuple[str, str],
     precision: lax.PrecisionLike,
     out_dtype: np.dtype,
 ) -> jax.Array:
+    """The user's ``lhs``, ``rhs`` -> output in the user's layout, by ``lowerings`` =
+    (for values, when differentiated): `planner.resolve`'s pair."""
     acc_dtype = jnp.float32 if out_dtype in _LOW_PRECISION else out_dtype
     x = jnp.transpose(lhs, spec.lhs_to_canonical)
     w = jnp.transpose(rhs, spec.rhs_to_canonical)
-    if 0 in spec.canonical_out_shape or 0 in spec.window or spec.in_features == 0:
+    if spec.empty:
         y = jnp.zeros(spec.canonical_out_shape, out_dtype)
     else:
-        if strategy[0] == strategy[1]:  # plain autodiff of the one lowering
-            y = STRATEGIES[strategy[0]].lower(spec, x, w, precision=precision, acc_dtype=acc_dtype)
+        if lowerings[0] == lowerings[1]:  # plain autodiff of the one lowering
+            y = STRATEGIES[lowerings[0]].lower(spec, x, w, precision=precision,
+                                               acc_dtype=acc_dtype)
         else:
-            y = _lower(x, w, spec, strategy, precision, acc_dtype)
+            y = _lower(x, w, spec, lowerings, precision, acc_dtype)
         y = y.astype(out_dtype)
     return jnp.transpose(y, spec.canonical_to_out)
 
@@ -179,23 +121,23 @@ def conv_general_dilated(
 
     Same arguments, same results: ``out[n, o, f] = sum_{k, c} x[n, o*s + k*d - p_lo, c]
     * w[k, c, f]`` with ``x`` lhs-dilated, groups as an extra einsum index. `strategy`
-    picks the lowering: ``"shift"`` (per-offset shift-and-sum), ``"patches"`` (one
-    einsum over a patches tensor) or ``"auto"``.
+    picks the lowering: ``"auto"`` (the planner's choice, `jconv.planner`) or a key of
+    `jconv.strategies.STRATEGIES` (``"shift"``, ``"patches"``, ``"winograd"``, ...).
 
     >>> x, w = jnp.ones((2, 1, 28, 28)), jnp.ones((10, 1, 3, 3))   # NCHW, OIHW
     >>> conv_general_dilated(x, w, (1, 1), "SAME").shape
     (2, 10, 28, 28)
     """
-    lhs, rhs = _check_operands(lhs, rhs)
+    lhs, rhs = check_operands(lhs, rhs)
     spec = ConvSpec.from_lax(
         lhs.shape, rhs.shape, window_strides, padding, lhs_dilation, rhs_dilation,
         dimension_numbers, feature_group_count, batch_group_count,
     )
-    pet = _check_preferred(preferred_element_type, jnp.dtype(lhs.dtype))
-    prec = _check_precision(precision)
-    names = _planner.resolve(strategy, spec, jnp.dtype(lhs.dtype))  # plain, differentiated
+    pet = check_preferred(preferred_element_type, jnp.dtype(lhs.dtype))
+    prec = check_precision(precision)
+    lowerings = planner.resolve(strategy, spec, lhs.dtype)
     out_dtype = pet if pet is not None else jnp.dtype(lhs.dtype)
-    y = _run(lhs, rhs, spec=spec, strategy=names, precision=prec, out_dtype=out_dtype)
+    y = _run(lhs, rhs, spec=spec, lowerings=lowerings, precision=prec, out_dtype=out_dtype)
     # `out_sharding` as in lax (Flax's nnx.Conv always passes it, usually None)
     return y if out_sharding is None else jax.sharding.reshard(y, out_sharding)
 
@@ -234,7 +176,7 @@ def conv(
     >>> conv(jnp.ones((1, 28, 28, 1)), jnp.ones((3, 3, 1, 10))).shape
     (1, 28, 28, 10)
     """
-    x_arr, w_arr = _check_operands(x, w)
+    x_arr, w_arr = check_operands(x, w)
     if x_arr.ndim < 3:
         raise ValueError(
             f"`x` (shape {tuple(x_arr.shape)}) must have rank >= 3: batch, at least one "
@@ -242,8 +184,8 @@ def conv(
         )
     n = x_arr.ndim - 2
     dnums = normalize_layout(layout, n)
-    strides = _int_tuple("stride", stride, n, minimum=1, broadcast=True)
-    dilations = _int_tuple("dilation", dilation, n, minimum=1, broadcast=True)
+    strides = int_tuple("stride", stride, n, minimum=1, broadcast=True)
+    dilations = int_tuple("dilation", dilation, n, minimum=1, broadcast=True)
     _check_groups(groups, x_arr.shape[dnums[0].index("C")], w_arr, dnums[1])
     x_arr, pads = apply_padding_mode(
         x_arr, w_arr.shape, _friendly_padding(padding, n), padding_mode, strides, dilations, dnums,
@@ -277,7 +219,7 @@ def _check_bias(bias: Any, w: jax.Array, rhs_layout: str, dtype: np.dtype) -> ja
 
 def _check_groups(groups: Any, channels: int, w: jax.Array, rhs_layout: str) -> None:
     """`groups` must be a positive int dividing the input channels and the filter count."""
-    g = _as_int("groups", groups, minimum=1)
+    g = as_int("groups", groups, minimum=1)
     if w.ndim != len(rhs_layout):
         return  # the rank mismatch is reported by ConvSpec
     filters = w.shape[rhs_layout.index("O")]

@@ -15,7 +15,6 @@ All of them reduce to `jconv.conv` / einsum; none uses a convolution primitive.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -25,8 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ._engine import _check_operands, _check_precision, conv
-from ._spec import ConvSpec, Padding, _as_int, _parse_dimension_numbers, normalize_layout
+from ._engine import conv
+from ._spec import ConvSpec, Padding, normalize_layout, parse_dimension_numbers
+from ._validate import as_int, check_operands, check_precision
+from .strategies._common import offsets, pad_input, spatial_letters, window_slice
 
 __all__ = ["depthwise_conv", "local_conv", "masked_conv", "separable_conv"]
 
@@ -60,7 +61,7 @@ def depthwise_conv(
     >>> depthwise_conv(jnp.ones((1, 8, 8, 3)), jnp.ones((3, 3, 3, 2))).shape
     (1, 8, 8, 6)
     """
-    x_arr, w_arr = _check_operands(x, w)
+    x_arr, w_arr = check_operands(x, w)
     if x_arr.ndim < 3 or w_arr.ndim != x_arr.ndim:
         raise ValueError(
             f"`x` (shape {tuple(x_arr.shape)}) and `w` (shape {tuple(w_arr.shape)}) must have "
@@ -141,7 +142,7 @@ def masked_conv(
     >>> masked_conv(jnp.ones((1, 8, 8, 1)), jnp.ones((3, 3, 1, 4)), m).shape
     (1, 8, 8, 4)
     """
-    x_arr, w_arr = _check_operands(x, w)
+    x_arr, w_arr = check_operands(x, w)
     mask_arr = jnp.asarray(mask)
     try:
         shape = np.broadcast_shapes(mask_arr.shape, w_arr.shape)
@@ -179,7 +180,7 @@ def local_conv(
     ...            (2, 2)).shape
     (1, 4, 5, 5)
     """
-    lhs_arr, rhs_arr = _check_operands(lhs, rhs)
+    lhs_arr, rhs_arr = check_operands(lhs, rhs)
     ndim = lhs_arr.ndim
     if ndim < 3 or rhs_arr.ndim != ndim:
         raise ValueError(
@@ -187,14 +188,14 @@ def local_conv(
             "must have the same rank >= 3."
         )
     n = ndim - 2
-    perms, _ = _parse_dimension_numbers(dimension_numbers, ndim)
+    perms, _ = parse_dimension_numbers(dimension_numbers, ndim)
     if isinstance(filter_shape, (str, bytes)) or not isinstance(filter_shape, Sequence) or len(
         filter_shape
     ) != n:
         raise ValueError(
             f"`filter_shape` (={filter_shape!r}) must be a sequence of {n} window sizes."
         )
-    window = tuple(_as_int(f"filter_shape[{i}]", k, minimum=1) for i, k in enumerate(filter_shape))
+    window = tuple(as_int(f"filter_shape[{i}]", k, minimum=1) for i, k in enumerate(filter_shape))
     c = lhs_arr.shape[perms.lhs[1]]
     shared = [0] * ndim  # the shared kernel this local kernel unshares, in rhs's layout
     shared[perms.rhs[0]] = rhs_arr.shape[perms.rhs[0]]
@@ -216,31 +217,21 @@ def local_conv(
             f"spatial sizes {spec.out_spatial}, I = C * prod(filter_shape) = "
             f"{c} * {math.prod(window)} and O = {spec.out_features}."
         )
-    return _local(lhs_arr, rhs_arr, spec=spec, precision=_check_precision(precision))
+    return _local(lhs_arr, rhs_arr, spec=spec, precision=check_precision(precision))
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "precision"))
 def _local(lhs: jax.Array, rhs: jax.Array, *, spec: ConvSpec, precision: Any) -> jax.Array:
+    """``(N, *S, C)`` and a kernel per output position ``(*out, C*K, F)``, both in the user's
+    layouts -> the output in the user's layout: the window slices stacked into patches, one
+    einsum over channels and offsets per position."""
     x = jnp.transpose(lhs, spec.lhs_to_canonical)  # (N, *S, C)
     w = jnp.transpose(rhs, spec.rhs_to_canonical)  # (*out, C*K, F)
-    config = [(0, 0, 0)]
-    config += [(lo, hi, d - 1) for (lo, hi), d in zip(spec.padding, spec.lhs_dilation, strict=True)]
-    xp = lax.pad(x, jnp.zeros((), x.dtype), [*config, (0, 0, 0)])
-    taps = []
-    for k in itertools.product(*(range(kk) for kk in spec.window)):
-        start = [0, *(ki * d for ki, d in zip(k, spec.rhs_dilation, strict=True)), 0]
-        limit = [
-            xp.shape[0],
-            *(ki * d + (o - 1) * s + 1 for ki, d, o, s in zip(
-                k, spec.rhs_dilation, spec.out_spatial, spec.window_strides, strict=True)),
-            xp.shape[-1],
-        ]
-        if any(o == 0 for o in spec.out_spatial):
-            taps.append(jnp.zeros((spec.batch, *spec.out_spatial, spec.in_features), x.dtype))
-        else:
-            taps.append(lax.slice(xp, start, limit, (1, *spec.window_strides, 1)))
-    patches = jnp.stack(taps, axis=-1)  # (N, *out, C, K): I = c * K + k, as lax orders it
-    patches = patches.reshape(*patches.shape[:-2], -1)
-    s = "abdeghjklm"[: spec.num_spatial]
-    y = jnp.einsum(f"n{s}i,{s}io->n{s}o", patches, w, precision=precision)
+    if 0 in spec.out_spatial:
+        return jnp.zeros(spec.out_shape, jnp.result_type(lhs, rhs))
+    xp = pad_input(spec, x)
+    patches = jnp.stack([window_slice(spec, xp, k) for k in offsets(spec)], axis=-1)
+    patches = patches.reshape(*patches.shape[:-2], -1)  # (N, *out, C*K): I = c * K + k, as lax
+    s = spatial_letters(spec.num_spatial)
+    y = jnp.einsum(f"N{s}I,{s}IF->N{s}F", patches, w, precision=precision)
     return jnp.transpose(y, spec.canonical_to_out)

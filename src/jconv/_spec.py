@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import operator
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import numpy as np
+from ._validate import as_int, int_tuple, listify
 
-__all__ = ["ConvSpec", "Padding", "normalize_layout"]
+__all__ = [
+    "ConvSpec",
+    "Padding",
+    "canonical_layouts",
+    "dilated_size",
+    "normalize_layout",
+    "parse_dimension_numbers",
+]
 
 Padding = str | Sequence[tuple[int, int]] | Sequence[int] | int
 
@@ -35,55 +41,15 @@ class _Perms(NamedTuple):
     out: tuple[int, ...]
 
 
-def _as_int(name: str, value: Any, *, minimum: int | None = None) -> int:
-    """Return `value` as a Python int, or raise a TypeError/ValueError naming `name`."""
-    if isinstance(value, bool):
-        raise TypeError(f"`{name}` (={value!r}) must be an integer, not a bool.")
-    try:
-        out = operator.index(value)
-    except TypeError as e:
-        raise TypeError(
-            f"`{name}` (={value!r}) must be an integer, got {type(value).__name__}."
-        ) from e
-    if minimum is not None and out < minimum:
-        raise ValueError(f"`{name}` (={out}) must be >= {minimum}.")
-    return out
 
 
-def _listify(value: Any) -> Any:
-    """A NumPy array of rank >= 1 as nested lists (lax accepts arrays as sequences)."""
-    return value.tolist() if isinstance(value, np.ndarray) and value.ndim >= 1 else value
 
 
-def _int_tuple(name: str, value: Any, n: int, *, minimum: int, broadcast: bool) -> tuple[int, ...]:
-    """Normalise an int or a length-`n` sequence of ints to a tuple of ints."""
-    value = _listify(value)
-    if value is None:
-        return (1,) * n
-    if broadcast and not isinstance(value, (Sequence,)) and _is_intlike(value):
-        return (_as_int(name, value, minimum=minimum),) * n
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise TypeError(
-            f"`{name}` (={value!r}) must be a sequence of {n} integers"
-            + (" or a single integer." if broadcast else ".")
-        )
-    if len(value) != n:
-        raise ValueError(
-            f"`{name}` (={tuple(value)!r}) must have one entry per spatial dimension "
-            f"(={n}), got {len(value)}."
-        )
-    return tuple(_as_int(f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(value))
 
 
-def _is_intlike(value: Any) -> bool:
-    try:
-        operator.index(value)
-    except TypeError:
-        return False
-    return True
 
 
-def _parse_dimension_numbers(
+def parse_dimension_numbers(
     dimension_numbers: Any, ndim: int
 ) -> tuple[_Perms, tuple[str, str, str] | None]:
     """Parse lax-style dimension numbers into permutations (batch/out, feature/in, spatial...).
@@ -109,7 +75,7 @@ def _parse_dimension_numbers(
     if all(isinstance(s, Sequence) and not isinstance(s, str) for s in dimension_numbers):
         perms = []
         for name, spec in zip(("lhs_spec", "rhs_spec", "out_spec"), dimension_numbers, strict=True):
-            p = tuple(_as_int(f"dimension_numbers.{name}", v, minimum=0) for v in spec)
+            p = tuple(as_int(f"dimension_numbers.{name}", v, minimum=0) for v in spec)
             if sorted(p) != list(range(ndim)):
                 raise ValueError(
                     f"`dimension_numbers.{name}` (={p}) must be a permutation of "
@@ -170,8 +136,7 @@ def normalize_layout(layout: str, num_spatial: int) -> tuple[str, str, str]:
     """
     if not isinstance(layout, str):
         raise TypeError(f"`layout` (={layout!r}) must be a string such as 'NHWC' or 'NCHW'.")
-    letters = "".join(str(i) for i in range(num_spatial)) if num_spatial <= 10 else None
-    if letters is None:
+    if num_spatial > 10:
         raise ValueError(
             f"`layout`: at most 10 spatial dimensions are supported, got {num_spatial}."
         )
@@ -196,9 +161,22 @@ def normalize_layout(layout: str, num_spatial: int) -> tuple[str, str, str]:
                 f"has {num_spatial}."
             )
         generic = "NHWC" if generic.endswith("C") and not generic.startswith("NC") else "NCHW"
-    if generic == "NHWC":
-        return (f"N{letters}C", f"{letters}IO", f"N{letters}C")
-    return (f"NC{letters}", f"OI{letters}", f"NC{letters}")
+    return canonical_layouts(num_spatial, channels_last=generic == "NHWC")
+
+
+def canonical_layouts(num_spatial: int, *, channels_last: bool = True) -> tuple[str, str, str]:
+    """Dimension-number strings with spatial letters ``0, 1, ...``: ``("N0C", "0IO", "N0C")``
+    (channels last, jconv's canonical order) or ``("NC0", "OI0", "NC0")``.
+
+    >>> canonical_layouts(2)
+    ('N01C', '01IO', 'N01C')
+    """
+    if not 0 <= num_spatial <= 10:
+        raise ValueError(f"`num_spatial` (={num_spatial}) must be between 0 and 10.")
+    s = "".join(str(i) for i in range(num_spatial))
+    if channels_last:
+        return (f"N{s}C", f"{s}IO", f"N{s}C")
+    return (f"NC{s}", f"OI{s}", f"NC{s}")
 
 
 def _same_pads(size: int, window: int, stride: int, lower: bool) -> tuple[int, int]:
@@ -208,7 +186,8 @@ def _same_pads(size: int, window: int, stride: int, lower: bool) -> tuple[int, i
     return (big, small) if lower else (small, big)
 
 
-def _dilate(size: int, dilation: int) -> int:
+def dilated_size(size: int, dilation: int) -> int:
+    """Length of ``size`` samples with ``dilation - 1`` zeros between neighbours."""
     return 0 if size == 0 else 1 + dilation * (size - 1)
 
 
@@ -265,12 +244,12 @@ class ConvSpec:
                 f"one spatial dimension), got rank {ndim}."
             )
         n = ndim - 2
-        perms, _ = _parse_dimension_numbers(dimension_numbers, ndim)
-        strides = _int_tuple("window_strides", window_strides, n, minimum=1, broadcast=False)
-        lhs_dil = _int_tuple("lhs_dilation", lhs_dilation, n, minimum=1, broadcast=False)
-        rhs_dil = _int_tuple("rhs_dilation", rhs_dilation, n, minimum=1, broadcast=False)
-        fgc = _as_int("feature_group_count", feature_group_count, minimum=1)
-        bgc = _as_int("batch_group_count", batch_group_count, minimum=1)
+        perms, _ = parse_dimension_numbers(dimension_numbers, ndim)
+        strides = int_tuple("window_strides", window_strides, n, minimum=1, broadcast=False)
+        lhs_dil = int_tuple("lhs_dilation", lhs_dilation, n, minimum=1, broadcast=False)
+        rhs_dil = int_tuple("rhs_dilation", rhs_dilation, n, minimum=1, broadcast=False)
+        fgc = as_int("feature_group_count", feature_group_count, minimum=1)
+        bgc = as_int("batch_group_count", batch_group_count, minimum=1)
 
         lhs_c = tuple(lhs_shape[i] for i in perms.lhs)  # (N, C, *S)
         rhs_c = tuple(rhs_shape[i] for i in perms.rhs)  # (O, I, *K)
@@ -307,7 +286,7 @@ class ConvSpec:
                 f"dimension (={out_f})."
             )
 
-        eff_window = tuple(_dilate(k, d) for k, d in zip(window, rhs_dil, strict=True))
+        eff_window = tuple(dilated_size(k, d) for k, d in zip(window, rhs_dil, strict=True))
         if isinstance(padding, str):
             kind = padding.upper()
             if kind not in _PAD_STRINGS:
@@ -380,17 +359,48 @@ class ConvSpec:
         return self.feature_group_count * self.batch_group_count
 
     @property
+    def group_in_features(self) -> int:
+        """Input channels each filter sees: ``C // feature_group_count`` (``C_g``)."""
+        return self.in_features // self.feature_group_count
+
+    @property
+    def group_out_features(self) -> int:
+        """Filters per (feature or batch) group: ``F // groups`` (``F_g``)."""
+        return self.out_features // self.groups
+
+    @property
+    def taps(self) -> int:
+        """Kernel offsets ``prod(window)``."""
+        return math.prod(self.window)
+
+    @property
+    def pads_input(self) -> bool:
+        """True if the input is padded, cropped or lhs-dilated before the window slides."""
+        return any(lo or hi for lo, hi in self.padding) or any(d > 1 for d in self.lhs_dilation)
+
+    @property
+    def strided(self) -> bool:
+        """True if any window stride exceeds 1."""
+        return any(s > 1 for s in self.window_strides)
+
+    @property
+    def empty(self) -> bool:
+        """True if the output is empty or every output is an empty sum (no taps or no input
+        channels): the engine returns zeros without lowering."""
+        return 0 in self.canonical_out_shape or 0 in self.window or self.in_features == 0
+
+    @property
     def depthwise(self) -> bool:
         """One input channel per feature group, more than one group."""
         return self.feature_group_count == self.in_features > 1
 
     @property
     def dilated_in(self) -> tuple[int, ...]:
-        return tuple(_dilate(i, d) for i, d in zip(self.in_spatial, self.lhs_dilation, strict=True))
+        return tuple(map(dilated_size, self.in_spatial, self.lhs_dilation))
 
     @property
     def effective_window(self) -> tuple[int, ...]:
-        return tuple(_dilate(k, d) for k, d in zip(self.window, self.rhs_dilation, strict=True))
+        return tuple(map(dilated_size, self.window, self.rhs_dilation))
 
     @property
     def padded_in(self) -> tuple[int, ...]:
@@ -447,9 +457,7 @@ class ConvSpec:
     @property
     def macs(self) -> int:
         """Multiply-accumulates of the dense definition (every tap, padding included)."""
-        return math.prod(self.canonical_out_shape) * math.prod(self.window) * (
-            self.in_features // self.feature_group_count
-        )
+        return math.prod(self.canonical_out_shape) * self.taps * self.group_in_features
 
 
 def _parse_pairs(padding: Any, n: int) -> tuple[tuple[int, int], ...]:
@@ -457,7 +465,7 @@ def _parse_pairs(padding: Any, n: int) -> tuple[tuple[int, int], ...]:
         f"`padding` (={padding!r}) must be 'SAME', 'SAME_LOWER', 'VALID' or a sequence of "
         f"{n} (low, high) integer pairs, one per spatial dimension."
     )
-    padding = _listify(padding)
+    padding = listify(padding)
     if not isinstance(padding, Sequence):
         raise TypeError(msg)
     if len(padding) != n:
@@ -466,5 +474,5 @@ def _parse_pairs(padding: Any, n: int) -> tuple[tuple[int, int], ...]:
     for i, pair in enumerate(padding):
         if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
             raise TypeError(msg + f" Entry {i} is {pair!r}.")
-        pairs.append((_as_int(f"padding[{i}][0]", pair[0]), _as_int(f"padding[{i}][1]", pair[1])))
+        pairs.append((as_int(f"padding[{i}][0]", pair[0]), as_int(f"padding[{i}][1]", pair[1])))
     return tuple(pairs)

@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._engine import _check_operands, conv_general_dilated
-from ._spec import _as_int, _dilate, _int_tuple, _parse_dimension_numbers, normalize_layout
+from ._engine import conv_general_dilated
+from ._spec import canonical_layouts, dilated_size, normalize_layout, parse_dimension_numbers
+from ._validate import as_int, check_operands, int_tuple
 
 __all__ = ["conv_transpose", "conv_transpose_torch", "transpose_padding"]
 
@@ -65,7 +66,7 @@ def conv_transpose(
     >>> conv_transpose(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 5)), (2, 2), "SAME").shape
     (1, 8, 8, 5)
     """
-    lhs, rhs = _check_operands(lhs, rhs)
+    lhs, rhs = check_operands(lhs, rhs)
     if lhs.ndim != rhs.ndim or lhs.ndim < 3:
         raise ValueError(
             f"`lhs` (shape {tuple(lhs.shape)}) and `rhs` (shape {tuple(rhs.shape)}) must have "
@@ -79,10 +80,10 @@ def conv_transpose(
             f"`use_consistent_padding` (={use_consistent_padding!r}) must be a bool."
         )
     dnums = normalize_layout("NHWC", n) if dimension_numbers is None else dimension_numbers
-    perms, _ = _parse_dimension_numbers(dnums, lhs.ndim)
-    strides_t = _int_tuple("strides", strides, n, minimum=1, broadcast=False)
-    rhs_dil = _int_tuple("rhs_dilation", rhs_dilation, n, minimum=1, broadcast=False)
-    window = [_dilate(rhs.shape[a], d) for a, d in zip(perms.rhs[2:], rhs_dil, strict=True)]
+    perms, _ = parse_dimension_numbers(dnums, lhs.ndim)
+    strides_t = int_tuple("strides", strides, n, minimum=1, broadcast=False)
+    rhs_dil = int_tuple("rhs_dilation", rhs_dilation, n, minimum=1, broadcast=False)
+    window = [dilated_size(rhs.shape[a], d) for a, d in zip(perms.rhs[2:], rhs_dil, strict=True)]
     kind = padding.upper() if isinstance(padding, str) else None
     if isinstance(padding, str) and kind not in ("SAME", "VALID"):
         raise ValueError(
@@ -97,11 +98,11 @@ def conv_transpose(
             transpose_padding(k, s, p) for k, s, p in zip(window, strides_t, fwd, strict=True)
         ]
         for i, (a, s, (lo, hi)) in enumerate(zip(perms.lhs[2:], strides_t, pads, strict=True)):
-            if _dilate(lhs.shape[a], s) + lo + hi < 0:
+            if dilated_size(lhs.shape[a], s) + lo + hi < 0:
                 raise ValueError(
                     f"`padding` (={padding!r}) crops spatial dimension {i} below zero: the "
                     f"transposed conv pads its stride-dilated input "
-                    f"(={_dilate(lhs.shape[a], s)}) by ({lo}, {hi})."
+                    f"(={dilated_size(lhs.shape[a], s)}) by ({lo}, {hi})."
                 )
     else:
         pads = padding
@@ -121,7 +122,7 @@ def _pairs(name: str, value: Any, n: int) -> list[tuple[int, int]]:
     for i, pair in enumerate(value):
         if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
             raise ValueError(msg)
-        out.append((_as_int(f"{name}[{i}][0]", pair[0]), _as_int(f"{name}[{i}][1]", pair[1])))
+        out.append((as_int(f"{name}[{i}][0]", pair[0]), as_int(f"{name}[{i}][1]", pair[1])))
     return out
 
 
@@ -152,18 +153,18 @@ def conv_transpose_torch(
     ...                      padding=1, output_padding=1).shape
     (1, 3, 10, 10)
     """
-    x_arr, w_arr = _check_operands(x, w)
+    x_arr, w_arr = check_operands(x, w)
     if x_arr.ndim < 3 or w_arr.ndim != x_arr.ndim:
         raise ValueError(
             f"`x` (shape {tuple(x_arr.shape)}) must be (N, C_in, *spatial) with rank >= 3 and "
             f"`w` (shape {tuple(w_arr.shape)}) (C_in, C_out // groups, *window) of the same rank."
         )
     n = x_arr.ndim - 2
-    s = _int_tuple("stride", stride, n, minimum=1, broadcast=True)
-    p = _int_tuple("padding", padding, n, minimum=0, broadcast=True)
-    op = _int_tuple("output_padding", output_padding, n, minimum=0, broadcast=True)
-    d = _int_tuple("dilation", dilation, n, minimum=1, broadcast=True)
-    g = _as_int("groups", groups, minimum=1)
+    s = int_tuple("stride", stride, n, minimum=1, broadcast=True)
+    p = int_tuple("padding", padding, n, minimum=0, broadcast=True)
+    op = int_tuple("output_padding", output_padding, n, minimum=0, broadcast=True)
+    d = int_tuple("dilation", dilation, n, minimum=1, broadcast=True)
+    g = as_int("groups", groups, minimum=1)
     for i in range(n):
         if op[i] >= max(s[i], d[i]):
             raise ValueError(
@@ -182,19 +183,18 @@ def conv_transpose_torch(
     wf = w_arr.reshape(g, c_in // g, c_out_g, *window).swapaxes(1, 2)
     wf = jnp.flip(wf.reshape(g * c_out_g, c_in // g, *window), tuple(range(2, 2 + n)))
     pads = [
-        transpose_padding(_dilate(k, di), si, (pi, pi), oi)
+        transpose_padding(dilated_size(k, di), si, (pi, pi), oi)
         for k, di, si, pi, oi in zip(window, d, s, p, op, strict=True)
     ]
     for i, (size, (lo, hi), k, di) in enumerate(zip(x_arr.shape[2:], pads, window, d, strict=True)):
-        out = _dilate(size, s[i]) + lo + hi - _dilate(k, di) + 1
+        out = dilated_size(size, s[i]) + lo + hi - dilated_size(k, di) + 1
         if out < 0:
             raise ValueError(
                 f"`padding` (={p}) is too large: spatial dimension {i} would have output size "
                 f"(i-1)*s - 2*p + d*(k-1) + output_padding + 1 = {out}, which must be >= 0."
             )
-    letters = "".join(str(i) for i in range(n))
     y = conv_general_dilated(
-        x_arr, wf, (1,) * n, pads, s, d, (f"NC{letters}", f"OI{letters}", f"NC{letters}"),
+        x_arr, wf, (1,) * n, pads, s, d, canonical_layouts(n, channels_last=False),
         feature_group_count=g, precision=precision, strategy=strategy,
     )
     if bias is None:

@@ -1,19 +1,60 @@
-"""Lowerings of a padded, lhs-dilated, strided, rhs-dilated, grouped convolution to einsums.
+"""The lowerings: one module each, every one a complete model of itself.
 
-Each strategy module exposes ``lower(spec, x, w, *, precision, acc_dtype)``: ``x`` is the
-input in canonical order ``(N, *in, C)``, which the lowering pads and lhs-dilates as the spec
-says (most with `_common.pad_input`; polyphase never builds the dilated input); ``w`` is the
-kernel ``(*window, C // feature_group_count, F)``; the result is ``(N_out, *out, F)`` in
-``acc_dtype``. Beside it, ``applicable(spec, dtype)`` (None, or why it cannot run) and
-``cost(spec, itemsize)`` (SymPy FLOPs, temp bytes and bytes moved).
+A lowering computes a padded, lhs-dilated, strided, rhs-dilated, grouped convolution with
+pad, slice, reshape and einsum/`dot_general` (FFTs for `fft`). Each module states:
+
+- ``lower(spec, x, w, *, precision, acc_dtype)``: ``x`` is the input in canonical order
+  ``(N, *in, C)``, which the lowering pads and lhs-dilates as the spec says; ``w`` is the
+  kernel ``(*window, C // feature_group_count, F)``; the result is ``(N_out, *out, F)`` in
+  ``acc_dtype``.
+- ``applicable(spec, dtype)``: None, or why it cannot run ``spec``.
+- ``cost(spec, dtype)``: its `Cost` (SymPy FLOPs, temp bytes and bytes moved), and
+  ``formula(num_spatial)``: the same over the symbols of `Geometry.symbols`.
+- ``predict(spec, dtype)``: its predicted time (`Prediction`, from the rates of `_model`
+  and its own factors), ``BACKWARD``/``BACKWARD_COPY``: how its gradients scale with the
+  forward's arithmetic and copies, and ``AUTO``: whether ``strategy="auto"`` may pick it.
+
+`STRATEGIES` is the registry; ``strategy=`` takes its keys. This namespace is public: the
+modules' interface above is stable for those who study or extend the lowerings.
+
+>>> sorted(STRATEGIES)[:3]
+['dft', 'direct', 'fft']
 """
 
-from types import ModuleType
+from __future__ import annotations
 
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .._spec import ConvSpec
 from . import dft, direct, fft, hybrid, patches, polyphase, scatter, shift, winograd, winograd4
 from ._common import Cost, Geometry
+from ._model import Prediction
 
-STRATEGIES: dict[str, ModuleType] = {
+
+class Lowering(Protocol):
+    """What a lowering module provides (see the module docstring)."""
+
+    AUTO: bool
+    BACKWARD: float
+    BACKWARD_COPY: float
+
+    def applicable(self, spec: ConvSpec, dtype: jax.typing.DTypeLike) -> str | None: ...
+
+    def lower(self, spec: ConvSpec, x: jax.Array, w: jax.Array, *,
+              precision: lax.PrecisionLike, acc_dtype: jnp.dtype) -> jax.Array: ...
+
+    def cost(self, spec: ConvSpec, dtype: jax.typing.DTypeLike = ...) -> Cost: ...
+
+    def formula(self, num_spatial: int) -> Cost: ...
+
+    def predict(self, spec: ConvSpec, dtype: jax.typing.DTypeLike = ...) -> Prediction: ...
+
+
+STRATEGIES: dict[str, Lowering] = {
     "shift": shift,
     "patches": patches,
     "hybrid": hybrid,
@@ -26,4 +67,4 @@ STRATEGIES: dict[str, ModuleType] = {
     "scatter": scatter,
 }
 
-__all__ = ["STRATEGIES", "Cost", "Geometry"]
+__all__ = ["STRATEGIES", "Cost", "Geometry", "Lowering", "Prediction"]

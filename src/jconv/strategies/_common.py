@@ -27,7 +27,9 @@ class Geometry:
     padding and lhs dilation): per spatial dim;
     ``cg``: input channels per group; ``fq``: output features per group; ``g``: groups
     (feature or batch); ``pad``: 1 if the spec pads or lhs-dilates the input, else 0;
-    ``strided``: 1 if any stride exceeds 1, else 0; ``itemsize``: bytes per element.
+    ``strided``: 1 if any stride exceeds 1, else 0; ``itemsize``: bytes per element;
+    ``depthwise``: `ConvSpec.depthwise` (one input channel per feature group, where XLA
+    fuses broadcast products instead of storing them; False in symbolic geometries).
     """
 
     n: Expr
@@ -41,23 +43,24 @@ class Geometry:
     pad: Expr
     strided: Expr
     itemsize: Expr
+    depthwise: bool = False
 
     @classmethod
-    def from_spec(cls, spec: ConvSpec, itemsize: int = 4) -> Geometry:
-        """Numbers of a concrete spec (``itemsize`` bytes per element)."""
-        padded = any(lo or hi for lo, hi in spec.padding) or any(d > 1 for d in spec.lhs_dilation)
+    def from_spec(cls, spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Geometry:
+        """Numbers of a concrete spec with operands of ``dtype``."""
         return cls(
             n=spec.out_batch,
             out=spec.out_spatial,
             window=spec.window,
             padded=spec.padded_in,
             inp=spec.in_spatial,
-            cg=spec.in_features // spec.feature_group_count,
-            fq=spec.out_features // spec.groups,
+            cg=spec.group_in_features,
+            fq=spec.group_out_features,
             g=spec.groups,
-            pad=int(padded),
-            strided=int(any(s > 1 for s in spec.window_strides)),
-            itemsize=itemsize,
+            pad=int(spec.pads_input),
+            strided=int(spec.strided),
+            itemsize=jnp.dtype(dtype).itemsize,
+            depthwise=spec.depthwise,
         )
 
     @classmethod
@@ -201,23 +204,26 @@ def lower_chunked(
     when not ``padded``), over batch chunks once `cost_of`'s temp bytes call for it
     (`batch_chunk`)."""
     xp = pad_input(spec, x) if padded else x
-    full = cost_of(Geometry.from_spec(spec, xp.dtype.itemsize))
+    full = cost_of(Geometry.from_spec(spec, xp.dtype))
     chunk = batch_chunk(spec, float(full.temp_bytes))
     return in_batch_chunks(spec, xp, chunk, lambda s, x: lower_all(
         s, x, w, precision=precision, acc_dtype=acc_dtype))
 
 
 def chunked_cost(
-    spec: ConvSpec, itemsize: int, cost_of: Callable[[Geometry], Cost], padded: bool = True
+    spec: ConvSpec,
+    dtype: jax.typing.DTypeLike,
+    cost_of: Callable[[Geometry], Cost],
+    padded: bool = True,
 ) -> Cost:
     """`cost_of` for ``spec``, with the temp bytes of a `lower_chunked` run: over batch chunks
     only the padded input (if ``padded``) stays whole, the rest scales with the chunk."""
-    geo = Geometry.from_spec(spec, itemsize)
+    geo = Geometry.from_spec(spec, dtype)
     full = cost_of(geo)
     chunk = batch_chunk(spec, float(full.temp_bytes))
     if chunk == spec.batch:
         return full
-    whole = geo.pad * geo.in_elems * itemsize if padded else 0
+    whole = geo.pad * geo.in_elems * geo.itemsize if padded else 0
     temp = whole + (full.temp_bytes - whole) * sp.Rational(chunk, spec.batch)
     return Cost(flops=full.flops, temp_bytes=sp.sympify(temp), moved_bytes=full.moved_bytes)
 
@@ -281,9 +287,10 @@ def ungroup_output(spec: ConvSpec, y: jax.Array) -> jax.Array:
     return y.reshape(*y.shape[:-3], spec.out_features)
 
 
-def spatial_letters(spec: ConvSpec) -> str:
-    """One einsum letter per spatial dimension."""
-    return "abdehijlmpqrtuvwxyz"[: spec.num_spatial]
+def spatial_letters(num_spatial: int) -> str:
+    """One einsum letter per spatial dimension (none of ``B, N, G, C, F, K`` or ``o``, ``k``,
+    ``c``, ``f``, ``n``, which the lowerings' equations use for other axes)."""
+    return "abdehijlmpqrtuvwxyz"[:num_spatial]
 
 
 def contract(
@@ -310,6 +317,12 @@ def contract(
             precision=precision, preferred_element_type=acc_dtype,
         )
         return y.reshape(*lead, 1, 1, spec.out_features)
-    s = spatial_letters(spec)
+    s = spatial_letters(spec.num_spatial)
     eq = f"BN{s}{extra}GC,{extra}CBGF->N{s}BGF"
     return jnp.einsum(eq, x, w, precision=precision, preferred_element_type=acc_dtype)
+
+
+def check_rank(lowering: str, num_spatial: int, rank: int) -> None:
+    """ValueError unless ``num_spatial == rank`` (for `formula` of a lowering of one rank)."""
+    if num_spatial != rank:
+        raise ValueError(f"`num_spatial` (={num_spatial!r}) must be {rank} for {lowering!r}.")

@@ -32,7 +32,22 @@ import sympy as sp
 from jax import lax
 
 from .._spec import ConvSpec
-from ._common import Cost, Expr, Geometry, make_cost, pad_input
+from ._common import Cost, Expr, Geometry, check_rank, make_cost, pad_input
+from ._model import COPY_BYTES_PER_S, NEVER, Prediction, gemm_rate
+
+AUTO = True
+"""`strategy="auto"` may pick DFT tiles for windows of `MIN_TAPS` taps and more."""
+MIN_TAPS = 7
+"""Planned only for windows of at least this many taps: round-off spreads over every
+output as in `fft`; at 64 channels the tiles measured 1.7x (forward) and 1.05x
+(forward+backward) the native convolution at k = 7, 0.6-1.0x from k = 15."""
+OVERHEAD = 2.2
+"""Predicted time over the cost at the model's rates: the transform GEMMs are shallower than
+the mixing, and the output takes a transposed copy."""
+BACKWARD = 1.0
+"""Gradients over the forward's predicted arithmetic: the transposes of its three GEMMs."""
+BACKWARD_COPY = 1.0
+"""Gradients over the forward's predicted copies."""
 
 TILE_QUANTUM = 16
 """Tile lengths are multiples of this (even, so the spectrum pairs up; SIMD-friendly)."""
@@ -40,7 +55,7 @@ MAX_TILE = 1024
 """Longest tile considered: the DFT matrices are ``T x T``."""
 
 
-def applicable(spec: ConvSpec, dtype: jnp.dtype) -> str | None:
+def applicable(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> str | None:
     """Why the DFT-tile lowering cannot run ``spec``, or None."""
     if spec.num_spatial != 1:
         return f"it needs 1 spatial dimension, got {spec.num_spatial}"
@@ -69,7 +84,7 @@ def tile_length(spec: ConvSpec) -> int | None:
     tile that covers every output; None if that exceeds `MAX_TILE`."""
     (k,), (out,) = spec.effective_window, spec.out_spatial
     c, f = spec.in_features, spec.out_features
-    cg = c // spec.feature_group_count
+    cg = spec.group_in_features
     q = TILE_QUANTUM
     lo = q * -(-max(2 * k - 2, 2) // q)
     hi = min(MAX_TILE, q * -(-(out + k - 1) // q))
@@ -109,7 +124,7 @@ def lower(
     step, h = t - keff + 1, t // 2
     n, c, f = spec.batch, spec.in_features, spec.out_features
     g = spec.feature_group_count
-    cg, fq = c // g, f // g
+    cg, fq = spec.group_in_features, spec.group_out_features
     tiles = -(-out // step)
     mats = _matrices(t, step, k, spec.rhs_dilation[0])
     bm, am, wc, ws = (jnp.asarray(m, acc_dtype) for m in mats)
@@ -155,12 +170,26 @@ def cost_of(geo: Geometry, tile: sp.Expr | int | None = None) -> Cost:
     return make_cost(flops=flops, temp_elems=temp, moved_elems=moved, geo=geo)
 
 
-def cost(spec: ConvSpec, itemsize: int = 4) -> Cost:
+def cost(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Cost:
     """Cost of the DFT-tile lowering for ``spec`` at its `tile_length` (1-D specs)."""
     t = tile_length(spec) if spec.num_spatial == 1 else None
     if t is None:
         raise ValueError(f"`spec` must be a 1-D convolution the dft lowering can run, got {spec}")
-    return cost_of(Geometry.from_spec(spec, itemsize), t)
+    return cost_of(Geometry.from_spec(spec, dtype), t)
 
 
-__all__ = ["applicable", "cost", "cost_of", "lower", "tile_length"]
+def formula(num_spatial: int) -> Cost:
+    """`cost_of` over the symbols of `Geometry.symbols` with tile length ``T`` (1-D only)."""
+    check_rank("dft", num_spatial, 1)
+    return cost_of(Geometry.symbols(num_spatial))
+
+
+def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Prediction:
+    """GEMMs of depth ``2 C_g`` and width ``2 F_g`` (the 2x2 real blocks of the mixing),
+    times `OVERHEAD`; `NEVER` below `MIN_TAPS` taps."""
+    if spec.taps < MIN_TAPS:
+        return NEVER
+    flops, _, moved = cost(spec, dtype).evaluate()
+    rate = gemm_rate(2 * spec.group_in_features, 2 * spec.group_out_features)
+    return Prediction.scaled(OVERHEAD * flops / rate, moved / COPY_BYTES_PER_S, BACKWARD,
+                             BACKWARD_COPY)

@@ -4,15 +4,12 @@
 ``prod(window) * C_g`` elementwise multiply-adds that XLA fuses into one loop over the
 output: no slice, no product is stored. Its autodiff, however, keeps output-sized
 buffers per term (measured: 2*terms+1 outputs per layer), so the planner uses it for
-thin groups only (``1 < C_g <= 8``), where it is 5x faster than native forward and
-backward. This is the lowering for depthwise convolutions
-(``C_g = 1``) and other thin groups, where a dot would have a contraction of size
-``C_g`` and could not use the matrix units anyway.
+thin groups only (``1 < C_g <= MAX_PLANNED_CG``), where a dot would have a contraction of
+size ``C_g`` and could not use the matrix units anyway (depthwise convolutions, ``C_g = 1``,
+are planned on `shift`'s fused path instead).
 """
 
 from __future__ import annotations
-
-import math
 
 import jax
 import jax.numpy as jnp
@@ -29,14 +26,23 @@ from ._common import (
     pad_input,
     window_slice,
 )
+from ._model import ELEMENTWISE_FLOPS, NEVER, Prediction
 
+AUTO = True
+"""`strategy="auto"` may pick the direct lowering (for thin groups, `predict`)."""
+MAX_PLANNED_CG = 8
+"""Largest ``C_g`` the planner considers: autodiff stores a product per term."""
+BACKWARD = 17.0
+"""Gradients over the forward's predicted arithmetic: autodiff keeps a buffer per term."""
+BACKWARD_COPY = 17.0
+"""Gradients over the forward's predicted copies (none are predicted)."""
 MAX_TERMS = 512
 """Largest ``prod(window) * C_g`` this lowering unrolls (the traced graph grows with it)."""
 
 
-def applicable(spec: ConvSpec, dtype: jnp.dtype) -> str | None:
+def applicable(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> str | None:
     """Why the direct lowering cannot run ``spec``, or None."""
-    terms = math.prod(spec.window) * (spec.in_features // spec.feature_group_count)
+    terms = spec.taps * spec.group_in_features
     if terms > MAX_TERMS:
         return (
             f"it unrolls prod(window) * C/groups (={terms}) multiply-adds, more than "
@@ -77,6 +83,20 @@ def cost_of(geo: Geometry) -> Cost:
     )
 
 
-def cost(spec: ConvSpec, itemsize: int = 4) -> Cost:
+def cost(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Cost:
     """Cost of the direct lowering for ``spec`` (see `cost_of`)."""
-    return cost_of(Geometry.from_spec(spec, itemsize))
+    return cost_of(Geometry.from_spec(spec, dtype))
+
+
+def formula(num_spatial: int) -> Cost:
+    """`cost_of` over the symbols of `Geometry.symbols`."""
+    return cost_of(Geometry.symbols(num_spatial))
+
+
+def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Prediction:
+    """Fused multiply-adds at `ELEMENTWISE_FLOPS` for thin groups (``1 < C_g <=
+    MAX_PLANNED_CG``, more than one group); `NEVER` otherwise."""
+    if not (spec.groups > 1 and 1 < spec.group_in_features <= MAX_PLANNED_CG):
+        return NEVER
+    flops = float(cost(spec, dtype).flops)
+    return Prediction.scaled(flops / ELEMENTWISE_FLOPS, 0.0, BACKWARD, BACKWARD_COPY)

@@ -17,7 +17,19 @@ import sympy as sp
 from jax import lax
 
 from .._spec import ConvSpec
-from ._common import Cost, Geometry, make_cost, pad_input
+from ._common import Cost, Geometry, make_cost, pad_input, spatial_letters
+from ._model import COPY_BYTES_PER_S, FFT_FLOPS, NEVER, Prediction
+
+AUTO = True
+"""`strategy="auto"` may pick the FFT for windows of `MIN_TAPS` taps and more."""
+MIN_TAPS = 49
+"""Planned only for windows of at least this many taps (7x7, or k >= 49 in 1-D): its
+round-off is spread over every output, so small convolutions of exact values (integers,
+ones) would no longer come out exact; it pays off only for large windows anyway."""
+BACKWARD = 1.0
+"""Gradients over the forward's predicted arithmetic: the transposes of the transforms."""
+BACKWARD_COPY = 1.0
+"""Gradients over the forward's predicted copies."""
 
 
 def fast_length(n: int) -> int:
@@ -33,7 +45,7 @@ def fast_length(n: int) -> int:
         m += 1
 
 
-def applicable(spec: ConvSpec, dtype: jnp.dtype) -> str | None:
+def applicable(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> str | None:
     """Why the FFT lowering cannot run ``spec``, or None."""
     if not jnp.issubdtype(dtype, jnp.floating):
         return f"it needs a real floating dtype, got {jnp.dtype(dtype)}"
@@ -55,7 +67,7 @@ def lower(
     axes = tuple(range(1, ns + 1))
     lengths = tuple(fast_length(p) for p in spec.padded_in)
     b, g = spec.batch_group_count, spec.feature_group_count
-    cg, fq = spec.in_features // g, spec.out_features // spec.groups
+    cg, fq = spec.group_in_features, spec.group_out_features
     x = pad_input(spec, x).astype(acc_dtype)
     # dilate the kernel with zeros between taps: (*effective_window, Cg, F)
     wd = lax.pad(w.astype(acc_dtype), jnp.zeros((), acc_dtype),
@@ -64,7 +76,7 @@ def lower(
     wf = jnp.conj(jnp.fft.rfftn(wd, s=lengths, axes=tuple(range(ns))))  # (*L', Cg, F)
     xf = xf.reshape(b, spec.batch // b, *xf.shape[1:-1], g, cg)
     wf = wf.reshape(*wf.shape[:-1], b, g, fq)
-    s = "abdehijlmp"[:ns]
+    s = spatial_letters(ns)
     yf = jnp.einsum(f"BN{s}GC,{s}CBGF->N{s}BGF", xf, wf, precision=precision)
     yf = yf.reshape(*yf.shape[: ns + 1], spec.out_features)
     y = jnp.fft.irfftn(yf, s=lengths, axes=axes)
@@ -90,10 +102,22 @@ def cost_of(geo: Geometry, lengths: tuple[sp.Expr | int, ...] | None = None) -> 
     return make_cost(flops=flops, temp_elems=temp, moved_elems=temp, geo=geo)
 
 
-def cost(spec: ConvSpec, itemsize: int = 4) -> Cost:
+def cost(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Cost:
     """Cost of the FFT lowering for ``spec`` at its 2-3-5-smooth transform lengths."""
     lengths = tuple(fast_length(p) for p in spec.padded_in)
-    return cost_of(Geometry.from_spec(spec, itemsize), lengths)
+    return cost_of(Geometry.from_spec(spec, dtype), lengths)
 
 
-__all__ = ["applicable", "cost", "cost_of", "fast_length", "lower"]
+def formula(num_spatial: int) -> Cost:
+    """`cost_of` over the symbols of `Geometry.symbols`, transform lengths ``p_i``."""
+    return cost_of(Geometry.symbols(num_spatial))
+
+
+def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Prediction:
+    """Transforms and mixing at `FFT_FLOPS`, spectra moved at `COPY_BYTES_PER_S`; `NEVER`
+    below `MIN_TAPS` taps."""
+    if spec.taps < MIN_TAPS:
+        return NEVER
+    flops, _, moved = cost(spec, dtype).evaluate()
+    return Prediction.scaled(flops / FFT_FLOPS, moved / COPY_BYTES_PER_S, BACKWARD,
+                             BACKWARD_COPY)

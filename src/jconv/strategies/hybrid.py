@@ -9,6 +9,8 @@ row-patches tensor (``k_last`` times the input) and one product per leading offs
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import sympy as sp
@@ -27,9 +29,20 @@ from ._common import (
     ungroup_output,
     window_slice,
 )
+from ._model import COPY_BYTES_PER_S, Prediction, gemm_rate
+
+AUTO = True
+"""`strategy="auto"` may pick the hybrid."""
+OVERHEAD_3D = 2.5
+"""Predicted time over the cost at the model's rates for 3-D and up: nine copies of rows
+three times wider than the input."""
+BACKWARD = 2.0
+"""Gradients over the forward's predicted arithmetic: two GEMMs per leading offset."""
+BACKWARD_COPY = 0.6
+"""Gradients over the forward's predicted copies."""
 
 
-def applicable(spec: ConvSpec, dtype: jnp.dtype) -> str | None:
+def applicable(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> str | None:
     """None: the hybrid handles every convolution (in 1-D it is plain patches)."""
     return None
 
@@ -63,15 +76,12 @@ def _lower_all(
     )  # (N, *padded_lead, o_last, kl*C)
     b, g = spec.batch_group_count, spec.feature_group_count
     wg = group_kernel(spec, w)  # (*window, Cg, B, G, Fq)
-    acc = None
+    terms = []
     for k in sorted({k[:-1] for k in offsets(spec)}):
         sl = window_slice(spec, p, (*k, None))
-        sl = sl.reshape(b, spec.batch // b, *spec.out_spatial, kl, g, spec.in_features // g)
-        t = contract(spec, sl, wg[k], "K", precision=precision, acc_dtype=acc_dtype)
-        acc = t if acc is None else acc + t
-    if acc is None:
-        raise ValueError(f"`window` (={spec.window}) must be non-empty.")
-    return ungroup_output(spec, acc)
+        sl = sl.reshape(b, spec.batch // b, *spec.out_spatial, kl, g, spec.group_in_features)
+        terms.append(contract(spec, sl, wg[k], "K", precision=precision, acc_dtype=acc_dtype))
+    return ungroup_output(spec, functools.reduce(jnp.add, terms))
 
 
 def cost_of(geo: Geometry) -> Cost:
@@ -94,7 +104,22 @@ def cost_of(geo: Geometry) -> Cost:
     )
 
 
-def cost(spec: ConvSpec, itemsize: int = 4) -> Cost:
+def cost(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Cost:
     """Cost of the hybrid lowering for ``spec`` (see `cost_of`); when it runs over batch chunks
     (`batch_chunk`) only the padded input stays whole, the rest scales with the chunk."""
-    return chunked_cost(spec, itemsize, cost_of)
+    return chunked_cost(spec, dtype, cost_of)
+
+
+def formula(num_spatial: int) -> Cost:
+    """`cost_of` over the symbols of `Geometry.symbols`."""
+    return cost_of(Geometry.symbols(num_spatial))
+
+
+def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Prediction:
+    """One GEMM of depth ``k_last * C_g`` and width ``F_g`` per leading offset, and the row
+    patches' copies (times `OVERHEAD_3D` in 3-D and up)."""
+    flops, _, moved = cost(spec, dtype).evaluate()
+    scale = OVERHEAD_3D if spec.num_spatial >= 3 else 1.0
+    rate = gemm_rate(spec.window[-1] * spec.group_in_features, spec.group_out_features)
+    return Prediction.scaled(scale * flops / rate, scale * moved / COPY_BYTES_PER_S,
+                             BACKWARD, BACKWARD_COPY)

@@ -9,8 +9,6 @@ patches tensor, ``prod(window)`` times one slice.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -29,9 +27,21 @@ from ._common import (
     ungroup_output,
     window_slice,
 )
+from ._model import COPY_BYTES_PER_S, Prediction, gemm_rate
+
+AUTO = True
+"""`strategy="auto"` may pick patches."""
+OVERHEAD = 1.5
+"""Predicted time over the cost at the model's rates: XLA's CPU backend writes the
+concatenation of the slices at a fraction of memory bandwidth."""
+BACKWARD = 0.1
+"""Gradients over the forward's predicted arithmetic: two large GEMMs on the patches it
+already built."""
+BACKWARD_COPY = 0.1
+"""Gradients over the forward's predicted copies."""
 
 
-def applicable(spec: ConvSpec, dtype: jnp.dtype) -> str | None:
+def applicable(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> str | None:
     """None: patches handles every convolution."""
     return None
 
@@ -60,14 +70,13 @@ def _lower_all(
 ) -> jax.Array:
     """``(N, *padded, C), (*window, Cg, F) -> (N_out, *out, F)`` by one patches einsum."""
     slices = [window_slice(spec, xp, k) for k in offsets(spec)]
-    taps = math.prod(spec.window)
     if spec.groups == 1:
         p = jnp.concatenate(slices, axis=-1)  # (N, *out, K*C)
         y = contract(spec, p[None, ..., None, :], w, "", precision=precision,
                      acc_dtype=acc_dtype)
         return ungroup_output(spec, y)
     pg = jnp.stack([group_input(spec, s) for s in slices], axis=-3)  # (B, Nb, *out, K, G, Cg)
-    wg = group_kernel(spec, w.reshape(taps, *w.shape[-2:]))
+    wg = group_kernel(spec, w.reshape(spec.taps, *w.shape[-2:]))
     y = contract(spec, pg, wg, "K", precision=precision, acc_dtype=acc_dtype)
     return ungroup_output(spec, y)
 
@@ -90,7 +99,21 @@ def cost_of(geo: Geometry) -> Cost:
     )
 
 
-def cost(spec: ConvSpec, itemsize: int = 4) -> Cost:
+def cost(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Cost:
     """Cost of the patches lowering for ``spec`` (see `cost_of`); when it runs over batch
     chunks only the padded input stays whole, the rest scales with the chunk."""
-    return chunked_cost(spec, itemsize, cost_of)
+    return chunked_cost(spec, dtype, cost_of)
+
+
+def formula(num_spatial: int) -> Cost:
+    """`cost_of` over the symbols of `Geometry.symbols`."""
+    return cost_of(Geometry.symbols(num_spatial))
+
+
+def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Prediction:
+    """One GEMM of depth ``prod(window) * C_g`` and width ``F_g``, and the patches' copies,
+    both times `OVERHEAD`."""
+    flops, _, moved = cost(spec, dtype).evaluate()
+    rate = gemm_rate(spec.taps * spec.group_in_features, spec.group_out_features)
+    return Prediction.scaled(OVERHEAD * flops / rate, OVERHEAD * moved / COPY_BYTES_PER_S,
+                             BACKWARD, BACKWARD_COPY)

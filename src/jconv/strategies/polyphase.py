@@ -8,25 +8,38 @@ zero the other lowerings would multiply. For output phase ``r = o mod s`` only t
 ``out[s*q + r] = sum_m xs[q + c_r + m] * w[k0 + s*m]``,  ``xs[i] = xp[b + s*i]``,
 
 a VALID stride-1 convolution of the undilated input with a sub-kernel, ``c_r`` in {0, 1}.
-Each phase runs through the planner's best lowering; the phases are interleaved back.
-FLOPs drop by ``prod(s)`` against computing on the zeros.
+Each phase runs with the lowering of `PHASE_LOWERINGS` that predicts the fastest forward
+for it; the phases are interleaved back. FLOPs drop by ``prod(s)`` against computing on the
+zeros.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from types import ModuleType
 
 import jax
 import jax.numpy as jnp
 import sympy as sp
 from jax import lax
 
-from .._spec import ConvSpec
+from .._spec import ConvSpec, canonical_layouts
+from . import dft, direct, fft, hybrid, patches, scatter, shift, winograd
 from ._common import Cost, Geometry, make_cost
+from ._model import COPY_BYTES_PER_S, Prediction, gemm_rate
+
+AUTO = True
+"""`strategy="auto"` may pick polyphase for lhs-dilated (transposed) convolutions."""
+BACKWARD = 2.0
+"""Gradients over the forward's predicted arithmetic."""
+BACKWARD_COPY = 0.2
+"""Gradients over the forward's predicted copies."""
+PHASE_LOWERINGS = (shift, patches, hybrid, scatter, winograd, direct, fft, dft)
+"""The lowerings a phase (a VALID stride-1 convolution) may run with."""
 
 
-def applicable(spec: ConvSpec, dtype: jnp.dtype) -> str | None:
+def applicable(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> str | None:
     """Why polyphase cannot run ``spec``, or None."""
     if all(d == 1 for d in spec.lhs_dilation):
         return "it needs lhs dilation (a transposed convolution), got none"
@@ -51,6 +64,28 @@ def _phase(spec: ConvSpec, r: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
     return tuple(out)
 
 
+def _phase_spec(spec: ConvSpec, phase: tuple[tuple[int, ...], ...]) -> ConvSpec:
+    """The VALID stride-1 convolution that computes one phase (`_phase`)."""
+    return ConvSpec.from_lax(
+        (spec.batch, *(o + t - 1 for _, t, _, o in phase), spec.in_features),
+        (*(t for _, t, _, _ in phase), *spec.rhs_shape[-2:]), (1,) * spec.num_spatial,
+        "VALID", dimension_numbers=canonical_layouts(spec.num_spatial),
+        feature_group_count=spec.feature_group_count,
+    )
+
+
+def _live(phase: tuple[tuple[int, ...], ...]) -> bool:
+    """True if the phase has outputs that meet real samples."""
+    return all(t > 0 and o > 0 for _, t, _, o in phase)
+
+
+def phase_lowering(sub: ConvSpec, dtype: jax.typing.DTypeLike) -> ModuleType:
+    """The lowering of `PHASE_LOWERINGS` that can run ``sub`` and predicts the fastest
+    forward for it."""
+    return min((m for m in PHASE_LOWERINGS if m.applicable(sub, dtype) is None),
+               key=lambda m: m.predict(sub, dtype).forward)
+
+
 def lower(
     spec: ConvSpec,
     x: jax.Array,
@@ -61,10 +96,7 @@ def lower(
 ) -> jax.Array:
     """``(N, *in, C), (*window, Cg, F) -> (N, *out, F)`` phase by phase; the lhs-dilated
     input is never built (`_real_samples`)."""
-    from .._planner import plan  # the planner imports this module
-    from . import STRATEGIES
-
-    ns, strides = spec.num_spatial, spec.lhs_dilation
+    strides = spec.lhs_dilation
     n, f = spec.batch, spec.out_features
     xs = _real_samples(spec, x)
     if xs is None:  # cropping removed every real sample: the window slides over zeros only
@@ -72,16 +104,13 @@ def lower(
     y = None
     for r in itertools.product(*(range(s) for s in strides)):
         geo = _phase(spec, r)
-        if any(t == 0 for _, t, _, _ in geo) or any(o == 0 for *_, o in geo):
+        if not _live(geo):
             continue  # this phase of the output only ever meets zeros
         wr = w[tuple(slice(k0, None, s) for (k0, *_), s in zip(geo, strides, strict=True))]
         lim = [n, *(c + o + t - 1 for _, t, c, o in geo), xs.shape[-1]]
         xr = lax.slice(xs, [0, *(c for _, _, c, _ in geo), 0], lim)
-        sub = ConvSpec.from_lax(
-            xr.shape, wr.shape, (1,) * ns, "VALID",
-            dimension_numbers=_canonical(ns), feature_group_count=spec.feature_group_count,
-        )
-        yr = STRATEGIES[plan(sub, jnp.dtype(x.dtype))].lower(
+        sub = _phase_spec(spec, geo)
+        yr = phase_lowering(sub, x.dtype).lower(
             sub, xr, wr, precision=precision, acc_dtype=acc_dtype).astype(acc_dtype)
         # phase r holds outputs r + s*q: spread them with s - 1 zeros between (one fused add)
         pad = [(0, 0, 0), *((ri, size - ri - s * (o - 1) - 1, s - 1)
@@ -108,11 +137,6 @@ def _real_samples(spec: ConvSpec, x: jax.Array) -> jax.Array | None:
     return lax.pad(x, jnp.zeros((), x.dtype), config)
 
 
-def _canonical(ns: int) -> tuple[str, str, str]:
-    letters = "".join(str(i) for i in range(ns))
-    return (f"N{letters}C", f"{letters}IO", f"N{letters}C")
-
-
 def cost_of(geo: Geometry, phases: sp.Expr | int = 1) -> Cost:
     """FLOPs ``2*MACs / phases`` (only the taps that meet real samples); temp: the real
     samples (`_real_samples`) and the phase outputs, which one fused loop of padded adds
@@ -126,32 +150,35 @@ def cost_of(geo: Geometry, phases: sp.Expr | int = 1) -> Cost:
     )
 
 
-def cost(spec: ConvSpec, itemsize: int = 4) -> Cost:
-    """Cost of the polyphase lowering for ``spec``: the phases' own lowerings (as the
-    planner picks them; the largest one's temp bytes, XLA reuses them phase to phase) plus
+def cost(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Cost:
+    """Cost of the polyphase lowering for ``spec``: the phases' own lowerings
+    (`phase_lowering`; the largest one's temp bytes, XLA reuses them phase to phase) plus
     the real samples and the phase outputs."""
-    from .._planner import plan
-    from . import STRATEGIES
-
-    geo = Geometry.from_spec(spec, itemsize)
-    phases = math.prod(spec.lhs_dilation)
-    base = cost_of(geo, phases)
-    if applicable(spec, jnp.dtype(jnp.float32)) is not None:
+    geo = Geometry.from_spec(spec, dtype)
+    base = cost_of(geo, math.prod(spec.lhs_dilation))
+    if applicable(spec, dtype) is not None:
         return base
-    dtype = jnp.dtype({2: jnp.float16, 8: jnp.float64}.get(itemsize, jnp.float32))
     flops, inner_temp = sp.Integer(0), sp.Integer(0)
     for r in itertools.product(*(range(s) for s in spec.lhs_dilation)):
-        g = _phase(spec, r)
-        if any(t == 0 for _, t, _, _ in g) or any(o == 0 for *_, o in g):
+        phase = _phase(spec, r)
+        if not _live(phase):
             continue
-        sub = ConvSpec.from_lax(
-            (spec.batch, *(o + t - 1 for _, t, _, o in g), spec.in_features),
-            (*(t for _, t, _, _ in g), *spec.rhs_shape[-2:]), (1,) * spec.num_spatial,
-            "VALID", dimension_numbers=_canonical(spec.num_spatial),
-            feature_group_count=spec.feature_group_count,
-        )
-        inner = STRATEGIES[plan(sub, dtype)].cost(sub, itemsize)
+        sub = _phase_spec(spec, phase)
+        inner = phase_lowering(sub, dtype).cost(sub, dtype)
         flops += inner.flops
-        inner_temp = sp.Max(inner_temp, inner.temp_bytes / itemsize)
-    return make_cost(flops=flops, temp_elems=base.temp_bytes / itemsize + inner_temp,
-                     moved_elems=base.moved_bytes / itemsize, geo=geo)
+        inner_temp = sp.Max(inner_temp, inner.temp_bytes)
+    return Cost(flops=flops, temp_bytes=base.temp_bytes + inner_temp,
+                moved_bytes=base.moved_bytes)
+
+
+def formula(num_spatial: int) -> Cost:
+    """`cost_of` over the symbols of `Geometry.symbols` with ``S`` phases (the phases'
+    own lowerings not included)."""
+    return cost_of(Geometry.symbols(num_spatial), sp.Symbol("S", integer=True, positive=True))
+
+
+def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Prediction:
+    """Phase GEMMs of depth ``C_g`` and width ``F_g``, and the copies."""
+    flops, _, moved = cost(spec, dtype).evaluate()
+    rate = gemm_rate(spec.group_in_features, spec.group_out_features)
+    return Prediction.scaled(flops / rate, moved / COPY_BYTES_PER_S, BACKWARD, BACKWARD_COPY)

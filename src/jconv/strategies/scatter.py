@@ -17,6 +17,7 @@ chunks once that is large (`batch_chunk`).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -37,9 +38,27 @@ from ._common import (
     offsets,
     window_slice,
 )
+from ._model import COPY_BYTES_PER_S, NEVER, Prediction, gemm_rate
+
+AUTO = True
+"""`strategy="auto"` may pick scatter."""
+BACKWARD = 0.8
+"""Gradients over the forward's predicted arithmetic."""
+BACKWARD_COPY = 0.6
+"""Gradients over the forward's predicted copies."""
+BACKWARD_SPREAD = 2.0
+"""Extra backward factor where it spreads products (`spreads`): the gradient turns every
+tap's spread back into a strided slice of the cotangent."""
+BACKWARD_MIN_CG = 64
+"""Not planned differentiated below this many input channels per group: its gradients
+measured 1.3-3.2x the best lowering's at C = 8-48 (3x3, 28x28 and 56x56, batch 8), while it
+is the fastest at C = 64."""
+SLOW_TAPS = 9
+"""Slows with the square root of its taps past this many: its fused sum reads one strided
+row of the products per tap for every output (fitted on 1-D k = 15, 31 and 3-D 3x3x3)."""
 
 
-def applicable(spec: ConvSpec, dtype: jnp.dtype) -> str | None:
+def applicable(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> str | None:
     """Why scatter cannot run ``spec``, or None."""
     if any(s != 1 for s in spec.window_strides):
         return f"it needs window strides of 1, got {spec.window_strides}"
@@ -88,8 +107,7 @@ def _products(
 ) -> jax.Array:
     """``(N, *positions, C), (*window, Cg, F) -> (N, *positions, prod(window), F)``: every
     position times every tap, one matrix product (an einsum per group with groups)."""
-    taps = math.prod(spec.window)
-    g, cg = spec.feature_group_count, spec.in_features // spec.feature_group_count
+    taps, g, cg = spec.taps, spec.feature_group_count, spec.group_in_features
     wg = group_kernel(spec, w).reshape(taps, cg, g, -1)  # (K, Cg, G, Fq)
     if g == 1:  # one matrix product, no transposes of the input
         y = jnp.matmul(x.reshape(-1, cg), jnp.moveaxis(wg, 0, 1).reshape(cg, -1),
@@ -112,13 +130,8 @@ def _sliced(
     """``(N, *padded, C), (*window, Cg, F) -> (N, *out, F)`` without lhs dilation: tap ``k``'s
     products at ``o + k*d``, summed (padding zeros give zero products: no bounds checks)."""
     y = _products(spec, xp, w, precision=precision, acc_dtype=acc_dtype)
-    acc = None
-    for t, k in enumerate(offsets(spec)):
-        term = window_slice(spec, y[..., t, :], k)
-        acc = term if acc is None else acc + term
-    if acc is None:
-        raise ValueError(f"`window` (={spec.window}) must be non-empty.")
-    return acc
+    return functools.reduce(
+        jnp.add, (window_slice(spec, y[..., t, :], k) for t, k in enumerate(offsets(spec))))
 
 
 def _spread_out(
@@ -165,8 +178,7 @@ def cost_of(geo: Geometry, spread: Expr = 0) -> Cost:
     input."""
     positions = spread * sp.Mul(*geo.inp) + (1 - spread) * sp.Mul(*geo.padded)
     products = geo.n * positions * geo.taps * geo.g * geo.fq
-    fused = geo.cg == 1 and geo.g != 1
-    temp = (0 if fused else geo.copies_window * products) + (
+    temp = (0 if geo.depthwise else geo.copies_window * products) + (
         (1 - spread) * geo.pad * geo.in_elems)
     return make_cost(
         flops=2 * products * geo.cg,
@@ -176,9 +188,32 @@ def cost_of(geo: Geometry, spread: Expr = 0) -> Cost:
     )
 
 
-def cost(spec: ConvSpec, itemsize: int = 4) -> Cost:
+def cost(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Cost:
     """Cost of scatter for ``spec`` (see `cost_of`); over batch chunks (`batch_chunk`) the
     products scale with the chunk, the padded input (when it slices) stays whole."""
     spread = spreads(spec)
-    return chunked_cost(spec, itemsize, lambda geo: cost_of(geo, int(spread)),
-                        padded=not spread)
+    return chunked_cost(spec, dtype, lambda geo: cost_of(geo, int(spread)), padded=not spread)
+
+
+def formula(num_spatial: int) -> Cost:
+    """`cost_of` over the symbols of `Geometry.symbols`, with ``spread`` a 0/1 symbol."""
+    spread = sp.Symbol("spread", integer=True, nonnegative=True)
+    return cost_of(Geometry.symbols(num_spatial), spread)
+
+
+def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Prediction:
+    """One GEMM of depth ``C_g`` and width ``prod(window) * F_g`` and the fused sum, slower
+    past `SLOW_TAPS` taps; `NEVER` with groups. Never differentiated below
+    `BACKWARD_MIN_CG` channels per group; `BACKWARD_SPREAD` where it `spreads`."""
+    if spec.groups > 1:
+        return NEVER
+    flops, _, moved = cost(spec, dtype).evaluate()
+    scale = math.sqrt(max(1.0, spec.taps / SLOW_TAPS))
+    rate = gemm_rate(spec.group_in_features, spec.taps * spec.group_out_features)
+    p = Prediction.scaled(scale * flops / rate, scale * moved / COPY_BYTES_PER_S,
+                          BACKWARD, BACKWARD_COPY)
+    if spec.group_in_features < BACKWARD_MIN_CG:
+        return Prediction(p.arithmetic, p.copies, math.inf)
+    if spreads(spec):
+        return Prediction(p.arithmetic, p.copies, BACKWARD_SPREAD * p.backward)
+    return p

@@ -34,9 +34,23 @@ from ._common import (
     ungroup_output,
     window_slice,
 )
+from ._model import COPY_BYTES_PER_S, ELEMENTWISE_FLOPS, Prediction, gemm_rate
+
+AUTO = True
+"""`strategy="auto"` may pick shift-and-sum."""
+BACKWARD = 0.5
+"""Gradients over the forward's predicted arithmetic: two GEMMs per tap, transposed."""
+BACKWARD_COPY = 0.5
+"""Gradients over the forward's predicted copies (each slice becomes a pad of the cotangent)."""
+FUSED_DEPTHWISE_SPEEDUP = 2.5
+"""Depthwise products fuse into one loop: that many times `ELEMENTWISE_FLOPS`."""
+BACKWARD_DEPTHWISE = 12.0
+"""Depthwise gradients over the forward's time: the kernel gradient copies and reduces one
+window slice per tap, in a loop, where the forward fused everything into one loop
+(measured 10-13x the forward on the benchmark's depthwise 3x3 and 5x5)."""
 
 
-def applicable(spec: ConvSpec, dtype: jnp.dtype) -> str | None:
+def applicable(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> str | None:
     """None: shift-and-sum handles every convolution."""
     return None
 
@@ -138,7 +152,7 @@ def _depthwise_product(
     with the sum over offsets and whose transposes are fused reductions, not dots. Kept in
     the plain layout: in the grouped one (unit axes for B and Cg) XLA's gradients took twice
     as long."""
-    fq = spec.out_features // spec.feature_group_count
+    fq = spec.group_out_features
     xs = xs.astype(acc_dtype)
     if fq > 1:
         xs = jnp.repeat(xs, fq, axis=-1)
@@ -152,7 +166,7 @@ def cost_of(geo: Geometry) -> Cost:
     the products into the sum, leaving the padded input only."""
     slice_elems = geo.out_pixels * geo.g * geo.cg
     several = 0 if all(k == 1 for k in geo.window) else 1
-    products = 0 if (geo.cg == 1 and geo.g != 1) else several * geo.taps * geo.out_elems
+    products = 0 if geo.depthwise else several * geo.taps * geo.out_elems
     return make_cost(
         flops=2 * geo.macs,
         temp_elems=geo.pad * geo.in_elems + products,
@@ -162,7 +176,23 @@ def cost_of(geo: Geometry) -> Cost:
     )
 
 
-def cost(spec: ConvSpec, itemsize: int = 4) -> Cost:
+def cost(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Cost:
     """Cost of shift-and-sum for ``spec`` (see `cost_of`); when it runs over batch chunks
     (`batch_chunk`) only the padded input stays whole, the rest scales with the chunk."""
-    return chunked_cost(spec, itemsize, cost_of)
+    return chunked_cost(spec, dtype, cost_of)
+
+
+def formula(num_spatial: int) -> Cost:
+    """`cost_of` over the symbols of `Geometry.symbols` (a dense, not depthwise, spec)."""
+    return cost_of(Geometry.symbols(num_spatial))
+
+
+def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Prediction:
+    """One GEMM of depth ``C_g`` and width ``F_g`` per tap, and the slices' copies; depthwise,
+    fused elementwise products (`FUSED_DEPTHWISE_SPEEDUP`) and `BACKWARD_DEPTHWISE`."""
+    flops, _, moved = cost(spec, dtype).evaluate()
+    if spec.depthwise:
+        arith = flops / (ELEMENTWISE_FLOPS * FUSED_DEPTHWISE_SPEEDUP)
+        return Prediction(arith, 0.0, BACKWARD_DEPTHWISE * arith)
+    rate = gemm_rate(spec.group_in_features, spec.group_out_features)
+    return Prediction.scaled(flops / rate, moved / COPY_BYTES_PER_S, BACKWARD, BACKWARD_COPY)

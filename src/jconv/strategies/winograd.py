@@ -26,14 +26,24 @@ import sympy as sp
 from jax import lax
 
 from .._spec import ConvSpec
-from ._common import Cost, Geometry, chunked_cost, lower_chunked, make_cost
+from ._common import Cost, Geometry, check_rank, chunked_cost, lower_chunked, make_cost
+from ._model import COPY_BYTES_PER_S, Prediction, gemm_rate
+
+AUTO = True
+"""`strategy="auto"` may pick F(2x2, 3x3): its rounding error is that of summing the taps."""
+OVERHEAD = 1.5
+"""Predicted time over the cost at the model's rates (three GEMMs, two of depth 16)."""
+BACKWARD = 0.6
+"""Gradients over the forward's predicted arithmetic: the transposes of its three GEMMs."""
+BACKWARD_COPY = 0.3
+"""Gradients over the forward's predicted copies."""
 
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
 AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
 
 
-def applicable(spec: ConvSpec, dtype: jnp.dtype) -> str | None:
+def applicable(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> str | None:
     """Why Winograd F(m x m, 3x3) cannot run ``spec``, or None."""
     if spec.num_spatial != 2 or spec.window != (3, 3):
         return f"it needs a 2-D 3x3 window, got {spec.window}"
@@ -60,11 +70,11 @@ def lower_tiles(
     ``matrices = (B^T, G, A^T)`` of shapes ``(a, a)``, ``(a, 3)``, ``(m, a)``."""
     bt, gm, at = matrices
     m, a = at.shape
-    n, c = xp.shape[0], xp.shape[-1]
+    n = xp.shape[0]
     ho, wo = spec.out_spatial
     th, tw = -(-ho // m), -(-wo // m)
     g, f = spec.feature_group_count, spec.out_features
-    cg, fq = c // g, f // g
+    cg, fq = spec.group_in_features, spec.group_out_features
     x = xp.astype(acc_dtype)
     x = jnp.pad(x, ((0, 0), (0, m * th + m - x.shape[1]), (0, m * tw + m - x.shape[2]), (0, 0)))
     # tile (i, j) is rows m*i .. m*i + a - 1: block i of m rows and 2 rows of block i + 1
@@ -117,9 +127,25 @@ def cost_of(geo: Geometry) -> Cost:
     return tiles_cost_of(geo, 2)
 
 
-def cost(spec: ConvSpec, itemsize: int = 4) -> Cost:
+def cost(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Cost:
     """Cost of Winograd F(2x2, 3x3) for ``spec``, batch chunks included."""
-    return chunked_cost(spec, itemsize, cost_of)
+    return chunked_cost(spec, dtype, cost_of)
 
 
-__all__ = ["applicable", "cost", "cost_of", "lower", "lower_tiles", "tiles_cost_of"]
+def formula(num_spatial: int) -> Cost:
+    """`cost_of` over the symbols of `Geometry.symbols` (2-D only)."""
+    check_rank("winograd", num_spatial, 2)
+    return cost_of(Geometry.symbols(num_spatial))
+
+
+def predict_tiles(spec: ConvSpec, dtype: jax.typing.DTypeLike, c: Cost) -> Prediction:
+    """GEMMs of depth ``C_g`` and width ``F_g`` for the mixing, times `OVERHEAD`."""
+    flops, _, moved = c.evaluate()
+    rate = gemm_rate(spec.group_in_features, spec.group_out_features)
+    return Prediction.scaled(OVERHEAD * flops / rate, OVERHEAD * moved / COPY_BYTES_PER_S,
+                             BACKWARD, BACKWARD_COPY)
+
+
+def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Prediction:
+    """`predict_tiles` of F(2x2, 3x3)'s cost."""
+    return predict_tiles(spec, dtype, cost(spec, dtype))

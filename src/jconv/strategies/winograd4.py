@@ -16,8 +16,14 @@ import numpy as np
 from jax import lax
 
 from .._spec import ConvSpec
-from ._common import Cost, Geometry, chunked_cost, lower_chunked
-from .winograd import applicable, lower_tiles, tiles_cost_of
+from ._common import Cost, Geometry, check_rank, chunked_cost, lower_chunked
+from ._model import Prediction
+from .winograd import BACKWARD, BACKWARD_COPY, applicable, lower_tiles, predict_tiles, tiles_cost_of
+
+AUTO = False
+"""`strategy="auto"` never picks F(4x4, 3x3): its rounding error measured 20-40x that of
+summing the taps or of F(2x2, 3x3) (a few 1e-6 of ``sum |x| |w|`` in float32), a trade to
+ask for with ``strategy="winograd4"``."""
 
 BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
                [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64)
@@ -45,9 +51,30 @@ def cost_of(geo: Geometry) -> Cost:
     return tiles_cost_of(geo, 4)
 
 
-def cost(spec: ConvSpec, itemsize: int = 4) -> Cost:
+def cost(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Cost:
     """Cost of Winograd F(4x4, 3x3) for ``spec``, batch chunks included."""
-    return chunked_cost(spec, itemsize, cost_of)
+    return chunked_cost(spec, dtype, cost_of)
 
 
-__all__ = ["applicable", "cost", "cost_of", "lower"]
+def formula(num_spatial: int) -> Cost:
+    """`cost_of` over the symbols of `Geometry.symbols` (2-D only)."""
+    check_rank("winograd4", num_spatial, 2)
+    return cost_of(Geometry.symbols(num_spatial))
+
+
+def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Prediction:
+    """`winograd.predict_tiles` of F(4x4, 3x3)'s cost, with F(2x2, 3x3)'s factors."""
+    return predict_tiles(spec, dtype, cost(spec, dtype))
+
+
+__all__ = [
+    "AUTO",
+    "BACKWARD",
+    "BACKWARD_COPY",
+    "applicable",
+    "cost",
+    "cost_of",
+    "formula",
+    "lower",
+    "predict",
+]

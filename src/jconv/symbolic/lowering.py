@@ -18,7 +18,8 @@ The temp-byte models are checked against XLA's buffer assignment in tests/test_m
 
 from __future__ import annotations
 
-import sympy as sp
+import jax
+import jax.numpy as jnp
 
 from .._spec import ConvSpec
 from ..strategies import STRATEGIES, Cost, Geometry
@@ -31,23 +32,19 @@ def lowering_names() -> tuple[str, ...]:
     return tuple(STRATEGIES)
 
 
-def lowering_costs(spec: ConvSpec, itemsize: int = 4) -> dict[str, Cost]:
-    """``{name: Cost}`` for every lowering that can run ``spec`` (SymPy numbers).
-
-    ``itemsize``: bytes per element of the operands (4 for float32).
-    """
-    import jax.numpy as jnp
-
-    dtype = jnp.dtype({2: jnp.float16, 4: jnp.float32, 8: jnp.float64}.get(itemsize, jnp.float32))
+def lowering_costs(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> dict[str, Cost]:
+    """``{name: Cost}`` for every lowering that can run ``spec`` with operands of ``dtype``
+    (SymPy numbers)."""
     return {
-        name: mod.cost(spec, itemsize)
+        name: mod.cost(spec, dtype)
         for name, mod in STRATEGIES.items()
-        if mod.applicable(spec, dtype) is None
+        if mod.applicable(spec, jnp.dtype(dtype)) is None
     }
 
 
 def lowering_cost_formula(name: str, num_spatial: int) -> Cost:
-    """The cost of lowering ``name`` as SymPy formulas over ``num_spatial`` spatial dims.
+    """The cost of lowering ``name`` as SymPy formulas over ``num_spatial`` spatial dims
+    (the lowering's ``formula``).
 
     The symbolic window is general (a numeric 1x1 kernel without padding or strides makes
     no slice copies); for the FFT the transform lengths are the padded sizes ``p_i``, for
@@ -59,13 +56,4 @@ def lowering_cost_formula(name: str, num_spatial: int) -> Cost:
     """
     if name not in STRATEGIES:
         raise ValueError(f"`name` (={name!r}) must be one of {sorted(STRATEGIES)}.")
-    fixed = {"winograd": 2, "winograd4": 2, "dft": 1}.get(name)
-    if fixed is not None and num_spatial != fixed:
-        raise ValueError(f"`num_spatial` (={num_spatial!r}) must be {fixed} for {name!r}.")
-    geo = Geometry.symbols(num_spatial)
-    mod = STRATEGIES[name]
-    if name == "polyphase":
-        return mod.cost_of(geo, sp.Symbol("S", integer=True, positive=True))
-    if name == "scatter":
-        return mod.cost_of(geo, sp.Symbol("spread", integer=True, nonnegative=True))
-    return mod.cost_of(geo)
+    return STRATEGIES[name].formula(num_spatial)

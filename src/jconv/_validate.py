@@ -1,0 +1,134 @@
+"""Validators shared by every public entry point: each returns the value in normal form or
+raises a `TypeError`/`ValueError` naming the argument, its value and the rule, before any
+tracing, so errors are the same eagerly and under `jax.jit`."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+__all__ = [
+    "as_int",
+    "check_operands",
+    "check_precision",
+    "check_preferred",
+    "int_tuple",
+    "is_intlike",
+    "listify",
+]
+
+
+def as_int(name: str, value: Any, *, minimum: int | None = None) -> int:
+    """Return `value` as a Python int, or raise a TypeError/ValueError naming `name`."""
+    if isinstance(value, bool):
+        raise TypeError(f"`{name}` (={value!r}) must be an integer, not a bool.")
+    try:
+        out = operator.index(value)
+    except TypeError as e:
+        raise TypeError(
+            f"`{name}` (={value!r}) must be an integer, got {type(value).__name__}."
+        ) from e
+    if minimum is not None and out < minimum:
+        raise ValueError(f"`{name}` (={out}) must be >= {minimum}.")
+    return out
+
+def listify(value: Any) -> Any:
+    """A NumPy array of rank >= 1 as nested lists (lax accepts arrays as sequences)."""
+    return value.tolist() if isinstance(value, np.ndarray) and value.ndim >= 1 else value
+
+def int_tuple(name: str, value: Any, n: int, *, minimum: int, broadcast: bool) -> tuple[int, ...]:
+    """Normalise an int or a length-`n` sequence of ints to a tuple of ints."""
+    value = listify(value)
+    if value is None:
+        return (1,) * n
+    if broadcast and not isinstance(value, (Sequence,)) and is_intlike(value):
+        return (as_int(name, value, minimum=minimum),) * n
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"`{name}` (={value!r}) must be a sequence of {n} integers"
+            + (" or a single integer." if broadcast else ".")
+        )
+    if len(value) != n:
+        raise ValueError(
+            f"`{name}` (={tuple(value)!r}) must have one entry per spatial dimension "
+            f"(={n}), got {len(value)}."
+        )
+    return tuple(as_int(f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(value))
+
+def is_intlike(value: Any) -> bool:
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+def check_operands(lhs: Any, rhs: Any) -> tuple[jax.Array, jax.Array]:
+    """Arrays of one numeric dtype, or a TypeError naming the culprit."""
+    out = []
+    for name, a in (("lhs", lhs), ("rhs", rhs)):
+        if not hasattr(a, "shape") or not hasattr(a, "dtype"):
+            try:
+                a = jnp.asarray(a)
+            except TypeError as e:
+                raise TypeError(f"`{name}` (={a!r}) must be an array.") from e
+        dt = jnp.dtype(a.dtype)
+        if not (jnp.issubdtype(dt, jnp.number) or dt == jnp.dtype(bool)):
+            raise TypeError(
+                f"`{name}` has dtype {dt}; convolution needs a numeric or bool dtype."
+            )
+        out.append(a)
+    if jnp.dtype(out[0].dtype) != jnp.dtype(out[1].dtype):
+        raise TypeError(
+            f"`lhs` (dtype {out[0].dtype}) and `rhs` (dtype {out[1].dtype}) must have the same "
+            "dtype; cast one of them explicitly."
+        )
+    return out[0], out[1]
+
+def check_preferred(preferred: Any, dtype: np.dtype) -> np.dtype | None:
+    """Validate `preferred_element_type` against the input dtype, as lax does."""
+    if preferred is None:
+        return None
+    try:
+        pet = jnp.dtype(preferred)
+    except TypeError as e:
+        raise TypeError(f"`preferred_element_type` (={preferred!r}) is not a dtype.") from e
+    int_to_float = jnp.issubdtype(dtype, jnp.integer) and jnp.issubdtype(pet, jnp.floating)
+    if not int_to_float:
+        for kind in (jnp.integer, jnp.floating, jnp.complexfloating):
+            if jnp.issubdtype(dtype, kind) and not jnp.issubdtype(pet, kind):
+                raise TypeError(
+                    f"`preferred_element_type` (={pet}) is incompatible with the input dtype "
+                    f"(={dtype}): allowed are integer->integer, integer->floating, "
+                    "floating->floating and complex->complex."
+                )
+        if jnp.issubdtype(dtype, jnp.signedinteger) and not jnp.issubdtype(pet, jnp.signedinteger):
+            raise TypeError(
+                f"`preferred_element_type` (={pet}) must be signed like the input dtype (={dtype})."
+            )
+    if pet.itemsize < jnp.dtype(dtype).itemsize:
+        raise TypeError(
+            f"`preferred_element_type` (={pet}) must not be narrower than the input dtype "
+            f"(={dtype})."
+        )
+    return pet
+
+def check_precision(precision: Any) -> Any:
+    """None, a `lax.Precision` (or its name) or a pair of them, made hashable."""
+    items = precision if isinstance(precision, (list, tuple)) else (precision,)
+    if len(items) not in (1, 2):
+        raise ValueError(f"`precision` (={precision!r}) must be one precision or a pair.")
+    for p in items:
+        if p is None or isinstance(p, lax.Precision):
+            continue
+        if not isinstance(p, str) or p.upper() not in lax.Precision.__members__:
+            raise ValueError(
+                f"`precision` (={precision!r}) must be None, a lax.Precision, one of "
+                f"{sorted(lax.Precision.__members__)}, or a pair of these."
+            )
+    return tuple(precision) if isinstance(precision, list) else precision

@@ -1,0 +1,133 @@
+"""`strategy="auto"`: a plain choice over what the lowerings state, under a memory budget.
+
+Every lowering module (`jconv.strategies`) states whether it can run a spec
+(``applicable``), its temp bytes (``cost``) and its predicted time (``predict``). The planner
+drops lowerings that cannot run the spec, that ``auto`` may not pick (``AUTO``) or whose temp
+bytes exceed the budget, and takes the least predicted time: of the forward alone (`plan`),
+or of the forward plus both gradients (``plan(..., differentiated=True)``). The engine
+computes values with the first; when differentiated, values and derivatives with the
+second. Choices are cached per (spec, dtype, budget). A forced strategy whose temp bytes
+exceed the budget raises `ValueError` before anything is allocated.
+
+>>> from jconv import ConvSpec
+>>> spec = ConvSpec.from_lax((8, 28, 28, 64), (3, 3, 64, 64), (1, 1), "SAME",
+...                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+>>> plan(spec, jnp.float32) in STRATEGIES
+True
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+
+from ._spec import ConvSpec
+from .strategies import STRATEGIES
+
+__all__ = [
+    "BUDGET_FRACTION",
+    "available_memory",
+    "check_budget",
+    "get_memory_budget",
+    "plan",
+    "resolve",
+    "set_memory_budget",
+]
+
+BUDGET_FRACTION = 0.5
+"""Default budget: this fraction of the memory available on the default device."""
+
+_budget: int | None = None
+
+
+def available_memory() -> int:
+    """Bytes available on the default device: the accelerator's free memory, or the host's
+    ``MemAvailable`` (falling back to total physical memory)."""
+    dev = jax.devices()[0]
+    stats = dev.memory_stats() if dev.platform != "cpu" else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def set_memory_budget(nbytes: int | None) -> None:
+    """Cap the temp bytes of any lowering at `nbytes`; None restores the default
+    (`BUDGET_FRACTION` of `available_memory()`)."""
+    global _budget
+    if nbytes is not None:
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes <= 0:
+            raise ValueError(f"`nbytes` (={nbytes!r}) must be a positive int or None.")
+    _budget = nbytes
+
+
+def get_memory_budget() -> int:
+    """The current budget in bytes."""
+    if _budget is not None:
+        return _budget
+    return int(BUDGET_FRACTION * available_memory())
+
+
+def _why_not(name: str, spec: ConvSpec, dtype: jnp.dtype, budget: int) -> str | None:
+    """Why `name` cannot run `spec` (inapplicable, or over the budget), or None."""
+    reason = STRATEGIES[name].applicable(spec, dtype)
+    if reason is not None:
+        return reason
+    temp = float(STRATEGIES[name].cost(spec, dtype).temp_bytes)
+    if temp > budget:
+        return f"its temp bytes (={temp:.4g}) exceed the memory budget (={budget})"
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(spec: ConvSpec, dtype: jnp.dtype, budget: int, differentiated: bool) -> str:
+    options = [n for n, m in STRATEGIES.items()
+               if m.AUTO and _why_not(n, spec, dtype, budget) is None]
+    if not options:
+        shift = float(STRATEGIES["shift"].cost(spec, dtype).temp_bytes)
+        raise ValueError(
+            f"No lowering fits the memory budget (={budget} bytes) for this convolution "
+            f"(shift needs {shift:.4g}); raise it with jconv.set_memory_budget."
+        )
+    predictions = {n: STRATEGIES[n].predict(spec, dtype) for n in options}
+    if differentiated:
+        return min(options, key=lambda n: predictions[n].total)
+    return min(options, key=lambda n: predictions[n].forward)
+
+
+def plan(spec: ConvSpec, dtype: jax.typing.DTypeLike, *, differentiated: bool = False) -> str:
+    """The lowering `strategy="auto"` runs for `spec` at `dtype`: the least predicted
+    forward time, or with ``differentiated`` the least forward plus backward (cached)."""
+    return _plan(spec, jnp.dtype(dtype), get_memory_budget(), differentiated)
+
+
+def check_budget(name: str, spec: ConvSpec, dtype: jax.typing.DTypeLike) -> None:
+    """Raise ValueError if forced lowering `name` cannot run `spec` or exceeds the budget."""
+    reason = _why_not(name, spec, jnp.dtype(dtype), get_memory_budget())
+    if reason is not None:
+        raise ValueError(f"`strategy` (={name!r}) cannot run this convolution: {reason}.")
+
+
+def resolve(strategy: str, spec: ConvSpec, dtype: jax.typing.DTypeLike) -> tuple[str, str]:
+    """Validate `strategy` ("auto" or a lowering name) and return the lowerings to run:
+    ``(values, differentiated)``, the same one unless "auto"."""
+    if not isinstance(strategy, str) or (strategy != "auto" and strategy not in STRATEGIES):
+        raise ValueError(
+            f"`strategy` (={strategy!r}) must be 'auto' or one of {sorted(STRATEGIES)}."
+        )
+    if spec.empty:
+        name = "shift" if strategy == "auto" else strategy  # the engine returns zeros
+        return name, name
+    if strategy == "auto":
+        return plan(spec, dtype), plan(spec, dtype, differentiated=True)
+    check_budget(strategy, spec, dtype)
+    return strategy, strategy
