@@ -56,20 +56,72 @@ def test_fft_is_not_picked_where_measured_slower() -> None:
         assert planner.plan(_spec((8, 4096, 64), (k,), 64), F32) != "fft"
 
 
-def test_long_1d_windows_use_dft_tiles() -> None:
+def test_long_1d_windows_use_dft_tiles_when_speed_is_asked_for() -> None:
     """1-D, 64 channels: the DFT tiles measured 0.5-0.9x native (forward and backward) at
-    k = 15 and 31; at k = 3 summing taps is faster and the tiles are not allowed."""
+    k = 15 and 31; at k = 3 summing taps is faster and the tiles are not allowed. Their
+    error is normwise only: by default (lax's accuracy class) they are never planned."""
     for k in (15, 31):
         spec = _spec((8, 4096, 64), (k,), 64)
-        assert planner.plan(spec, F32) == planner.plan(spec, F32, differentiated=True) == "dft"
+        for precision in ("tensorfloat32", "bfloat16", "fastest"):
+            assert planner.plan(spec, F32, precision=precision) == "dft"
+            assert planner.plan(spec, F32, differentiated=True, precision=precision) == "dft"
+        assert "dft" not in (planner.plan(spec, F32), planner.plan(spec, F32, differentiated=True))
+        with jax.default_matmul_precision("tensorfloat32"):
+            assert planner.plan(spec, F32) == "dft"
     spec = _spec((8, 4096, 64), (3,), 64)
-    assert "dft" not in (planner.plan(spec, F32), planner.plan(spec, F32, differentiated=True))
+    fast = dict(precision="tensorfloat32")
+    assert "dft" not in (planner.plan(spec, F32, **fast),
+                         planner.plan(spec, F32, differentiated=True, **fast))
     assert STRATEGIES["dft"].predict(spec).forward == math.inf
+
+
+@pytest.mark.parametrize("precision", [None, "highest", "float32", "default",
+                                       lax.Precision.DEFAULT, lax.Precision.HIGHEST,
+                                       ("tensorfloat32", "highest")])
+def test_default_calls_keep_lax_accuracy_class(precision: object) -> None:
+    """Without a request for speed, auto plans only lowerings whose error is that of summing
+    the taps: a 9x9 circular-padded convolution of ones is exact, as lax's is on the CPU
+    (the FFT, picked for windows of 49+ taps when speed is asked for, is not)."""
+    assert not planner.allows_normwise(precision)
+    x, w = jnp.ones((2, 20, 20, 3), jnp.float32), jnp.ones((9, 9, 3, 4), jnp.float32)
+    args = dict(window_strides=(1, 1), padding=((4, 4), (4, 4)),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    spec = ConvSpec.from_lax(x.shape, w.shape, **args)
+    for differentiated in (False, True):
+        pick = planner.plan(spec, F32, differentiated=differentiated, precision=precision)
+        assert STRATEGIES[pick].ACCURACY == "summation", pick
+    y = jconv.conv_general_dilated(x, w, **args, precision=precision)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(lax.conv_general_dilated(x, w, **args)))
+    fast = planner.plan(spec, F32, precision="bfloat16")
+    assert STRATEGIES[fast].ACCURACY == "normwise", fast  # the fast class pays here
+
+
+def test_lowerings_state_their_accuracy_class() -> None:
+    """The Fourier lowerings and F(4x4, 3x3) are normwise-accurate only; the rest sum taps."""
+    normwise = {n for n, m in STRATEGIES.items() if m.ACCURACY == "normwise"}
+    assert normwise == {"fft", "dft", "winograd4"}
+    assert {m.ACCURACY for m in STRATEGIES.values()} == {"normwise", "summation"}
+
+
+def test_the_plan_follows_the_accumulation_dtype() -> None:
+    """float16 operands accumulated in float32 plan (and compute) like float32 operands: the
+    same lowering, the same result bit for bit."""
+    rng = np.random.default_rng(3)
+    x16 = jnp.asarray(rng.standard_normal((2, 16, 16, 3)), jnp.float16)
+    w16 = jnp.asarray(rng.standard_normal((3, 3, 3, 4)), jnp.float16)
+    args = dict(window_strides=(2, 2), padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    spec = ConvSpec.from_lax(x16.shape, w16.shape, **args)
+    # the item size moves the copies' predicted time: planned by the input, the two differ
+    assert planner.plan(spec, jnp.float16) != planner.plan(spec, F32)
+    got = jconv.conv_general_dilated(x16, w16, **args, preferred_element_type=jnp.float32)
+    want = jconv.conv_general_dilated(x16.astype(jnp.float32), w16.astype(jnp.float32), **args)
+    assert got.dtype == want.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 @pytest.mark.parametrize("k", [1, 3, 7, 15])
 def test_small_windows_of_exact_values_stay_exact(k: int) -> None:
-    """Below `FFT_MIN_TAPS` and `DFT_MIN_TAPS` auto never takes the Fourier lowerings, whose
+    """Below `fft.MIN_TAPS` and `dft.MIN_TAPS` auto never takes the Fourier lowerings, whose
     round-off touches every output, nor for one channel, where summing taps costs less: a
     conv of ones over ones counts the taps exactly, as the definition does."""
     x, w = jnp.ones((1, 30, 1), jnp.float32), jnp.ones((k, 1, 1), jnp.float32)

@@ -135,8 +135,8 @@ def conv_general_dilated(
     )
     pet = check_preferred(preferred_element_type, jnp.dtype(lhs.dtype))
     prec = check_precision(precision)
-    lowerings = planner.resolve(strategy, spec, lhs.dtype)
     out_dtype = pet if pet is not None else jnp.dtype(lhs.dtype)
+    lowerings = planner.resolve(strategy, spec, out_dtype, prec)  # planned as accumulated
     y = _run(lhs, rhs, spec=spec, lowerings=lowerings, precision=prec, out_dtype=out_dtype)
     # `out_sharding` as in lax (Flax's nnx.Conv always passes it, usually None)
     return y if out_sharding is None else jax.sharding.reshard(y, out_sharding)

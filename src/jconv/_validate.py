@@ -69,10 +69,13 @@ def is_intlike(value: Any) -> bool:
     return True
 
 def check_operands(lhs: Any, rhs: Any) -> tuple[jax.Array, jax.Array]:
-    """Arrays of one numeric dtype, or a TypeError naming the culprit."""
+    """Arrays of one numeric dtype, or a TypeError naming the culprit. NumPy arrays become
+    JAX arrays first, so their dtypes are canonicalised as lax's are (float64 is float32
+    while 64-bit types are off)."""
     out = []
     for name, a in (("lhs", lhs), ("rhs", rhs)):
-        if not hasattr(a, "shape") or not hasattr(a, "dtype"):
+        if isinstance(a, (np.ndarray, np.generic)) or not (
+                hasattr(a, "shape") and hasattr(a, "dtype")):
             try:
                 a = jnp.asarray(a)
             except TypeError as e:
@@ -118,17 +121,29 @@ def check_preferred(preferred: Any, dtype: np.dtype) -> np.dtype | None:
         )
     return pet
 
+def _precision_name_ok(p: str) -> bool:
+    """True for the names lax takes: a `lax.Precision` member or alias ('fastest',
+    'tensorfloat32', ...) or a `lax.DotAlgorithmPreset` name."""
+    try:
+        lax.Precision(p)
+    except ValueError:
+        return p in lax.DotAlgorithmPreset.__members__
+    return True
+
+
 def check_precision(precision: Any) -> Any:
-    """None, a `lax.Precision` (or its name) or a pair of them, made hashable."""
+    """None, a `lax.Precision`, one of its names or aliases, a `lax.DotAlgorithmPreset`
+    (or its name), or a pair of precisions, as lax takes them; made hashable."""
     items = precision if isinstance(precision, (list, tuple)) else (precision,)
     if len(items) not in (1, 2):
         raise ValueError(f"`precision` (={precision!r}) must be one precision or a pair.")
     for p in items:
-        if p is None or isinstance(p, lax.Precision):
+        if p is None or isinstance(p, (lax.Precision, lax.DotAlgorithmPreset)):
             continue
-        if not isinstance(p, str) or p.upper() not in lax.Precision.__members__:
+        if not isinstance(p, str) or not _precision_name_ok(p):
             raise ValueError(
-                f"`precision` (={precision!r}) must be None, a lax.Precision, one of "
-                f"{sorted(lax.Precision.__members__)}, or a pair of these."
+                f"`precision` (={precision!r}) must be None, a lax.Precision or one of its "
+                "names ('default', 'fastest', 'bfloat16', 'high', 'tensorfloat32', "
+                "'highest', 'float32'), a lax.DotAlgorithmPreset, or a pair of these."
             )
     return tuple(precision) if isinstance(precision, list) else precision

@@ -2,9 +2,16 @@
 
 Every lowering module (`jconv.strategies`) states whether it can run a spec
 (``applicable``), its temp bytes (``cost``) and its predicted time (``predict``). The planner
-drops lowerings that cannot run the spec, that ``auto`` may not pick (``AUTO``) or whose temp
-bytes exceed the budget, and takes the least predicted time: of the forward alone (`plan`),
-or of the forward plus both gradients (``plan(..., differentiated=True)``). The engine
+drops lowerings that cannot run the spec, that ``auto`` may not pick (``AUTO``), whose temp
+bytes exceed the budget, or whose accuracy class (``ACCURACY``) the call does not allow, and
+takes the least predicted time: of the forward alone (`plan`), or of the forward plus both
+gradients (``plan(..., differentiated=True)``).
+
+Accuracy policy: by default the planner keeps to lax's accuracy class on the backend,
+``"summation"`` lowerings whose error is that of summing the taps in the accumulation
+dtype (on the CPU exact on small-integer data). Lowerings whose error is bounded normwise
+only (``"normwise"``: `fft`, `dft`, `winograd4`) are planned only when the caller asks for
+speed through JAX's own knob (`allows_normwise`), or forced with ``strategy=``. The engine
 computes values with the first; when differentiated, values and derivatives with the
 second. Choices are cached per (spec, dtype, budget). A forced strategy whose temp bytes
 exceed the budget raises `ValueError` before anything is allocated.
@@ -20,15 +27,19 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from ._spec import ConvSpec
 from .strategies import STRATEGIES
 
 __all__ = [
     "BUDGET_FRACTION",
+    "FAST_PRECISIONS",
+    "allows_normwise",
     "available_memory",
     "check_budget",
     "get_memory_budget",
@@ -36,6 +47,12 @@ __all__ = [
     "resolve",
     "set_memory_budget",
 ]
+
+FAST_PRECISIONS = frozenset({"fastest", "bfloat16", "high", "bfloat16_3x", "tensorfloat32"})
+"""Precision names (`precision=` or `jax.default_matmul_precision`) that ask for speed over
+float32 products; `lax.DotAlgorithmPreset` names with bfloat16, tensorfloat32, float16 or
+float8 operands ask the same."""
+_FAST_PRESETS = ("BF16_", "TF32_", "F16_", "ANY_F8_")
 
 BUDGET_FRACTION = 0.5
 """Default budget: this fraction of the memory available on the default device."""
@@ -77,6 +94,30 @@ def get_memory_budget() -> int:
     return int(BUDGET_FRACTION * available_memory())
 
 
+def allows_normwise(precision: Any) -> bool:
+    """True if the call asks for speed over lax's accuracy class: every operand's
+    `precision` (a name in `FAST_PRECISIONS` or a reduced-precision `DotAlgorithmPreset`),
+    or, with ``precision=None``, `jax.default_matmul_precision`. `lax.Precision` members
+    are not requests (``Precision.DEFAULT`` is what lax runs anyway).
+
+    >>> allows_normwise(None), allows_normwise("tensorfloat32")
+    (False, True)
+    >>> with jax.default_matmul_precision("bfloat16"):
+    ...     allows_normwise(None)
+    True
+    """
+    if precision is None:
+        precision = jax.config.jax_default_matmul_precision  # type: ignore[attr-defined]
+    items = precision if isinstance(precision, tuple) else (precision,)
+
+    def fast(p: Any) -> bool:
+        name = p.name if isinstance(p, lax.DotAlgorithmPreset) else p
+        return isinstance(name, str) and (
+            name.lower() in FAST_PRECISIONS or name.upper().startswith(_FAST_PRESETS))
+
+    return all(fast(p) for p in items)
+
+
 def _why_not(name: str, spec: ConvSpec, dtype: jnp.dtype, budget: int) -> str | None:
     """Why `name` cannot run `spec` (inapplicable, or over the budget), or None."""
     reason = STRATEGIES[name].applicable(spec, dtype)
@@ -89,9 +130,11 @@ def _why_not(name: str, spec: ConvSpec, dtype: jnp.dtype, budget: int) -> str | 
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan(spec: ConvSpec, dtype: jnp.dtype, budget: int, differentiated: bool) -> str:
+def _plan(spec: ConvSpec, dtype: jnp.dtype, budget: int, differentiated: bool,
+          normwise: bool) -> str:
     options = [n for n, m in STRATEGIES.items()
-               if m.AUTO and _why_not(n, spec, dtype, budget) is None]
+               if m.AUTO and (normwise or m.ACCURACY == "summation")
+               and _why_not(n, spec, dtype, budget) is None]
     if not options:
         shift = float(STRATEGIES["shift"].cost(spec, dtype).temp_bytes)
         raise ValueError(
@@ -104,10 +147,13 @@ def _plan(spec: ConvSpec, dtype: jnp.dtype, budget: int, differentiated: bool) -
     return min(options, key=lambda n: predictions[n].forward)
 
 
-def plan(spec: ConvSpec, dtype: jax.typing.DTypeLike, *, differentiated: bool = False) -> str:
-    """The lowering `strategy="auto"` runs for `spec` at `dtype`: the least predicted
-    forward time, or with ``differentiated`` the least forward plus backward (cached)."""
-    return _plan(spec, jnp.dtype(dtype), get_memory_budget(), differentiated)
+def plan(spec: ConvSpec, dtype: jax.typing.DTypeLike, *, differentiated: bool = False,
+         precision: Any = None) -> str:
+    """The lowering `strategy="auto"` runs for `spec`, accumulating in `dtype`: the least
+    predicted forward time, or with ``differentiated`` the least forward plus backward,
+    among the accuracy classes `precision` allows (`allows_normwise`; cached)."""
+    return _plan(spec, jnp.dtype(dtype), get_memory_budget(), differentiated,
+                 allows_normwise(precision))
 
 
 def check_budget(name: str, spec: ConvSpec, dtype: jax.typing.DTypeLike) -> None:
@@ -117,9 +163,11 @@ def check_budget(name: str, spec: ConvSpec, dtype: jax.typing.DTypeLike) -> None
         raise ValueError(f"`strategy` (={name!r}) cannot run this convolution: {reason}.")
 
 
-def resolve(strategy: str, spec: ConvSpec, dtype: jax.typing.DTypeLike) -> tuple[str, str]:
-    """Validate `strategy` ("auto" or a lowering name) and return the lowerings to run:
-    ``(values, differentiated)``, the same one unless "auto"."""
+def resolve(strategy: str, spec: ConvSpec, dtype: jax.typing.DTypeLike,
+            precision: Any = None) -> tuple[str, str]:
+    """Validate `strategy` ("auto" or a lowering name) and return the lowerings to run for
+    a call accumulating in `dtype` with `precision`: ``(values, differentiated)``, the same
+    one unless "auto"."""
     if not isinstance(strategy, str) or (strategy != "auto" and strategy not in STRATEGIES):
         raise ValueError(
             f"`strategy` (={strategy!r}) must be 'auto' or one of {sorted(STRATEGIES)}."
@@ -128,6 +176,7 @@ def resolve(strategy: str, spec: ConvSpec, dtype: jax.typing.DTypeLike) -> tuple
         name = "shift" if strategy == "auto" else strategy  # the engine returns zeros
         return name, name
     if strategy == "auto":
-        return plan(spec, dtype), plan(spec, dtype, differentiated=True)
+        return (plan(spec, dtype, precision=precision),
+                plan(spec, dtype, differentiated=True, precision=precision))
     check_budget(strategy, spec, dtype)
     return strategy, strategy

@@ -12,7 +12,9 @@ pad, slice, reshape and einsum/`dot_general` (FFTs for `fft`). Each module state
   ``formula(num_spatial)``: the same over the symbols of `Geometry.symbols`.
 - ``predict(spec, dtype)``: its predicted time (`Prediction`, from the rates of `_model`
   and its own factors), ``BACKWARD``/``BACKWARD_COPY``: how its gradients scale with the
-  forward's arithmetic and copies, and ``AUTO``: whether ``strategy="auto"`` may pick it.
+  forward's arithmetic and copies, ``AUTO``: whether ``strategy="auto"`` may pick it, and
+  ``ACCURACY``: ``"summation"`` (the error of summing the taps, lax's class) or
+  ``"normwise"`` (planned only when the caller asks for speed, `jconv.planner`).
 
 `STRATEGIES` is the registry; ``strategy=`` takes its keys. This namespace is public: the
 modules' interface above is stable for those who study or extend the lowerings.
@@ -39,6 +41,7 @@ class Lowering(Protocol):
     """What a lowering module provides (see the module docstring)."""
 
     AUTO: bool
+    ACCURACY: str
     BACKWARD: float
     BACKWARD_COPY: float
 

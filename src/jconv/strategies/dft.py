@@ -37,6 +37,9 @@ from ._model import COPY_BYTES_PER_S, NEVER, Prediction, gemm_rate
 
 AUTO = True
 """`strategy="auto"` may pick DFT tiles for windows of `MIN_TAPS` taps and more."""
+ACCURACY = "normwise"
+"""Error bounded normwise only (the DFT matrices' round-off spreads over every output):
+planned only where the caller asks for speed (`jconv.planner.allows_normwise`)."""
 MIN_TAPS = 7
 """Planned only for windows of at least this many taps: round-off spreads over every
 output as in `fft`; at 64 channels the tiles measured 1.7x (forward) and 1.05x

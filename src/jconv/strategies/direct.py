@@ -30,6 +30,9 @@ from ._model import ELEMENTWISE_FLOPS, NEVER, Prediction
 
 AUTO = True
 """`strategy="auto"` may pick the direct lowering (for thin groups, `predict`)."""
+ACCURACY = "summation"
+"""Rounding error of summing the taps in the accumulation dtype (lax's class on the CPU;
+exact on small-integer data)."""
 MAX_PLANNED_CG = 8
 """Largest ``C_g`` the planner considers: autodiff stores a product per term."""
 BACKWARD = 17.0

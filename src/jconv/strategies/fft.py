@@ -22,6 +22,9 @@ from ._model import COPY_BYTES_PER_S, FFT_FLOPS, NEVER, Prediction
 
 AUTO = True
 """`strategy="auto"` may pick the FFT for windows of `MIN_TAPS` taps and more."""
+ACCURACY = "normwise"
+"""Error bounded normwise only (the transforms' round-off spreads over every output):
+planned only where the caller asks for speed (`jconv.planner.allows_normwise`)."""
 MIN_TAPS = 49
 """Planned only for windows of at least this many taps (7x7, or k >= 49 in 1-D): its
 round-off is spread over every output, so small convolutions of exact values (integers,

@@ -33,6 +33,9 @@ from ._model import COPY_BYTES_PER_S, Prediction, gemm_rate
 
 AUTO = True
 """`strategy="auto"` may pick the hybrid."""
+ACCURACY = "summation"
+"""Rounding error of summing the taps in the accumulation dtype (lax's class on the CPU;
+exact on small-integer data)."""
 OVERHEAD_3D = 2.5
 """Predicted time over the cost at the model's rates for 3-D and up: nine copies of rows
 three times wider than the input."""

@@ -31,6 +31,9 @@ from ._model import COPY_BYTES_PER_S, Prediction, gemm_rate
 
 AUTO = True
 """`strategy="auto"` may pick patches."""
+ACCURACY = "summation"
+"""Rounding error of summing the taps in the accumulation dtype (lax's class on the CPU;
+exact on small-integer data)."""
 OVERHEAD = 1.5
 """Predicted time over the cost at the model's rates: XLA's CPU backend writes the
 concatenation of the slices at a fraction of memory bandwidth."""

@@ -31,6 +31,9 @@ from ._model import COPY_BYTES_PER_S, Prediction, gemm_rate
 
 AUTO = True
 """`strategy="auto"` may pick polyphase for lhs-dilated (transposed) convolutions."""
+ACCURACY = "summation"
+"""Rounding error of summing the taps in the accumulation dtype (lax's class on the CPU;
+exact on small-integer data)."""
 BACKWARD = 2.0
 """Gradients over the forward's predicted arithmetic."""
 BACKWARD_COPY = 0.2

@@ -42,6 +42,9 @@ from ._model import COPY_BYTES_PER_S, NEVER, Prediction, gemm_rate
 
 AUTO = True
 """`strategy="auto"` may pick scatter."""
+ACCURACY = "summation"
+"""Rounding error of summing the taps in the accumulation dtype (lax's class on the CPU;
+exact on small-integer data)."""
 BACKWARD = 0.8
 """Gradients over the forward's predicted arithmetic."""
 BACKWARD_COPY = 0.6

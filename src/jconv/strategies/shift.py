@@ -38,6 +38,9 @@ from ._model import COPY_BYTES_PER_S, ELEMENTWISE_FLOPS, Prediction, gemm_rate
 
 AUTO = True
 """`strategy="auto"` may pick shift-and-sum."""
+ACCURACY = "summation"
+"""Rounding error of summing the taps in the accumulation dtype (lax's class on the CPU;
+exact on small-integer data)."""
 BACKWARD = 0.5
 """Gradients over the forward's predicted arithmetic: two GEMMs per tap, transposed."""
 BACKWARD_COPY = 0.5

@@ -31,6 +31,9 @@ from ._model import COPY_BYTES_PER_S, Prediction, gemm_rate
 
 AUTO = True
 """`strategy="auto"` may pick F(2x2, 3x3): its rounding error is that of summing the taps."""
+ACCURACY = "summation"
+"""Rounding error of summing the taps in the accumulation dtype (lax's class on the CPU;
+exact on small-integer data)."""
 OVERHEAD = 1.5
 """Predicted time over the cost at the model's rates (three GEMMs, two of depth 16)."""
 BACKWARD = 0.6
@@ -138,14 +141,15 @@ def formula(num_spatial: int) -> Cost:
     return cost_of(Geometry.symbols(num_spatial))
 
 
-def predict_tiles(spec: ConvSpec, dtype: jax.typing.DTypeLike, c: Cost) -> Prediction:
-    """GEMMs of depth ``C_g`` and width ``F_g`` for the mixing, times `OVERHEAD`."""
+def predict_tiles(spec: ConvSpec, c: Cost, backward: float, backward_copy: float) -> Prediction:
+    """Cost ``c`` of F(m x m, 3x3) at GEMMs of depth ``C_g`` and width ``F_g`` (the mixing),
+    times `OVERHEAD`, with the given backward factors."""
     flops, _, moved = c.evaluate()
     rate = gemm_rate(spec.group_in_features, spec.group_out_features)
     return Prediction.scaled(OVERHEAD * flops / rate, OVERHEAD * moved / COPY_BYTES_PER_S,
-                             BACKWARD, BACKWARD_COPY)
+                             backward, backward_copy)
 
 
 def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Prediction:
     """`predict_tiles` of F(2x2, 3x3)'s cost."""
-    return predict_tiles(spec, dtype, cost(spec, dtype))
+    return predict_tiles(spec, cost(spec, dtype), BACKWARD, BACKWARD_COPY)

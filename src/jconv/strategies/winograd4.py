@@ -18,12 +18,21 @@ from jax import lax
 from .._spec import ConvSpec
 from ._common import Cost, Geometry, check_rank, chunked_cost, lower_chunked
 from ._model import Prediction
-from .winograd import BACKWARD, BACKWARD_COPY, applicable, lower_tiles, predict_tiles, tiles_cost_of
+from .winograd import applicable as applicable
+from .winograd import lower_tiles, predict_tiles, tiles_cost_of
 
 AUTO = False
 """`strategy="auto"` never picks F(4x4, 3x3): its rounding error measured 20-40x that of
 summing the taps or of F(2x2, 3x3) (a few 1e-6 of ``sum |x| |w|`` in float32), a trade to
 ask for with ``strategy="winograd4"``."""
+ACCURACY = "normwise"
+"""Error bounded normwise only (F(4x4, 3x3)'s transforms amplify round-off (entries up to 8
+and 1/24)): planned only where the caller asks for speed
+(`jconv.planner.allows_normwise`)."""
+BACKWARD = 0.6
+"""Gradients over the forward's predicted arithmetic, as for F(2x2, 3x3)."""
+BACKWARD_COPY = 0.3
+"""Gradients over the forward's predicted copies, as for F(2x2, 3x3)."""
 
 BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
                [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64)
@@ -63,18 +72,6 @@ def formula(num_spatial: int) -> Cost:
 
 
 def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Prediction:
-    """`winograd.predict_tiles` of F(4x4, 3x3)'s cost, with F(2x2, 3x3)'s factors."""
-    return predict_tiles(spec, dtype, cost(spec, dtype))
+    """`winograd.predict_tiles` of F(4x4, 3x3)'s cost."""
+    return predict_tiles(spec, cost(spec, dtype), BACKWARD, BACKWARD_COPY)
 
-
-__all__ = [
-    "AUTO",
-    "BACKWARD",
-    "BACKWARD_COPY",
-    "applicable",
-    "cost",
-    "cost_of",
-    "formula",
-    "lower",
-    "predict",
-]
