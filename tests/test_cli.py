@@ -16,6 +16,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from jconv import models
@@ -262,15 +264,15 @@ def test_console_script_entry_point() -> None:
 def test_wrong_engine_fails(monkeypatch: pytest.MonkeyPatch,
                             capsys: pytest.CaptureFixture[str]) -> None:
     """An engine that averaged the channels instead of summing them fails, exit status 1."""
-    from jconv import _explain
+    from jconv import _verify
     from jconv.cli import main
 
-    real = _explain._engine
+    real = _verify.engine_conv
 
     def averaging(x: Any, w: Any, spec: Any, groups: int | None = None) -> Any:
         return real(x, w, spec, groups) / x.shape[-1]
 
-    monkeypatch.setattr(_explain, "_engine", averaging)
+    monkeypatch.setattr(_verify, "engine_conv", averaging)
     code = main(["explain", "--input", "5x5x2", "--layer", "conv:3,k=3", "--json",
                  "--no-hypotheses"])
     assert code == 1
@@ -294,3 +296,23 @@ def test_half_precision_long_dot_products() -> None:
     c = checks(layer)
     assert c["sum_over_channels"]["passed"] is True
     assert c["differs_from_average"]["measured"] == pytest.approx(1 - 1 / 256, abs=2e-2)
+
+
+def test_float64_run_leaves_64_bit_mode_as_it_was() -> None:
+    """A float64 verification turns 64-bit types on for its own engine runs only."""
+    from jconv._explain import build_report
+
+    net = models.Network("f64", (5, 5, 2), (models.Conv(3, 3),))
+    before = jax.config.jax_enable_x64
+    try:
+        report = build_report([(net, "float64")], dtype="float64", check_maps=3,
+                              hypotheses=False)
+        after = jax.config.jax_enable_x64
+    finally:
+        jax.config.update("jax_enable_x64", before)
+    assert before is False and after is before
+    assert jnp.zeros(1).dtype == jnp.float32
+    (layer,) = report.networks[0].layers
+    c = {check.name: check for check in layer.checks}
+    assert c["bytes"].passed is True and c["bytes"].measured == 5 * 5 * 3 * 8  # really float64
+    assert c["sum_over_channels"].passed is True and c["sum_over_channels"].measured < 1e-12

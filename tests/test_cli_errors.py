@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from jconv import models
-from jconv._explain_spec import _KINDS, SpecError, parse_input, parse_layer
+from jconv._grammar import KINDS, GrammarError, parse_input, parse_layer
 from jconv.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,11 +107,11 @@ def test_at_least_eight_kinds_of_mistake() -> None:
     assert len(set(SUBPROCESS)) >= 8 and set(SUBPROCESS) <= {name for name, _, _ in CASES}
 
 
-@pytest.mark.parametrize("kind", sorted(_KINDS))
+@pytest.mark.parametrize("kind", sorted(KINDS))
 def test_grammar_examples_parse(kind: str) -> None:
-    for example in _KINDS[kind].example.split("  or  "):
+    for example in KINDS[kind].example.split("  or  "):
         layer = parse_layer(example)
-        assert isinstance(layer, models._LAYER_TYPES), example
+        assert isinstance(layer, models.Layer), example
 
 
 def test_parse_layer_values() -> None:
@@ -125,5 +125,5 @@ def test_parse_layer_values() -> None:
     assert parse_layer("GAP:max") == models.GlobalPool("max")
     assert parse_layer("dense:10") == models.Dense(10)
     assert parse_input("224x224x3") == (224, 224, 3)
-    with pytest.raises(SpecError, match="'p=same_upper'"):
+    with pytest.raises(GrammarError, match="'p=same_upper'"):
         parse_layer("conv:8,p=same_upper")

@@ -29,6 +29,7 @@ from jconv.models import (
     Conv,
     Dense,
     Depthwise,
+    Flatten,
     GlobalPool,
     Network,
     Pool,
@@ -262,8 +263,56 @@ def test_bad_layer_arguments(make: object, match: str) -> None:
         make()  # type: ignore[operator]
 
 
+def test_each_entry_names_its_layer_and_rule() -> None:
+    """Every walked entry points at the layer that produced it and says how it is formed."""
+    conv, dw, sep = Conv(6, 3, groups=2), Depthwise(3, multiplier=2), Separable(5, 3)
+    pool, gap, dense = Pool("max", 2), GlobalPool(), Dense(3)
+    res = Residual((Conv(12, 1), ReLU()), (BatchNorm(),), name="block")
+    net = Network("kinds", (8, 8, 4), (conv, dw, sep, pool, Conv(12, 1), res, gap, dense))
+    infos = net.walk()
+    assert [i.name for i in infos] == [
+        "conv0", "depthwise1", "separable2/dw", "separable2/pw", "pool3", "conv4",
+        "block/main/conv0", "block/main/relu1", "block/shortcut/batchnorm0", "block/add",
+        "globalpool6", "dense7",
+    ]
+    assert [i.layer for i in infos] == [conv, dw, sep, sep, pool, net.layers[4], res.main[0],
+                                        res.main[1], res.shortcut[0], res, gap, dense]
+    rules = {i.name: i.rule() for i in infos}
+    assert rules["conv0"] == ("sum over C_in/g = 2 per-channel correlations (g = 2 groups)",
+                              "nyxijgc,ijgcf->nyxgf")
+    assert rules["depthwise1"] == (
+        "1 per-channel correlation (depthwise, C_in = 6, m = 2), no sum",
+        "nyxijc,ijcm->nyxcm")
+    assert rules["separable2/dw"][1] == "nyxijc,ijcm->nyxcm"
+    assert rules["separable2/pw"] == ("sum over C_in = 12 per-channel correlations",
+                                      "nyxijc,ijcf->nyxf")
+    assert rules["dense7"] == ("sum over D_in = 12 inputs", "nd,de->ne")
+    assert rules["block/add"] == ("main branch + shortcut, map by map", None)
+    for name in ("pool3", "block/main/relu1", "block/shortcut/batchnorm0", "globalpool6"):
+        assert rules[name][1] is None and rules[name][0], name
+    one_d = Network("1d", (10, 2), (Conv(3, 3), Flatten())).walk()
+    assert one_d[0].rule()[1] == "nxic,icf->nxf"
+    assert one_d[1].rule() == ("maps laid end to end", None)
+    assert Network("3d", (4, 4, 4, 1), (Conv(2, 3),)).walk()[0].rule()[1] == (
+        "nzyxijkc,ijkcf->nzyxf")
+
+
+def test_pool_slides_the_window_of_its_depthwise_spec() -> None:
+    spec = Pool("avg", (2, 3), stride=(1, 2), padding=1).spec((2, 5, 7, 3))
+    assert spec.window == (2, 3) and spec.window_strides == (1, 2)
+    assert spec.padding == ((1, 1), (1, 1)) and spec.feature_group_count == 3
+    assert spec.out_shape == (2, 6, 4, 3)
+    assert Pool("max", 2).spec((1, 8, 8, 4)).window_strides == (2, 2)  # stride = window
+
+
 def test_bad_networks_raise_on_walk() -> None:
     with pytest.raises(ValueError, match=r"`Conv.groups` \(=2\) must divide the input channels"):
         Network("g", (8, 8, 3), (Conv(4, 3, groups=2),)).walk()
     with pytest.raises(ValueError, match="must have the same shape"):
         Network("r", (8, 8, 3), (Residual((Conv(4, 3),)),)).walk()
+    with pytest.raises(ValueError, match=r"`layers\[1\]` \(='relu'\) is not a jconv.models layer"):
+        Network("x", (8, 8, 3), (Conv(4, 3), "relu")).walk()  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`Conv.kernel` \(=\(3, 3, 3\)\) must have one entry"):
+        Network("k", (8, 8, 3), (Conv(4, (3, 3, 3)),)).walk()
+    with pytest.raises(ValueError, match="must have 1 to 3 spatial dimensions"):
+        Network("4d", (4, 4, 4, 4, 1), (Conv(2, 3),)).walk()

@@ -25,9 +25,10 @@ from jax import lax
 
 import jconv
 from jconv import ConvSpec
+from jconv._spec import canonical_layouts
 from jconv.symbolic import Formula, cost_analysis_flops, gamma, layer_model, unit_roundoff
 
-_DN = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
+DN2 = canonical_layouts(2)  # ("N01C", "01IO", "N01C"): channels last, like NHWC/HWIO
 
 
 def xla_flops(fn: Any, *args: Any) -> float:
@@ -76,7 +77,7 @@ XLA_TABLE = [
 @pytest.mark.parametrize("case", XLA_TABLE, ids=lambda c: f"{c[0]}-{c[1]}-{c[3]}")
 def test_flops_xla_equals_cost_analysis_exactly(case: tuple) -> None:
     lhs, rhs, strides, padding, lhs_d, rhs_d, groups = case
-    dn = _DN[len(lhs) - 2]
+    dn = canonical_layouts(len(lhs) - 2)
     spec = ConvSpec.from_lax(lhs, rhs, strides, padding, lhs_d, rhs_d, dn, groups)
 
     def f(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -115,7 +116,7 @@ def _xla_cases(draw: st.DrawFn) -> tuple:
 @given(_xla_cases())
 def test_flops_xla_equals_cost_analysis_on_drawn_configurations(case: tuple) -> None:
     lhs, rhs, strides, padding, lhs_d, rhs_d, groups = case
-    dn = _DN[len(lhs) - 2]
+    dn = canonical_layouts(len(lhs) - 2)
     try:
         spec = ConvSpec.from_lax(lhs, rhs, strides, padding, lhs_d, rhs_d, dn, groups)
     except ValueError:
@@ -131,7 +132,7 @@ def test_flops_xla_equals_cost_analysis_on_drawn_configurations(case: tuple) -> 
 
 
 def test_flops_xla_is_not_defined_for_batch_groups() -> None:
-    spec = ConvSpec.from_lax((4, 6, 6, 2), (3, 3, 2, 4), (1, 1), "SAME", None, None, _DN[2],
+    spec = ConvSpec.from_lax((4, 6, 6, 2), (3, 3, 2, 4), (1, 1), "SAME", None, None, DN2,
                              1, 2)
     model = layer_model(spec)
     assert "flops_xla" not in model
@@ -144,10 +145,10 @@ def test_flops_xla_is_not_defined_for_batch_groups() -> None:
 ])
 def test_flops_dense_with_bias_equals_xla_conv_plus_bias(lhs: tuple, rhs: tuple,
                                                         strides: tuple, groups: int) -> None:
-    spec = ConvSpec.from_lax(lhs, rhs, strides, "VALID", None, None, _DN[2], groups)
+    spec = ConvSpec.from_lax(lhs, rhs, strides, "VALID", None, None, DN2, groups)
 
     def f(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
-        return lax.conv_general_dilated(x, w, strides, "VALID", dimension_numbers=_DN[2],
+        return lax.conv_general_dilated(x, w, strides, "VALID", dimension_numbers=DN2,
                                         feature_group_count=groups) + b[None, None, None, :]
 
     args = (jnp.zeros(lhs, jnp.float32), jnp.zeros(rhs, jnp.float32),
@@ -172,7 +173,7 @@ SUMMING = ("shift", "patches", "direct", "hybrid")
 @pytest.mark.parametrize("case", ERROR_TABLE, ids=lambda c: f"{c[1]}-g{c[5]}")
 def test_error_bound_holds_on_float32_engine_outputs(case: tuple, strategy: str) -> None:
     lhs, rhs, strides, padding, rhs_d, groups = case
-    spec = ConvSpec.from_lax(lhs, rhs, strides, padding, None, rhs_d, _DN[2], groups)
+    spec = ConvSpec.from_lax(lhs, rhs, strides, padding, None, rhs_d, DN2, groups)
     bound = layer_model(spec, itemsize=4)["error_bound"]
     K = int(np.prod(rhs[:-1]))
     assert bound.value == gamma(K, sp.Rational(1, 2**24))
@@ -185,7 +186,7 @@ def test_error_bound_holds_on_float32_engine_outputs(case: tuple, strategy: str)
     for x, w in ((x0, w0), (np.abs(x0), np.abs(w0))):
         try:
             y = jconv.conv_general_dilated(jnp.asarray(x), jnp.asarray(w), strides, padding,
-                                           None, rhs_d, _DN[2], groups, strategy=strategy)
+                                           None, rhs_d, DN2, groups, strategy=strategy)
         except ValueError as e:  # e.g. 'direct' unrolls at most a few hundred terms
             if "cannot run" not in str(e):
                 raise
@@ -195,7 +196,7 @@ def test_error_bound_holds_on_float32_engine_outputs(case: tuple, strategy: str)
             def ref(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                 return np.asarray(lax.conv_general_dilated(
                     jnp.asarray(a, jnp.float64), jnp.asarray(b, jnp.float64), strides, padding,
-                    None, rhs_d, _DN[2], groups, precision=lax.Precision.HIGHEST))
+                    None, rhs_d, DN2, groups, precision=lax.Precision.HIGHEST))
             y64, s64 = ref(x, w), ref(np.abs(x), np.abs(w))
         allowed = (float(bound.value) + g64) * s64 * (1 + g64)
         err = np.abs(y32.astype(np.float64) - y64)
@@ -203,7 +204,7 @@ def test_error_bound_holds_on_float32_engine_outputs(case: tuple, strategy: str)
 
 
 def test_formula_text_and_latex() -> None:
-    spec = ConvSpec.from_lax((1, 28, 28, 1), (3, 3, 1, 10), (1, 1), "SAME", None, None, _DN[2])
+    spec = ConvSpec.from_lax((1, 28, 28, 1), (3, 3, 1, 10), (1, 1), "SAME", None, None, DN2)
     m = layer_model(spec)
     assert str(m["params"]) == "C_in*C_out*k_h*k_w/g + C_out = 100"
     assert m["params"].latex() == r"\frac{C_{in} C_{out} k_{h} k_{w}}{g} + C_{out} = 100"
@@ -229,9 +230,9 @@ def test_flops_xla_of_a_strided_single_sample_conv() -> None:
     """A window-1, stride-3 conv over one sample: XLA counts 8 flops. SymPy's own `Sum.doit`
     returned 0 for its tap count in some processes (it depends on hash seeds and cache
     state); the model writes sums over whole-number limits out term by term instead."""
-    from jconv.symbolic.cost import _unroll_sums
+    from jconv.symbolic.layer import unroll_sums
 
-    args = ((2, 1, 2), (1, 1, 2), (3,), "SAME", (1,), (1,), _DN[1], 2)
+    args = ((2, 1, 2), (1, 1, 2), (3,), "SAME", (1,), (1,), canonical_layouts(1), 2)
 
     def f(x: jax.Array, w: jax.Array) -> jax.Array:
         return lax.conv_general_dilated(x, w, *args[2:6], args[6], feature_group_count=2)
@@ -239,6 +240,6 @@ def test_flops_xla_of_a_strided_single_sample_conv() -> None:
     measured = xla_flops(f, jnp.zeros(args[0], jnp.float32), jnp.zeros(args[1], jnp.float32))
     assert layer_model(ConvSpec.from_lax(*args), bias=False)["flops_xla"].value == measured == 8
     t = sp.Symbol("t", integer=True)
-    assert _unroll_sums(sp.Sum(sp.Max(0, sp.floor(-t / 3) + 1), (t, 0, 0))) == 1
-    assert _unroll_sums(sp.Sum(sp.Max(0, sp.floor(t / 3)), (t, 0, 5))) == 3
-    assert _unroll_sums(sp.Sum(t, (t, 2, 1))) == 0  # empty range
+    assert unroll_sums(sp.Sum(sp.Max(0, sp.floor(-t / 3) + 1), (t, 0, 0))) == 1
+    assert unroll_sums(sp.Sum(sp.Max(0, sp.floor(t / 3)), (t, 0, 5))) == 3
+    assert unroll_sums(sp.Sum(t, (t, 2, 1))) == 0  # empty range

@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ._explain import Check, Hypotheses, LayerRow, NetworkReport, Quantity, Report
+from ._report import Check, Hypotheses, LayerRow, NetworkReport, Quantity, Report
+from .symbolic import dimension_names
 
 __all__ = ["render_json", "render_latex", "render_markdown", "render_rich", "write_plot"]
 
@@ -62,8 +63,7 @@ def _shape_formula(shape: tuple[int, ...], suffix: str, channels: str) -> str:
     """``N x H x W x C_in`` for a rank-4 shape; ``N x D`` for a flat one."""
     if len(shape) == 2:
         return f"N x D{suffix or '_in'}"
-    n = len(shape) - 2
-    names = {1: "W", 2: "HW", 3: "DHW"}.get(n) or [f"i_{j}" for j in range(n)]
+    names = dimension_names(len(shape) - 2)[0]
     return " x ".join(["N", *(f"{b}{suffix}" for b in names), channels])
 
 
@@ -71,16 +71,13 @@ def _out_size_names(row: LayerRow) -> list[str]:
     n = len(row.in_shape) - 2
     if f"out_{n - 1}" not in row.quantities:
         return []
-    base = {1: "W", 2: "HW", 3: "DHW"}.get(n)
-    return [f"{b}_out" for b in base] if base else [f"i_{j}_out" for j in range(n)]
+    return [f"{b}_out" for b in dimension_names(n)[0]]
 
 
 def _kernel_formula(row: LayerRow) -> str:
     if row.kind == "dense":
         return "D_in x D_out"
-    n = len(row.in_shape) - 2
-    names = {1: "w", 2: "hw", 3: "dhw"}.get(n) or [str(j) for j in range(n)]
-    ks = " x ".join(f"k_{d}" for d in names)
+    ks = " x ".join(f"k_{d}" for d in dimension_names(len(row.in_shape) - 2)[1])
     return f"{ks} x C_in/g x C_out" if row.groups > 1 else f"{ks} x C_in x C_out"
 
 
@@ -138,6 +135,7 @@ def report_dict(report: Report) -> dict[str, Any]:
 
 
 def render_json(report: Report) -> str:
+    """`report_dict` as indented JSON."""
     return json.dumps(report_dict(report), indent=2)
 
 

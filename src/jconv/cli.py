@@ -14,14 +14,13 @@ import os
 import sys
 import textwrap
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from ._explain_spec import _KINDS, GRAMMAR_HELP, SpecError, parse_input, parse_layer
+from . import models
+from ._explain import DEFAULT_NETWORKS, DTYPES, build_report
+from ._grammar import GRAMMAR_HELP, KINDS, GrammarError, parse_input, parse_layer
 
 __all__ = ["main"]
-
-_MODELS = ("lenet5", "vgg16", "resnet50", "mobilenet_v1")
-_DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 _EXPLAIN_EPILOG = f"""\
 {GRAMMAR_HELP}
@@ -86,13 +85,13 @@ def _build_parser() -> argparse.ArgumentParser:
     net.add_argument("--layer", metavar="SPEC", action="append", default=[],
                      help="one layer, repeatable, in order, e.g. conv:64,k=3,s=2,p=same "
                           "(grammar below)")
-    net.add_argument("--model", choices=_MODELS,
+    net.add_argument("--model", choices=tuple(models.MODELS),
                      help="a network from jconv.models; totals are checked against the "
                           "published figures")
     run = ex.add_argument_group("run")
     run.add_argument("--batch", metavar="N", type=int, default=1,
                      help="batch size N for shapes, bytes and MACs (default 1)")
-    run.add_argument("--dtype", choices=_DTYPES, default="float32",
+    run.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
                      help="element type for bytes and for the verification run (default float32)")
     run.add_argument("--no-verify", dest="verify", action="store_false",
                      help="skip running the engine (numbers and formulas only)")
@@ -125,14 +124,12 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def _spec_fail(flag: str, e: SpecError) -> NoReturn:
-    _fail(f"{flag} {e.spec!r}: {e.token!r} {e.rule}; example: {flag} {e.example}")
+def _grammar_fail(flag: str, e: GrammarError) -> NoReturn:
+    _fail(f"{flag} {e.text!r}: {e.token!r} {e.rule}; example: {flag} {e.example}")
 
 
-def _networks(args: argparse.Namespace) -> list[tuple[Any, str]]:
+def _networks(args: argparse.Namespace) -> list[tuple[models.Network, str]]:
     """The networks to explain, validated layer by layer (exit 2 naming the bad layer)."""
-    from . import models
-
     if args.model and args.layer:
         _fail("give --model or --layer, not both; example: --model vgg16")
     if args.batch < 1:
@@ -145,8 +142,8 @@ def _networks(args: argparse.Namespace) -> list[tuple[Any, str]]:
     if args.input is not None:
         try:
             shape = parse_input(args.input)
-        except SpecError as e:
-            _spec_fail("--input", e)
+        except GrammarError as e:
+            _grammar_fail("--input", e)
     if args.model:
         net = models.MODELS[args.model]()
         if shape is not None and shape != net.input_shape:
@@ -157,15 +154,13 @@ def _networks(args: argparse.Namespace) -> list[tuple[Any, str]]:
         if shape is not None:
             _fail(f"--input {args.input!r} needs --layer specs or --model; "
                   "example: --input 224x224x3 --layer conv:64,k=3")
-        from ._explain import DEFAULT_NETWORKS
-
         return DEFAULT_NETWORKS()
-    layers = []
+    layers: list[models.Layer] = []
     for text in args.layer:
         try:
             layers.append(parse_layer(text))
-        except SpecError as e:
-            _spec_fail("--layer", e)
+        except GrammarError as e:
+            _grammar_fail("--layer", e)
         except ValueError as e:
             _fail(f"--layer {text!r}: {e}")
     in_shape = shape or (28, 28, 1)
@@ -178,15 +173,13 @@ def _x(shape: Sequence[int]) -> str:
     return "x".join(str(d) for d in shape)
 
 
-def _validated(net: Any, texts: list[str]) -> Any:
+def _validated(net: models.Network, texts: list[str]) -> models.Network:
     """Walk growing prefixes so a geometry error names the --layer (or --input) at fault."""
-    from . import models
-
     for i in range(1, len(net.layers) + 1):
         if texts:
             head = texts[i - 1].partition(":")[0].strip().lower()
             where = f"--layer {texts[i - 1]!r}"
-            example = f"--layer {_KINDS[head].example}" if head in _KINDS else ""
+            example = f"--layer {KINDS[head].example}" if head in KINDS else ""
         else:
             where, example = f"--input {_x(net.input_shape)!r}", "--input 224x224x3"
         try:
@@ -203,7 +196,6 @@ def _validated(net: Any, texts: list[str]) -> Any:
 def _explain(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ._explain import build_report
     from ._explain_render import render_json, render_latex, render_markdown, render_rich, write_plot
 
     networks = _networks(args)

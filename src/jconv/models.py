@@ -1,7 +1,10 @@
 """Layer lists of well-known networks, walked layer by layer into shapes, parameters and MACs.
 
-Plain Python (no JAX): every convolution is turned into the exact `ConvSpec` the engine would
-run (NHWC input, HWIO kernel), so shapes come from the same geometry as the numeric engine.
+`jconv.models` is a public module: its names are those in ``__all__``. Plain Python, no
+arrays: every convolution is turned into the exact `ConvSpec` the engine would run (channels-
+last input, ``(*window, C_in / groups, C_out)`` kernel), so shapes come from the same geometry
+as the numeric engine. Each layer kind walks itself (``infos``) and says how one of its
+output values is formed (``rule``).
 
 Counting conventions (used by `Network.walk`, `Network.params`, `Network.macs`):
 
@@ -15,17 +18,19 @@ Counting conventions (used by `Network.walk`, `Network.params`, `Network.macs`):
 >>> net = MODELS["lenet5"]()
 >>> net.params(), net.macs()
 (61706, 416520)
+>>> [info.out_shape for info in net.walk(batch=8)][:3]
+[(8, 28, 28, 6), (8, 28, 28, 6), (8, 14, 14, 6)]
 """
 
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ._spec import ConvSpec
+from ._spec import ConvSpec, canonical_layouts
+from ._validate import int_tuple
 
 __all__ = [
     "MODELS",
@@ -51,8 +56,8 @@ __all__ = [
 
 IntOrTuple = int | tuple[int, ...]
 PaddingArg = str | int | tuple[Any, ...]
-
-_DNUMS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
+Shape = tuple[int, ...]
+Rule = tuple[str, str | None]
 
 
 # ----------------------------------------------------------------------------- validators
@@ -103,6 +108,82 @@ def _check_name(layer: str, name: Any) -> None:
         raise ValueError(f"`{layer}.name` (={name!r}) must be a string.")
 
 
+# ----------------------------------------------------------------------------- geometry
+def _lax_padding(padding: PaddingArg, n: int, what: str) -> Any:
+    if isinstance(padding, str):
+        return padding.upper()
+    if isinstance(padding, int):
+        return ((padding, padding),) * n
+    if len(padding) != n:
+        raise ValueError(
+            f"`{what}` (={padding!r}) must have one entry per spatial dimension (={n})."
+        )
+    return tuple((p, p) if isinstance(p, int) else p for p in padding)
+
+
+def _conv_spec(
+    shape: Shape, kernel: IntOrTuple, filters: int, stride: IntOrTuple, padding: PaddingArg,
+    dilation: IntOrTuple, groups: int, what: str,
+) -> ConvSpec:
+    """The ConvSpec of a conv on input ``(N, *spatial, C)``; errors name the layer `what`."""
+    n = len(shape) - 2
+    if not 1 <= n <= 3:
+        raise ValueError(f"`{what}`: input shape {shape} must have 1 to 3 spatial dimensions.")
+    c = shape[-1]
+    if c % groups:
+        raise ValueError(
+            f"`{what}.groups` (={groups}) must divide the input channels (={c})."
+        )
+
+    def per_dim(value: IntOrTuple, arg: str) -> tuple[int, ...]:
+        return int_tuple(f"{what}.{arg}", value, n, minimum=1, broadcast=True)
+
+    window = per_dim(kernel, "kernel")
+    try:
+        return ConvSpec.from_lax(
+            shape, (*window, c // groups, filters), per_dim(stride, "stride"),
+            _lax_padding(padding, n, f"{what}.padding"),
+            rhs_dilation=per_dim(dilation, "dilation"),
+            dimension_numbers=canonical_layouts(n), feature_group_count=groups,
+        )
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"`{what}` on input {shape}: {e}") from e
+
+
+def _depthwise_spec(
+    shape: Shape, kernel: IntOrTuple, multiplier: int, stride: IntOrTuple, padding: PaddingArg,
+    dilation: IntOrTuple, what: str,
+) -> ConvSpec:
+    """One group per input channel, `multiplier` filters each."""
+    c = shape[-1]
+    return _conv_spec(shape, kernel, c * multiplier, stride, padding, dilation, c, what)
+
+
+def _conv_info(name: str, kind: str, spec: ConvSpec, bias: bool, layer: Layer) -> LayerInfo:
+    return LayerInfo(
+        name=name, kind=kind, in_shape=spec.lhs_shape, out_shape=spec.out_shape,
+        kernel_shape=spec.rhs_shape, weights=math.prod(spec.rhs_shape),
+        biases=spec.out_features if bias else 0, bn_params=0, bn_stats=0, macs=spec.macs,
+        spec=spec, groups=spec.feature_group_count, layer=layer,
+    )
+
+
+def _plain(name: str, kind: str, in_shape: Shape, out_shape: Shape, layer: Layer,
+           bn: int = 0) -> tuple[list[LayerInfo], Shape]:
+    """A layer without weights (batch norm: `bn` parameters and as many statistics)."""
+    info = LayerInfo(
+        name=name, kind=kind, in_shape=in_shape, out_shape=out_shape, kernel_shape=None,
+        weights=0, biases=0, bn_params=bn, bn_stats=bn, macs=0, spec=None, groups=1,
+        layer=layer,
+    )
+    return [info], out_shape
+
+
+def _flat(shape: Shape) -> Shape:
+    """``(N, *S, C) -> (N, prod(S) * C)``."""
+    return (shape[0], math.prod(shape[1:]))
+
+
 # ----------------------------------------------------------------------------- layers
 @dataclass(frozen=True)
 class Conv:
@@ -131,6 +212,20 @@ class Conv:
                 f"(={self.groups})."
             )
 
+    def spec(self, shape: Shape) -> ConvSpec:
+        """The conv on an input of shape ``(N, *spatial, C)``."""
+        return _conv_spec(shape, self.kernel, self.filters, self.stride, self.padding,
+                          self.dilation, self.groups, "Conv")
+
+    def infos(self, shape: Shape, name: str) -> tuple[list[LayerInfo], Shape]:
+        """One "conv" entry on input `shape`, and the output shape."""
+        info = _conv_info(name, "conv", self.spec(shape), self.bias, self)
+        return [info], info.out_shape
+
+    def rule(self, info: LayerInfo) -> Rule:
+        """How one output map is formed, in words, and its einsum."""
+        return _conv_rule(info)
+
 
 @dataclass(frozen=True)
 class Depthwise:
@@ -151,6 +246,17 @@ class Depthwise:
         _check_padding("Depthwise", self.padding)
         _check_ints("Depthwise", "dilation", self.dilation, 1)
         _check_name("Depthwise", self.name)
+
+    def infos(self, shape: Shape, name: str) -> tuple[list[LayerInfo], Shape]:
+        """One "depthwise" entry on input `shape`, and the output shape."""
+        spec = _depthwise_spec(shape, self.kernel, self.multiplier, self.stride, self.padding,
+                               self.dilation, "Depthwise")
+        info = _conv_info(name, "depthwise", spec, self.bias, self)
+        return [info], info.out_shape
+
+    def rule(self, info: LayerInfo) -> Rule:
+        """How one output map is formed, in words, and its einsum."""
+        return _conv_rule(info)
 
 
 @dataclass(frozen=True)
@@ -173,6 +279,18 @@ class Separable:
         _check_padding("Separable", self.padding)
         _check_name("Separable", self.name)
 
+    def infos(self, shape: Shape, name: str) -> tuple[list[LayerInfo], Shape]:
+        """Entries ``name/dw`` ("depthwise", no bias) and ``name/pw`` ("conv"), output shape."""
+        dw = _depthwise_spec(shape, self.kernel, self.multiplier, self.stride, self.padding, 1,
+                             "Separable")
+        pw = _conv_spec(dw.out_shape, 1, self.filters, 1, "VALID", 1, 1, "Separable")
+        return [_conv_info(name + "/dw", "depthwise", dw, False, self),
+                _conv_info(name + "/pw", "conv", pw, self.bias, self)], pw.out_shape
+
+    def rule(self, info: LayerInfo) -> Rule:
+        """How one output map of either half is formed, in words, and its einsum."""
+        return _conv_rule(info)
+
 
 @dataclass(frozen=True)
 class Pool:
@@ -193,6 +311,20 @@ class Pool:
         _check_padding("Pool", self.padding)
         _check_name("Pool", self.name)
 
+    def spec(self, shape: Shape) -> ConvSpec:
+        """The depthwise conv (one filter per channel) whose window, strides and padding the
+        pool slides over an input of shape ``(N, *spatial, C)``."""
+        stride = self.window if self.stride is None else self.stride
+        return _depthwise_spec(shape, self.window, 1, stride, self.padding, 1, "Pool")
+
+    def infos(self, shape: Shape, name: str) -> tuple[list[LayerInfo], Shape]:
+        """One "pool" entry on input `shape`, and the output shape."""
+        return _plain(name, "pool", shape, self.spec(shape).out_shape, self)
+
+    def rule(self, info: LayerInfo) -> Rule:
+        """How one output value is formed, in words (no einsum)."""
+        return "pooled per channel over its window, no mixing of channels", None
+
 
 @dataclass(frozen=True)
 class GlobalPool:
@@ -205,6 +337,16 @@ class GlobalPool:
         if self.kind not in ("max", "avg"):
             raise ValueError(f"`GlobalPool.kind` (={self.kind!r}) must be 'avg' or 'max'.")
         _check_name("GlobalPool", self.name)
+
+    def infos(self, shape: Shape, name: str) -> tuple[list[LayerInfo], Shape]:
+        """One "globalpool" entry on input `shape`, and the output shape ``(N, C)``."""
+        if len(shape) < 3:
+            raise ValueError(f"`GlobalPool` needs a spatial input, got shape {shape}.")
+        return _plain(name, "globalpool", shape, (shape[0], shape[-1]), self)
+
+    def rule(self, info: LayerInfo) -> Rule:
+        """How one output value is formed, in words (no einsum)."""
+        return "each channel pooled to one value", None
 
 
 @dataclass(frozen=True)
@@ -219,12 +361,34 @@ class Dense:
         _check_int("Dense", "units", self.units, 1)
         _check_name("Dense", self.name)
 
+    def infos(self, shape: Shape, name: str) -> tuple[list[LayerInfo], Shape]:
+        """One "dense" entry on the flattened input ``(N, D)``, and the output shape."""
+        (n, d), u = _flat(shape), self.units
+        info = LayerInfo(
+            name=name, kind="dense", in_shape=(n, d), out_shape=(n, u), kernel_shape=(d, u),
+            weights=d * u, biases=u if self.bias else 0, bn_params=0, bn_stats=0,
+            macs=n * d * u, spec=None, groups=1, layer=self,
+        )
+        return [info], info.out_shape
+
+    def rule(self, info: LayerInfo) -> Rule:
+        """How one output value is formed, in words, and its einsum."""
+        return f"sum over D_in = {info.in_shape[-1]} inputs", "nd,de->ne"
+
 
 @dataclass(frozen=True)
 class BatchNorm:
     """Batch norm over channels: 2*C trainable (gamma, beta), 2*C running statistics."""
 
     name: str = ""
+
+    def infos(self, shape: Shape, name: str) -> tuple[list[LayerInfo], Shape]:
+        """One "bn" entry on input `shape` (which it keeps)."""
+        return _plain(name, "bn", shape, shape, self, bn=2 * shape[-1])
+
+    def rule(self, info: LayerInfo) -> Rule:
+        """How one output value is formed, in words (no einsum)."""
+        return "per channel: (x - mean) / std * gamma + beta", None
 
 
 @dataclass(frozen=True)
@@ -233,12 +397,28 @@ class ReLU:
 
     name: str = ""
 
+    def infos(self, shape: Shape, name: str) -> tuple[list[LayerInfo], Shape]:
+        """One "relu" entry on input `shape` (which it keeps)."""
+        return _plain(name, "relu", shape, shape, self)
+
+    def rule(self, info: LayerInfo) -> Rule:
+        """How one output value is formed, in words (no einsum)."""
+        return "elementwise max(x, 0)", None
+
 
 @dataclass(frozen=True)
 class Flatten:
     """``(N, *S, C) -> (N, prod(S) * C)``; also implied before the first Dense."""
 
     name: str = ""
+
+    def infos(self, shape: Shape, name: str) -> tuple[list[LayerInfo], Shape]:
+        """One "flatten" entry on input `shape`, and the output shape ``(N, D)``."""
+        return _plain(name, "flatten", shape, _flat(shape), self)
+
+    def rule(self, info: LayerInfo) -> Rule:
+        """How the output is formed, in words (no einsum)."""
+        return "maps laid end to end", None
 
 
 @dataclass(frozen=True)
@@ -250,31 +430,50 @@ class Residual:
     name: str = ""
 
     def __post_init__(self) -> None:
-        for field in ("main", "shortcut"):
-            value = getattr(self, field)
-            if not isinstance(value, tuple) or not all(isinstance(v, _LAYER_TYPES) for v in value):
-                raise ValueError(f"`Residual.{field}` (={value!r}) must be a tuple of layers.")
+        for field_name in ("main", "shortcut"):
+            value = getattr(self, field_name)
+            if not isinstance(value, tuple) or not all(isinstance(v, Layer) for v in value):
+                raise ValueError(
+                    f"`Residual.{field_name}` (={value!r}) must be a tuple of layers."
+                )
         if not self.main:
             raise ValueError("`Residual.main` (=()) must hold at least one layer.")
         _check_name("Residual", self.name)
+
+    def infos(self, shape: Shape, name: str) -> tuple[list[LayerInfo], Shape]:
+        """The main branch's entries (prefix ``name/main/``), the shortcut's
+        (``name/shortcut/``), then one "add" entry ``name/add``; and the output shape."""
+        main, out = _walk(self.main, shape, name + "/main/")
+        short, short_out = _walk(self.shortcut, shape, name + "/shortcut/")
+        if out != short_out:
+            raise ValueError(
+                f"`Residual` {name!r}: main branch output {out} and shortcut output "
+                f"{short_out} must have the same shape."
+            )
+        add, _ = _plain(name + "/add", "add", out, out, self)
+        return [*main, *short, *add], out
+
+    def rule(self, info: LayerInfo) -> Rule:
+        """How one output value of the add is formed, in words (no einsum)."""
+        return "main branch + shortcut, map by map", None
 
 
 Layer = (
     Conv | Depthwise | Separable | Pool | GlobalPool | Dense | BatchNorm | ReLU | Flatten | Residual
 )
-_LAYER_TYPES = (Conv, Depthwise, Separable, Pool, GlobalPool, Dense, BatchNorm, ReLU, Flatten,
-                Residual)
 
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One walked layer: shapes ``(N, *spatial, C)`` (or ``(N, D)``), counts and its ConvSpec."""
+    """One walked layer: shapes ``(N, *spatial, C)`` (or ``(N, D)``), counts, its ConvSpec
+    (conv and depthwise entries only) and the `layer` that produced it (a Separable for both
+    its halves, the Residual for its add)."""
 
     name: str
     kind: str
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    kernel_shape: tuple[int, ...] | None
+    in_shape: Shape
+    out_shape: Shape
+    kernel_shape: Shape | None
     weights: int
     biases: int
     bn_params: int
@@ -282,135 +481,53 @@ class LayerInfo:
     macs: int
     spec: ConvSpec | None
     groups: int
+    layer: Layer = field(repr=False)
 
     @property
     def params(self) -> int:
         """Trainable parameters: weights + biases + batch-norm gamma and beta."""
         return self.weights + self.biases + self.bn_params
 
+    def rule(self) -> Rule:
+        """How one output value is formed, in words, and the einsum that forms it (or None).
+
+        >>> Network("n", (28, 28, 1), (Conv(10, 3),)).walk()[0].rule()
+        ('sum over C_in = 1 per-channel correlations', 'nyxijc,ijcf->nyxf')
+        """
+        return self.layer.rule(self)
+
+
+def _conv_rule(info: LayerInfo) -> Rule:
+    """How a conv entry forms one output map, in words, and its einsum (output positions
+    ``zyx``, kernel offsets ``ijk``)."""
+    spec = info.spec
+    if spec is None:
+        raise ValueError(f"`info` (={info.name!r}, kind {info.kind!r}) is not a conv entry.")
+    n = spec.num_spatial  # 1 to 3 (`_conv_spec`)
+    sp, ks = "zyx"[3 - n:], "ijk"[:n]
+    c, g, cg = spec.in_features, spec.feature_group_count, spec.group_in_features
+    if g == 1:
+        return f"sum over C_in = {c} per-channel correlations", f"n{sp}{ks}c,{ks}cf->n{sp}f"
+    if cg == 1:
+        m = spec.group_out_features
+        return (f"1 per-channel correlation (depthwise, C_in = {c}, m = {m}), no sum",
+                f"n{sp}{ks}c,{ks}cm->n{sp}cm")
+    return (f"sum over C_in/g = {cg} per-channel correlations (g = {g} groups)",
+            f"n{sp}{ks}gc,{ks}gcf->n{sp}gf")
+
 
 # ----------------------------------------------------------------------------- walking
-def _tuple(value: IntOrTuple, n: int, what: str) -> tuple[int, ...]:
-    if isinstance(value, tuple):
-        if len(value) != n:
-            raise ValueError(
-                f"`{what}` (={value!r}) must have one entry per spatial dimension (={n})."
-            )
-        return value
-    return (operator.index(value),) * n
-
-
-def _lax_padding(padding: PaddingArg, n: int, what: str) -> Any:
-    if isinstance(padding, str):
-        return padding.upper()
-    if isinstance(padding, int):
-        return ((padding, padding),) * n
-    if len(padding) != n:
-        raise ValueError(
-            f"`{what}` (={padding!r}) must have one entry per spatial dimension (={n})."
-        )
-    return tuple((p, p) if isinstance(p, int) else p for p in padding)
-
-
-def _conv_spec(
-    shape: tuple[int, ...], kernel: IntOrTuple, filters: int, stride: IntOrTuple,
-    padding: PaddingArg, dilation: IntOrTuple, groups: int, what: str,
-) -> ConvSpec:
-    n = len(shape) - 2
-    if n not in _DNUMS:
-        raise ValueError(f"`{what}`: input shape {shape} must have 1 to 3 spatial dimensions.")
-    window = _tuple(kernel, n, f"{what}.kernel")
-    c = shape[-1]
-    if c % groups:
-        raise ValueError(
-            f"`{what}.groups` (={groups}) must divide the input channels (={c})."
-        )
-    try:
-        return ConvSpec.from_lax(
-            shape, (*window, c // groups, filters), _tuple(stride, n, f"{what}.stride"),
-            _lax_padding(padding, n, f"{what}.padding"),
-            rhs_dilation=_tuple(dilation, n, f"{what}.dilation"),
-            dimension_numbers=_DNUMS[n], feature_group_count=groups,
-        )
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"`{what}` on input {shape}: {e}") from e
-
-
-def _conv_info(name: str, kind: str, spec: ConvSpec, bias: bool) -> LayerInfo:
-    return LayerInfo(
-        name=name, kind=kind, in_shape=spec.lhs_shape, out_shape=spec.out_shape,
-        kernel_shape=spec.rhs_shape, weights=math.prod(spec.rhs_shape),
-        biases=spec.out_features if bias else 0, bn_params=0, bn_stats=0, macs=spec.macs,
-        spec=spec, groups=spec.feature_group_count,
-    )
-
-
-def _plain(name: str, kind: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
-           bn: int = 0) -> LayerInfo:
-    return LayerInfo(
-        name=name, kind=kind, in_shape=in_shape, out_shape=out_shape, kernel_shape=None,
-        weights=0, biases=0, bn_params=bn, bn_stats=bn, macs=0, spec=None, groups=1,
-    )
-
-
-def _walk(layers: Sequence[Layer], shape: tuple[int, ...], prefix: str,
-          out: list[LayerInfo]) -> tuple[int, ...]:
-    """Append a LayerInfo per layer to `out`; return the output shape."""
+def _walk(layers: Sequence[Layer], shape: Shape, prefix: str) -> tuple[list[LayerInfo], Shape]:
+    """Every layer's entries in order, named `prefix` + the layer's name (or its kind and
+    index), and the output shape."""
+    out: list[LayerInfo] = []
     for i, layer in enumerate(layers):
-        kind = type(layer).__name__.lower()
-        name = prefix + (layer.name or f"{kind}{i}")
-        if isinstance(layer, Conv):
-            spec = _conv_spec(shape, layer.kernel, layer.filters, layer.stride, layer.padding,
-                              layer.dilation, layer.groups, "Conv")
-            out.append(_conv_info(name, "conv", spec, layer.bias))
-        elif isinstance(layer, Depthwise | Separable):
-            c = shape[-1]
-            dilation = layer.dilation if isinstance(layer, Depthwise) else 1
-            spec = _conv_spec(shape, layer.kernel, c * layer.multiplier, layer.stride,
-                              layer.padding, dilation, c, type(layer).__name__)
-            if isinstance(layer, Depthwise):
-                out.append(_conv_info(name, "depthwise", spec, layer.bias))
-            else:
-                out.append(_conv_info(name + "/dw", "depthwise", spec, False))
-                pw = _conv_spec(spec.out_shape, 1, layer.filters, 1, "VALID", 1, 1, "Separable")
-                out.append(_conv_info(name + "/pw", "conv", pw, layer.bias))
-        elif isinstance(layer, Pool):
-            stride = layer.window if layer.stride is None else layer.stride
-            spec = _conv_spec(shape, layer.window, shape[-1], stride, layer.padding, 1,
-                              shape[-1], "Pool")
-            out.append(_plain(name, "pool", shape, spec.out_shape))
-        elif isinstance(layer, GlobalPool):
-            if len(shape) < 3:
-                raise ValueError(f"`GlobalPool` needs a spatial input, got shape {shape}.")
-            out.append(_plain(name, "globalpool", shape, (shape[0], shape[-1])))
-        elif isinstance(layer, Flatten):
-            out.append(_plain(name, "flatten", shape, (shape[0], math.prod(shape[1:]))))
-        elif isinstance(layer, Dense):
-            flat = (shape[0], math.prod(shape[1:]))
-            d = flat[1]
-            out.append(LayerInfo(
-                name=name, kind="dense", in_shape=flat, out_shape=(shape[0], layer.units),
-                kernel_shape=(d, layer.units), weights=d * layer.units,
-                biases=layer.units if layer.bias else 0, bn_params=0, bn_stats=0,
-                macs=shape[0] * d * layer.units, spec=None, groups=1,
-            ))
-        elif isinstance(layer, BatchNorm):
-            out.append(_plain(name, "bn", shape, shape, bn=2 * shape[-1]))
-        elif isinstance(layer, ReLU):
-            out.append(_plain(name, "relu", shape, shape))
-        elif isinstance(layer, Residual):
-            main = _walk(layer.main, shape, name + "/main/", out)
-            short = _walk(layer.shortcut, shape, name + "/shortcut/", out)
-            if main != short:
-                raise ValueError(
-                    f"`Residual` {name!r}: main branch output {main} and shortcut output "
-                    f"{short} must have the same shape."
-                )
-            out.append(_plain(name + "/add", "add", main, main))
-        else:
+        if not isinstance(layer, Layer):
             raise ValueError(f"`layers[{i}]` (={layer!r}) is not a jconv.models layer.")
-        shape = out[-1].out_shape
-    return shape
+        name = layer.name or f"{type(layer).__name__.lower()}{i}"
+        infos, shape = layer.infos(shape, prefix + name)
+        out += infos
+    return out, shape
 
 
 @dataclass(frozen=True)
@@ -433,9 +550,7 @@ class Network:
     def walk(self, batch: int = 1) -> list[LayerInfo]:
         """Flattened per-layer info, residual branches included, one "add" per Residual."""
         _check_int("Network.walk", "batch", batch, 1)
-        out: list[LayerInfo] = []
-        _walk(self.layers, (batch, *self.input_shape), "", out)
-        return out
+        return _walk(self.layers, (batch, *self.input_shape), "")[0]
 
     def params(self, *, trainable_only: bool = True) -> int:
         """Weights + biases + BN gamma/beta; BN running statistics too if not trainable_only."""

@@ -5,11 +5,6 @@ measurement: array shapes and bytes from the engine, weight array sizes, XLA's c
 analysis, observed float32 rounding error, published network counts.
 """
 
-from .cost import Formula as Formula
-from .cost import cost_analysis_flops as cost_analysis_flops
-from .cost import dimension_names as dimension_names
-from .cost import layer_model as layer_model
-from .cost import xla_taps as xla_taps
 from .error import UNIT_ROUNDOFF as UNIT_ROUNDOFF
 from .error import gamma as gamma
 from .error import unit_roundoff as unit_roundoff
@@ -20,6 +15,11 @@ from .geometry import same_padding as same_padding
 from .geometry import size_symbols as size_symbols
 from .geometry import transposed_output_size as transposed_output_size
 from .hypotheses import hypotheses as hypotheses
+from .layer import Formula as Formula
+from .layer import cost_analysis_flops as cost_analysis_flops
+from .layer import dimension_names as dimension_names
+from .layer import layer_model as layer_model
+from .layer import xla_taps as xla_taps
 from .lowering import lowering_cost_formula as lowering_cost_formula
 from .lowering import lowering_costs as lowering_costs
 from .lowering import lowering_names as lowering_names

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import sympy as sp
 
-from .cost import Formula
 from .geometry import Size, effective_window
+from .layer import Formula
 
 __all__ = [
     "asymptotic_order",

@@ -13,45 +13,55 @@ Grammar (one ``--layer`` per layer, in order; sizes are ``3`` or ``3x5``, one pe
 Padding ``p`` is ``same``, ``same_lower``, ``valid``, an int (both sides) or one int per dim
 (``1x2``). Long key names (kernel, stride, padding, dilation, groups, multiplier) are
 accepted too. An input is ``HxWxC`` (any number of spatial sizes, channels last).
-Every malformed token raises `SpecError`, which names the token and shows a correct example.
+Every malformed token raises `GrammarError`, which names the token and shows a correct
+example.
+
+>>> parse_layer("conv:64,k=3,s=2")
+Conv(filters=64, kernel=3, stride=2, padding='SAME', dilation=1, groups=1, bias=True, name='')
+>>> parse_input("224x224x3")
+(224, 224, 3)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["GRAMMAR_HELP", "SpecError", "parse_input", "parse_layer"]
+from . import models
+
+__all__ = ["GRAMMAR_HELP", "KINDS", "GrammarError", "Kind", "parse_input", "parse_layer"]
 
 
-class SpecError(ValueError):
-    """A malformed command-line spec: `token` is the offending text, `example` a correct one."""
+class GrammarError(ValueError):
+    """A malformed ``--layer``/``--input`` text: `token` is the offending part of `text`,
+    `rule` what it breaks, `example` a correct one."""
 
-    def __init__(self, spec: str, token: str, rule: str, example: str) -> None:
-        self.spec, self.token, self.rule, self.example = spec, token, rule, example
-        super().__init__(f"bad spec {spec!r}: {token!r} {rule} (example: {example})")
+    def __init__(self, text: str, token: str, rule: str, example: str) -> None:
+        self.text, self.token, self.rule, self.example = text, token, rule, example
+        super().__init__(f"{text!r}: {token!r} {rule} (example: {example})")
 
 
 @dataclass(frozen=True)
-class _Kind:
+class Kind:
     """One layer kind: its positional argument, allowed keys and a correct example."""
 
-    positional: str | None  # "filters", "units", "pool" or None
+    positional: str | None  # what a first item without "=" names: "filters", "pool", ...
     required: bool
     keys: frozenset[str]
     example: str
 
 
-_KINDS: dict[str, _Kind] = {
-    "conv": _Kind("filters", True, frozenset("kspdg") | {"bias"}, "conv:64,k=3,s=1,p=same,d=1,g=1"),
-    "dw": _Kind(None, False, frozenset("kspdm") | {"bias"}, "dw:k=3,s=1,m=1"),
-    "sep": _Kind("filters", True, frozenset("kspm") | {"bias"}, "sep:128,k=3,s=1"),
-    "pool": _Kind("pool", True, frozenset("ksp"), "pool:max,k=2,s=2"),
-    "gap": _Kind("gap", False, frozenset(), "gap  or  gap:max"),
-    "dense": _Kind("units", True, frozenset({"bias"}), "dense:10"),
-    "bn": _Kind(None, False, frozenset(), "bn"),
-    "relu": _Kind(None, False, frozenset(), "relu"),
-    "flatten": _Kind(None, False, frozenset(), "flatten"),
+KINDS: dict[str, Kind] = {
+    "conv": Kind("filters", True, frozenset("kspdg") | {"bias"}, "conv:64,k=3,s=1,p=same,d=1,g=1"),
+    "dw": Kind(None, False, frozenset("kspdm") | {"bias"}, "dw:k=3,s=1,m=1"),
+    "sep": Kind("filters", True, frozenset("kspm") | {"bias"}, "sep:128,k=3,s=1"),
+    "pool": Kind("pool", True, frozenset("ksp"), "pool:max,k=2,s=2"),
+    "gap": Kind("gap", False, frozenset(), "gap  or  gap:max"),
+    "dense": Kind("units", True, frozenset({"bias"}), "dense:10"),
+    "bn": Kind(None, False, frozenset(), "bn"),
+    "relu": Kind(None, False, frozenset(), "relu"),
+    "flatten": Kind(None, False, frozenset(), "flatten"),
 }
 
 _LONG_KEYS = {
@@ -80,50 +90,48 @@ def parse_input(text: str) -> tuple[int, ...]:
     example = "--input 224x224x3"
     parts = text.strip().lower().split("x")
     if len(parts) < 2:
-        raise SpecError(text, text, "needs spatial sizes and channels, HxWxC", example)
+        raise GrammarError(text, text, "needs spatial sizes and channels, HxWxC", example)
     return tuple(_positive(text, p, "input size", example) for p in parts)
 
 
-def parse_layer(text: str) -> Any:
-    """One ``--layer`` spec -> the matching `jconv.models` layer (Conv, Depthwise, ...)."""
-    from . import models
-
+def parse_layer(text: str) -> models.Layer:
+    """One ``--layer`` text -> the matching `jconv.models` layer (Conv, Depthwise, ...)."""
     head, _, rest = text.strip().partition(":")
     name = head.strip().lower()
-    if name not in _KINDS:
-        raise SpecError(
-            text, head, f"is not a layer kind; use one of {', '.join(_KINDS)}",
-            _KINDS["conv"].example,
+    if name not in KINDS:
+        raise GrammarError(
+            text, head, f"is not a layer kind; use one of {', '.join(KINDS)}",
+            KINDS["conv"].example,
         )
-    kind = _KINDS[name]
+    kind = KINDS[name]
     items = [t.strip() for t in rest.split(",")] if rest.strip() else []
     if rest and not rest.strip():
-        raise SpecError(text, text, "has nothing after ':'", kind.example)
+        raise GrammarError(text, text, "has nothing after ':'", kind.example)
     positional: str | None = None
     opts: dict[str, str] = {}
     for i, item in enumerate(items):
         if not item:
-            raise SpecError(text, text, "has an empty item (two commas or a trailing comma)",
-                            kind.example)
+            raise GrammarError(text, text, "has an empty item (two commas or a trailing comma)",
+                               kind.example)
         if "=" not in item:
             if i == 0 and kind.positional is not None:
                 positional = item
                 continue
             what = "a key=value option" if kind.positional is None or i else "an argument"
-            raise SpecError(text, item, f"is not {what} of '{name}'", kind.example)
+            raise GrammarError(text, item, f"is not {what} of '{name}'", kind.example)
         key, _, value = (s.strip() for s in item.partition("="))
         key = _LONG_KEYS.get(key.lower(), key.lower())
         if key not in kind.keys:
             allowed = ", ".join(sorted(kind.keys)) or "none"
-            raise SpecError(text, item, f"is not an option of '{name}' (allowed: {allowed})",
-                            kind.example)
+            raise GrammarError(text, item, f"is not an option of '{name}' (allowed: {allowed})",
+                               kind.example)
         if key in opts:
-            raise SpecError(text, item, f"repeats option '{key}'", kind.example)
+            raise GrammarError(text, item, f"repeats option '{key}'", kind.example)
         if not value:
-            raise SpecError(text, item, "has no value", kind.example)
+            raise GrammarError(text, item, "has no value", kind.example)
         opts[key] = value
     if kind.required and positional is None:
-        raise SpecError(text, text, f"needs its {kind.positional} first", kind.example)
+        raise GrammarError(text, text, f"needs its {kind.positional} first", kind.example)
 
     ex = kind.example
     kw: dict[str, Any] = {}
@@ -132,7 +140,7 @@ def parse_layer(text: str) -> Any:
             kw["padding"] = _padding(text, f"p={value}", value, ex)
         elif key == "bias":
             if value.lower() not in _BOOL_WORDS:
-                raise SpecError(text, f"bias={value}", "must be 1/0 (true/false)", ex)
+                raise GrammarError(text, f"bias={value}", "must be 1/0 (true/false)", ex)
             kw["bias"] = _BOOL_WORDS[value.lower()]
         else:
             kw[key] = _sizes(text, f"{key}={value}", value, _KEY_RULES[key], ex)
@@ -141,7 +149,7 @@ def parse_layer(text: str) -> Any:
         f = _positive(text, positional or "", "number of filters", ex)
         g = kw.pop("g", 1)
         if isinstance(g, tuple):
-            raise SpecError(text, f"g={opts['g']}", "groups must be one integer", ex)
+            raise GrammarError(text, f"g={opts['g']}", "groups must be one integer", ex)
         return models.Conv(
             filters=f, kernel=kw.pop("k", 3), stride=kw.pop("s", 1),
             padding=kw.pop("padding", "SAME"), dilation=kw.pop("d", 1), groups=g, **kw,
@@ -149,7 +157,7 @@ def parse_layer(text: str) -> Any:
     if name in ("dw", "sep"):
         m = kw.pop("m", 1)
         if isinstance(m, tuple):
-            raise SpecError(text, f"m={opts['m']}", "multiplier must be one integer", ex)
+            raise GrammarError(text, f"m={opts['m']}", "multiplier must be one integer", ex)
         common = dict(kernel=kw.pop("k", 3), multiplier=m, stride=kw.pop("s", 1),
                       padding=kw.pop("padding", "SAME"))
         if name == "dw":
@@ -166,43 +174,47 @@ def parse_layer(text: str) -> Any:
     if name == "dense":
         units = _positive(text, positional or "", "number of units", ex)
         return models.Dense(units=units, **kw)
-    return {"bn": models.BatchNorm, "relu": models.ReLU, "flatten": models.Flatten}[name]()
+    plain: dict[str, Callable[[], models.Layer]] = {
+        "bn": models.BatchNorm, "relu": models.ReLU, "flatten": models.Flatten,
+    }
+    return plain[name]()
 
 
-def _pool_kind(spec: str, token: str, example: str) -> Literal["max", "avg"]:
+def _pool_kind(text: str, token: str, example: str) -> Literal["max", "avg"]:
     word = token.strip().lower()
     if word == "max":
         return "max"
     if word == "avg":
         return "avg"
-    raise SpecError(spec, token, "must be 'max' or 'avg'", example)
+    raise GrammarError(text, token, "must be 'max' or 'avg'", example)
 
 
-def _positive(spec: str, token: str, what: str, example: str) -> int:
+def _positive(text: str, token: str, what: str, example: str) -> int:
     if not token.strip().isdigit():
-        raise SpecError(spec, token, f"must be a positive integer ({what})", example)
+        raise GrammarError(text, token, f"must be a positive integer ({what})", example)
     value = int(token)
     if value < 1:
-        raise SpecError(spec, token, f"must be >= 1 ({what})", example)
+        raise GrammarError(text, token, f"must be >= 1 ({what})", example)
     return value
 
 
-def _sizes(spec: str, token: str, value: str, what: str, example: str) -> int | tuple[int, ...]:
+def _sizes(text: str, token: str, value: str, what: str, example: str) -> int | tuple[int, ...]:
     """``3`` -> 3, ``3x5`` -> (3, 5); each a positive integer."""
     parts = value.lower().split("x")
     for p in parts:
         if not p.isdigit() or int(p) < 1:
-            raise SpecError(spec, token, f"must be a positive integer or NxM ({what})", example)
+            raise GrammarError(text, token, f"must be a positive integer or NxM ({what})", example)
     sizes = tuple(int(p) for p in parts)
     return sizes[0] if len(sizes) == 1 else sizes
 
 
-def _padding(spec: str, token: str, value: str, example: str) -> str | int | tuple[int, ...]:
+def _padding(text: str, token: str, value: str, example: str) -> str | int | tuple[int, ...]:
     word = value.lower()
     if word in _PAD_WORDS:
         return _PAD_WORDS[word]
     parts = word.split("x")
     if not all(p.isdigit() for p in parts):
-        raise SpecError(spec, token, "must be same, same_lower, valid, an integer or NxM", example)
+        raise GrammarError(text, token, "must be same, same_lower, valid, an integer or NxM",
+                           example)
     sizes = tuple(int(p) for p in parts)
     return sizes[0] if len(sizes) == 1 else sizes

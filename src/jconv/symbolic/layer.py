@@ -21,7 +21,6 @@ Two FLOP conventions:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,10 +29,17 @@ import sympy as sp
 
 from .._spec import ConvSpec
 from .error import UNIT_ROUNDOFF, gamma
-from .geometry import effective_window
+from .geometry import output_size
 from .memory import tensor_bytes, tensor_elements
 
-__all__ = ["Formula", "cost_analysis_flops", "dimension_names", "layer_model", "xla_taps"]
+__all__ = [
+    "Formula",
+    "cost_analysis_flops",
+    "dimension_names",
+    "layer_model",
+    "unroll_sums",
+    "xla_taps",
+]
 
 _DTYPE_OF_ITEMSIZE = {8: "float64", 4: "float32", 2: "float16"}
 
@@ -111,7 +117,7 @@ def xla_taps(i: sp.Expr, k: sp.Expr, s: sp.Expr, lo: sp.Expr, d: sp.Expr, o: sp.
     return sp.Sum(sp.Sum(hit, (q, 0, o - 1)), (t, 0, k - 1))
 
 
-def _unroll_sums(expr: sp.Expr) -> sp.Expr:
+def unroll_sums(expr: sp.Expr) -> sp.Expr:
     """Each ``Sum`` over whole-number limits written out term by term: SymPy's own
     evaluation of ``Sum(Max(0, floor(-t/3) + 1), (t, 0, 0))`` returns 0 under some hash
     seeds (the correct value is 1)."""
@@ -167,7 +173,7 @@ def layer_model(spec: ConvSpec, *, bias: bool = True, itemsize: int = 4) -> dict
         if use_lhs:
             ld = _pos(f"l_{x}")
             vals[ld] = spec.lhs_dilation[j]
-        o = sp.floor(((i - 1) * ld + 1 + lo + hi - effective_window(k, d)) / s) + 1
+        o = output_size(i, k, s, (lo, hi), d, ld)
         elementwise_conditions += [(k, 1), (s, 1), (d, 1), (lo, 0), (hi, 0), (ld, 1)]
         i_s.append(i)
         k_s.append(k)
@@ -175,7 +181,7 @@ def layer_model(spec: ConvSpec, *, bias: bool = True, itemsize: int = 4) -> dict
         taps.append(xla_taps(i, k, s, lo, d, o, ld))
 
     def make(name: str, expr: sp.Expr) -> Formula:
-        value = _unroll_sums(sp.sympify(expr).xreplace(
+        value = unroll_sums(sp.sympify(expr).xreplace(
             {a: sp.Integer(b) for a, b in vals.items()})).doit()
         return Formula(name, expr, int(value) if value.is_Integer else value)
 
@@ -207,7 +213,7 @@ def layer_model(spec: ConvSpec, *, bias: bool = True, itemsize: int = 4) -> dict
     out["bias_bytes"] = make("bias_bytes", biases * itemsize)
     out["out_bytes"] = make("out_bytes", out_el * itemsize)
     u = UNIT_ROUNDOFF[_DTYPE_OF_ITEMSIZE[itemsize]]
-    K_val = math.prod(spec.window) * (spec.in_features // spec.feature_group_count)
+    K_val = spec.taps * spec.group_in_features
     u_sym = sp.Symbol("u", positive=True)
     K = window * C_in / g
     bound = K * u_sym / (1 - K * u_sym)

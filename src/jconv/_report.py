@@ -1,0 +1,95 @@
+"""What `jconv explain` reports: numbers with their formulas, checks, per-layer rows, totals.
+
+Built by `jconv._explain.build_report`, printed by `jconv._explain_render`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Check", "Hypotheses", "LayerRow", "NetworkReport", "Quantity", "Report"]
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """One number with the formula that gives it (plain text and LaTeX)."""
+
+    value: int
+    formula: str
+    latex: str
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verification: `passed` is None when the check does not apply (see `note`)."""
+
+    name: str
+    expected: Any
+    measured: Any
+    passed: bool | None
+    note: str = ""
+
+
+@dataclass
+class LayerRow:
+    """Everything `explain` says about one walked layer; `quantities` keyed ``weights``,
+    ``biases``, ``params``, ``macs``, ``out_elements``, ``out_bytes`` (and ``out_0``... for
+    a conv)."""
+
+    index: int
+    name: str
+    kind: str
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    kernel_shape: tuple[int, ...] | None
+    groups: int
+    quantities: dict[str, Quantity]
+    rule: str
+    einsum: str | None
+    checks: list[Check] = field(default_factory=list)
+
+
+@dataclass
+class NetworkReport:
+    """One network: its layers, totals and the checks of the totals."""
+
+    name: str
+    title: str
+    input_shape: tuple[int, ...]
+    layers: list[LayerRow]
+    totals: dict[str, int]
+    checks: list[Check] = field(default_factory=list)
+    published: dict[str, Any] | None = None
+
+
+@dataclass
+class Hypotheses:
+    """The three readings of "what happens to C maps" over depth ``L = 1..depth``."""
+
+    parameters: dict[str, int]
+    formulas: dict[str, dict[str, str]]
+    rows: list[dict[str, Any]]
+
+
+@dataclass
+class Report:
+    """A whole `jconv explain` run."""
+
+    dtype: str
+    itemsize: int
+    batch: int
+    verify: bool
+    check_maps: int
+    networks: list[NetworkReport]
+    hypotheses: Hypotheses | None
+
+    def all_checks(self) -> list[Check]:
+        """Every network's checks, then every layer's."""
+        out = [c for n in self.networks for c in n.checks]
+        return out + [c for n in self.networks for r in n.layers for c in r.checks]
+
+    @property
+    def ok(self) -> bool:
+        """No check failed (checks that do not apply count as passed)."""
+        return all(c.passed is not False for c in self.all_checks())
