@@ -174,7 +174,7 @@ SUMMING = ("shift", "patches", "direct", "hybrid")
 def test_error_bound_holds_on_float32_engine_outputs(case: tuple, strategy: str) -> None:
     lhs, rhs, strides, padding, rhs_d, groups = case
     spec = ConvSpec.from_lax(lhs, rhs, strides, padding, None, rhs_d, DN2, groups)
-    bound = layer_model(spec, itemsize=4)["error_bound"]
+    bound = layer_model(spec, dtype=jnp.float32)["error_bound"]
     K = int(np.prod(rhs[:-1]))
     assert bound.value == gamma(K, sp.Rational(1, 2**24))
     # the float64 reference is itself within gamma_K(2**-53) of the exact sum
@@ -210,8 +210,8 @@ def test_formula_text_and_latex() -> None:
     assert m["params"].latex() == r"\frac{C_{in} C_{out} k_{h} k_{w}}{g} + C_{out} = 100"
     assert isinstance(m["weights"], Formula) and m["weights"].value == 90
     assert str(Formula("zero", sp.Integer(0), 0)) == "0"
-    with pytest.raises(ValueError, match="itemsize"):
-        layer_model(spec, itemsize=3)
+    with pytest.raises(ValueError, match="`dtype`"):
+        layer_model(spec, dtype=jnp.int32)
     with pytest.raises(ValueError, match=r"`K \* u`"):
         gamma(2**24, unit_roundoff("float32"))
     with pytest.raises(ValueError, match="`dtype`"):
@@ -222,8 +222,13 @@ def test_error_bound_is_vacuous_not_an_error_when_k_u_reaches_one() -> None:
     # float16: u = 2**-11, so K = 3*3*256 = 2304 products exceed 1/u and gamma_K is undefined.
     spec = ConvSpec.from_lax((1, 4, 4, 256), (3, 3, 256, 2), (1, 1), "SAME",
                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    assert layer_model(spec, itemsize=2)["error_bound"].value == sp.oo
-    assert layer_model(spec, itemsize=4)["error_bound"].value < 1e-3
+    assert layer_model(spec, dtype=jnp.float16)["error_bound"].value == sp.oo
+    assert layer_model(spec, dtype=jnp.float32)["error_bound"].value < 1e-3
+    # bfloat16 and float16 have the same item size, not the same roundoff
+    bf16, f16 = (layer_model(spec, dtype=d) for d in (jnp.bfloat16, jnp.float16))
+    assert bf16["out_bytes"].value == f16["out_bytes"].value
+    assert bf16["error_bound"].value == sp.oo and unit_roundoff("bfloat16") > unit_roundoff(
+        "float16")
 
 
 def test_flops_xla_of_a_strided_single_sample_conv() -> None:

@@ -81,7 +81,7 @@ def _layer_model(spec: ConvSpec, bias: bool) -> dict[str, symbolic.Formula]:
     Always at ``itemsize=4``: bytes are elements times the item size (`_conv_quantities`),
     so one cached model serves every dtype.
     """
-    return symbolic.layer_model(spec, bias=bias, itemsize=4)
+    return symbolic.layer_model(spec, bias=bias, dtype="float32")
 
 
 _N, _D, _U, _C = sympy.symbols("N D_in D_out C", integer=True, positive=True)

@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import sympy as sp
 
 from .._spec import ConvSpec
@@ -41,7 +43,6 @@ __all__ = [
     "xla_taps",
 ]
 
-_DTYPE_OF_ITEMSIZE = {8: "float64", 4: "float32", 2: "float16"}
 
 
 @dataclass(frozen=True)
@@ -132,14 +133,16 @@ def unroll_sums(expr: sp.Expr) -> sp.Expr:
         unroll)
 
 
-def layer_model(spec: ConvSpec, *, bias: bool = True, itemsize: int = 4) -> dict[str, Formula]:
+def layer_model(
+    spec: ConvSpec, *, bias: bool = True, dtype: jax.typing.DTypeLike = jnp.float32
+) -> dict[str, Formula]:
     """Formulas of one convolution, each with its value at `spec`'s numbers.
 
     Keys: ``out_0 .. out_{n-1}`` (output size per spatial dim), ``out_elements``,
     ``weights``, ``biases``, ``params``, ``macs``, ``flops_dense``, ``flops_xla`` (present
     only when ``batch_group_count == 1``), ``in_bytes``, ``weight_bytes``, ``bias_bytes``,
-    ``out_bytes``, ``error_bound`` (``gamma_K`` at the unit roundoff of a float of
-    `itemsize` bytes: 8, 4 or 2 = float16).
+    ``out_bytes`` (at ``dtype``'s item size), ``error_bound`` (``gamma_K`` at ``dtype``'s
+    unit roundoff; ``dtype`` one of `UNIT_ROUNDOFF`'s floats).
 
     >>> spec = ConvSpec.from_lax((1, 28, 28, 1), (3, 3, 1, 10), (1, 1), "SAME",
     ...                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -148,8 +151,10 @@ def layer_model(spec: ConvSpec, *, bias: bool = True, itemsize: int = 4) -> dict
     """
     if not isinstance(spec, ConvSpec):
         raise TypeError(f"`spec` (={spec!r}) must be a jconv.ConvSpec.")
-    if itemsize not in _DTYPE_OF_ITEMSIZE:
-        raise ValueError(f"`itemsize` (={itemsize!r}) must be one of 8, 4, 2.")
+    name = jnp.dtype(dtype).name
+    if name not in UNIT_ROUNDOFF:
+        raise ValueError(f"`dtype` (={name}) must be one of {sorted(UNIT_ROUNDOFF)}.")
+    itemsize = jnp.dtype(dtype).itemsize
     n = spec.num_spatial
     in_names, suf = dimension_names(n)
     N, C_in, C_out, g = _pos("N"), _pos("C_in"), _pos("C_out"), _pos("g")
@@ -212,7 +217,7 @@ def layer_model(spec: ConvSpec, *, bias: bool = True, itemsize: int = 4) -> dict
     out["weight_bytes"] = make("weight_bytes", weights * itemsize)
     out["bias_bytes"] = make("bias_bytes", biases * itemsize)
     out["out_bytes"] = make("out_bytes", out_el * itemsize)
-    u = UNIT_ROUNDOFF[_DTYPE_OF_ITEMSIZE[itemsize]]
+    u = UNIT_ROUNDOFF[name]
     K_val = spec.taps * spec.group_in_features
     u_sym = sp.Symbol("u", positive=True)
     K = window * C_in / g
