@@ -5,10 +5,12 @@ per-channel correlations, so a layer always outputs F maps.
 """
 
 from . import convert as convert
+from . import lax as lax
 from . import planner as planner
 from . import strategies as strategies
 from ._engine import conv as conv
 from ._engine import conv_general_dilated as conv_general_dilated
+from ._layers import conv_general_dilated_patches as conv_general_dilated_patches
 from ._layers import depthwise_conv as depthwise_conv
 from ._layers import local_conv as local_conv
 from ._layers import masked_conv as masked_conv
@@ -16,18 +18,22 @@ from ._layers import separable_conv as separable_conv
 from ._spec import ConvSpec as ConvSpec
 from ._transpose import conv_transpose as conv_transpose
 from ._transpose import conv_transpose_torch as conv_transpose_torch
+from ._validate import ConvArgumentError as ConvArgumentError
 from .planner import get_memory_budget as get_memory_budget
 from .planner import set_memory_budget as set_memory_budget
 
 __all__ = [
+    "ConvArgumentError",
     "ConvSpec",
     "conv",
     "conv_general_dilated",
+    "conv_general_dilated_patches",
     "conv_transpose",
     "conv_transpose_torch",
     "convert",
     "depthwise_conv",
     "get_memory_budget",
+    "lax",
     "local_conv",
     "masked_conv",
     "planner",

@@ -15,7 +15,6 @@ All of them reduce to `jconv.conv` / einsum; none uses a convolution primitive.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,10 +25,16 @@ from jax import lax
 
 from ._engine import conv
 from ._spec import ConvSpec, Padding, normalize_layout, parse_dimension_numbers
-from ._validate import as_int, check_operands, check_precision
+from ._validate import as_int, check_operand, check_operands, check_precision, check_preferred
 from .strategies._common import offsets, pad_input, spatial_letters, window_slice
 
-__all__ = ["depthwise_conv", "local_conv", "masked_conv", "separable_conv"]
+__all__ = [
+    "conv_general_dilated_patches",
+    "depthwise_conv",
+    "local_conv",
+    "masked_conv",
+    "separable_conv",
+]
 
 
 def _channels_last(layout: str, ndim: int) -> bool:
@@ -182,13 +187,80 @@ def local_conv(
     """
     lhs_arr, rhs_arr = check_operands(lhs, rhs)
     ndim = lhs_arr.ndim
-    if ndim < 3 or rhs_arr.ndim != ndim:
+    if ndim < 2 or rhs_arr.ndim != ndim:
         raise ValueError(
             f"`lhs` (shape {tuple(lhs_arr.shape)}) and `rhs` (shape {tuple(rhs_arr.shape)}) "
-            "must have the same rank >= 3."
+            "must have the same rank >= 2."
         )
-    n = ndim - 2
     perms, _ = parse_dimension_numbers(dimension_numbers, ndim)
+    spec = _window_spec(lhs_arr.shape, filter_shape, rhs_arr.shape[perms.rhs[0]],
+                        window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers)
+    c, taps = spec.in_features, spec.taps
+    want = [0] * ndim
+    want[perms.rhs[0]] = spec.out_features
+    want[perms.rhs[1]] = c * taps
+    for axis, o in zip(perms.rhs[2:], spec.out_spatial, strict=True):
+        want[axis] = o
+    if tuple(rhs_arr.shape) != tuple(want):
+        raise ValueError(
+            f"`rhs` (shape {tuple(rhs_arr.shape)}) must have shape {tuple(want)}: the output's "
+            f"spatial sizes {spec.out_spatial}, I = C * prod(filter_shape) = "
+            f"{c} * {taps} and O = {spec.out_features}."
+        )
+    return _local(lhs_arr, rhs_arr, spec=spec, precision=check_precision(precision))
+
+
+def conv_general_dilated_patches(
+    lhs: jax.typing.ArrayLike,
+    filter_shape: Sequence[int],
+    window_strides: Sequence[int],
+    padding: Padding,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    precision: lax.PrecisionLike = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """Every window of the input as a feature vector: a drop-in for lax's
+    `conv_general_dilated_patches`, built from window slices (no convolution, no products).
+
+    ``out[n, o, c*K + k] = x[n, o*s + k*d - p_lo, c]`` with ``K = prod(filter_shape)``,
+    offsets ``k`` row-major in the kernel layout's spatial order; the output has the layout
+    of `dimension_numbers`' output with ``C*K`` features. These are the patches that the
+    `patches` lowering contracts with the kernel.
+
+    >>> conv_general_dilated_patches(jnp.ones((1, 3, 6, 6)), (2, 2), (1, 1), "VALID").shape
+    (1, 12, 5, 5)
+    """
+    x = check_operand("lhs", lhs)
+    check_precision(precision)  # no products are computed: validated, as lax does
+    if x.ndim < 2:
+        raise ValueError(
+            f"`lhs` (shape {tuple(x.shape)}) must have rank >= 2: batch, feature and any number "
+            "of spatial dimensions."
+        )
+    spec = _window_spec(x.shape, filter_shape, 1, window_strides, padding, lhs_dilation,
+                        rhs_dilation, dimension_numbers)
+    pet = check_preferred(preferred_element_type, jnp.dtype(x.dtype))
+    out_dtype = jnp.dtype(x.dtype) if pet is None else pet
+    return _patches_run(x, spec=spec, out_dtype=out_dtype)
+
+
+def _window_spec(
+    lhs_shape: Sequence[int],
+    filter_shape: Any,
+    out_features: int,
+    window_strides: Any,
+    padding: Any,
+    lhs_dilation: Any,
+    rhs_dilation: Any,
+    dimension_numbers: Any,
+) -> ConvSpec:
+    """The spec of `lhs` against a shared kernel of window `filter_shape` (validated here),
+    ``C`` input channels and `out_features` filters, in `dimension_numbers`' rhs layout."""
+    ndim = len(lhs_shape)
+    perms, _ = parse_dimension_numbers(dimension_numbers, ndim)
+    n = ndim - 2
     if isinstance(filter_shape, (str, bytes)) or not isinstance(filter_shape, Sequence) or len(
         filter_shape
     ) != n:
@@ -196,28 +268,29 @@ def local_conv(
             f"`filter_shape` (={filter_shape!r}) must be a sequence of {n} window sizes."
         )
     window = tuple(as_int(f"filter_shape[{i}]", k, minimum=1) for i, k in enumerate(filter_shape))
-    c = lhs_arr.shape[perms.lhs[1]]
-    shared = [0] * ndim  # the shared kernel this local kernel unshares, in rhs's layout
-    shared[perms.rhs[0]] = rhs_arr.shape[perms.rhs[0]]
-    shared[perms.rhs[1]] = c
+    shared = [0] * ndim
+    shared[perms.rhs[0]] = out_features
+    shared[perms.rhs[1]] = lhs_shape[perms.lhs[1]]
     for axis, k in zip(perms.rhs[2:], window, strict=True):
         shared[axis] = k
-    spec = ConvSpec.from_lax(
-        lhs_arr.shape, shared, window_strides, padding, lhs_dilation, rhs_dilation,
-        dimension_numbers,
-    )
-    want = [0] * ndim
-    want[perms.rhs[0]] = spec.out_features
-    want[perms.rhs[1]] = c * math.prod(window)
-    for axis, o in zip(perms.rhs[2:], spec.out_spatial, strict=True):
-        want[axis] = o
-    if tuple(rhs_arr.shape) != tuple(want):
-        raise ValueError(
-            f"`rhs` (shape {tuple(rhs_arr.shape)}) must have shape {tuple(want)}: the output's "
-            f"spatial sizes {spec.out_spatial}, I = C * prod(filter_shape) = "
-            f"{c} * {math.prod(window)} and O = {spec.out_features}."
-        )
-    return _local(lhs_arr, rhs_arr, spec=spec, precision=check_precision(precision))
+    return ConvSpec.from_lax(lhs_shape, shared, window_strides, padding, lhs_dilation,
+                             rhs_dilation, dimension_numbers)
+
+
+def _patches(spec: ConvSpec, x: jax.Array) -> jax.Array:
+    """``(N, *in, C) -> (N, *out, C*K)``: the window slices, channel-major (``c*K + k``)."""
+    if 0 in spec.out_spatial:
+        return jnp.zeros((spec.batch, *spec.out_spatial, spec.in_features * spec.taps), x.dtype)
+    xp = pad_input(spec, x)
+    patches = jnp.stack([window_slice(spec, xp, k) for k in offsets(spec)], axis=-1)
+    return patches.reshape(*patches.shape[:-2], -1)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "out_dtype"))
+def _patches_run(lhs: jax.Array, *, spec: ConvSpec, out_dtype: jnp.dtype) -> jax.Array:
+    """The user's ``lhs`` -> its patches in the user's output layout."""
+    y = _patches(spec, jnp.transpose(lhs, spec.lhs_to_canonical)).astype(out_dtype)
+    return jnp.transpose(y, spec.canonical_to_out)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "precision"))
@@ -225,13 +298,8 @@ def _local(lhs: jax.Array, rhs: jax.Array, *, spec: ConvSpec, precision: Any) ->
     """``(N, *S, C)`` and a kernel per output position ``(*out, C*K, F)``, both in the user's
     layouts -> the output in the user's layout: the window slices stacked into patches, one
     einsum over channels and offsets per position."""
-    x = jnp.transpose(lhs, spec.lhs_to_canonical)  # (N, *S, C)
+    patches = _patches(spec, jnp.transpose(lhs, spec.lhs_to_canonical))  # (N, *out, C*K)
     w = jnp.transpose(rhs, spec.rhs_to_canonical)  # (*out, C*K, F)
-    if 0 in spec.out_spatial:
-        return jnp.zeros(spec.out_shape, jnp.result_type(lhs, rhs))
-    xp = pad_input(spec, x)
-    patches = jnp.stack([window_slice(spec, xp, k) for k in offsets(spec)], axis=-1)
-    patches = patches.reshape(*patches.shape[:-2], -1)  # (N, *out, C*K): I = c * K + k, as lax
     s = spatial_letters(spec.num_spatial)
     y = jnp.einsum(f"N{s}I,{s}IF->N{s}F", patches, w, precision=precision)
     return jnp.transpose(y, spec.canonical_to_out)

@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from ._validate import as_int, int_tuple, listify
+from ._validate import ConvArgumentError, as_int, int_tuple, listify
 
 __all__ = [
     "ConvSpec",
@@ -66,7 +66,7 @@ def parse_dimension_numbers(
             "layout strings such as ('NHWC', 'HWIO', 'NHWC'), or a lax.ConvDimensionNumbers."
         )
     if len(dimension_numbers) != 3:
-        raise ValueError(
+        raise ConvArgumentError(
             f"`dimension_numbers` (={dimension_numbers!r}) must have 3 entries "
             f"(lhs, rhs, out), got {len(dimension_numbers)}."
         )
@@ -94,23 +94,23 @@ def _perms_from_strings(specs: tuple[str, str, str], ndim: int) -> _Perms:
     names = ("lhs", "rhs", "out")
     for spec, (a, b), name in zip(specs, pairs, names, strict=True):
         if len(spec) != ndim:
-            raise ValueError(
+            raise ConvArgumentError(
                 f"`dimension_numbers` {name} layout {spec!r} has {len(spec)} letters but the "
                 f"operands have rank {ndim}."
             )
         if spec.count(a) != 1 or spec.count(b) != 1:
-            raise ValueError(
+            raise ConvArgumentError(
                 f"`dimension_numbers` {name} layout {spec!r} must contain {a!r} and {b!r} "
                 "exactly once."
             )
         if len(set(spec)) != len(spec):
-            raise ValueError(
+            raise ConvArgumentError(
                 f"`dimension_numbers` {name} layout {spec!r} must not repeat a letter."
             )
     lhs, rhs, out = specs
     spatial = [set(s) - set(p) for s, p in zip(specs, pairs, strict=True)]
     if not spatial[0] == spatial[1] == spatial[2]:
-        raise ValueError(
+        raise ConvArgumentError(
             f"`dimension_numbers` (={specs!r}) must name the same spatial letters in all "
             "three layouts."
         )
@@ -233,15 +233,15 @@ class ConvSpec:
         lhs_shape = tuple(int(d) for d in lhs_shape)
         rhs_shape = tuple(int(d) for d in rhs_shape)
         if len(lhs_shape) != len(rhs_shape):
-            raise ValueError(
+            raise ConvArgumentError(
                 f"`lhs` (rank {len(lhs_shape)}, shape {lhs_shape}) and `rhs` (rank "
                 f"{len(rhs_shape)}, shape {rhs_shape}) must have the same rank."
             )
         ndim = len(lhs_shape)
-        if ndim < 3:
+        if ndim < 2:
             raise ValueError(
-                f"`lhs` (shape {lhs_shape}) must have rank >= 3 (batch, feature and at least "
-                f"one spatial dimension), got rank {ndim}."
+                f"`lhs` (shape {lhs_shape}) must have rank >= 2 (batch, feature and any number "
+                f"of spatial dimensions), got rank {ndim}."
             )
         n = ndim - 2
         perms, _ = parse_dimension_numbers(dimension_numbers, ndim)
@@ -467,12 +467,16 @@ def _parse_pairs(padding: Any, n: int) -> tuple[tuple[int, int], ...]:
     )
     padding = listify(padding)
     if not isinstance(padding, Sequence):
-        raise TypeError(msg)
+        raise ConvArgumentError(msg)
     if len(padding) != n:
-        raise ValueError(msg + f" Got {len(padding)} entries.")
+        raise ConvArgumentError(msg + f" Got {len(padding)} entries.")
     pairs = []
     for i, pair in enumerate(padding):
         if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
-            raise TypeError(msg + f" Entry {i} is {pair!r}.")
-        pairs.append((as_int(f"padding[{i}][0]", pair[0]), as_int(f"padding[{i}][1]", pair[1])))
+            raise ConvArgumentError(msg + f" Entry {i} is {pair!r}.")
+        try:
+            pairs.append((as_int(f"padding[{i}][0]", pair[0]),
+                          as_int(f"padding[{i}][1]", pair[1])))
+        except TypeError as e:
+            raise ConvArgumentError(str(e)) from e
     return tuple(pairs)

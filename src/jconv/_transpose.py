@@ -67,10 +67,10 @@ def conv_transpose(
     (1, 8, 8, 5)
     """
     lhs, rhs = check_operands(lhs, rhs)
-    if lhs.ndim != rhs.ndim or lhs.ndim < 3:
+    if lhs.ndim != rhs.ndim or lhs.ndim < 2:
         raise ValueError(
             f"`lhs` (shape {tuple(lhs.shape)}) and `rhs` (shape {tuple(rhs.shape)}) must have "
-            "the same rank >= 3."
+            "the same rank >= 2."
         )
     n = lhs.ndim - 2
     if not isinstance(transpose_kernel, bool):

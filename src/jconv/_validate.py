@@ -14,7 +14,9 @@ import numpy as np
 from jax import lax
 
 __all__ = [
+    "ConvArgumentError",
     "as_int",
+    "check_operand",
     "check_operands",
     "check_precision",
     "check_preferred",
@@ -22,6 +24,13 @@ __all__ = [
     "is_intlike",
     "listify",
 ]
+
+
+class ConvArgumentError(ValueError, TypeError):
+    """A malformed structural argument (operand ranks, layout strings, padding pairs): both
+    a `ValueError` and a `TypeError`, since lax raises one or the other for these, so code
+    that catches lax's class catches jconv's (as NumPy's ``AxisError`` is both a
+    ``ValueError`` and an ``IndexError``)."""
 
 
 def as_int(name: str, value: Any, *, minimum: int | None = None) -> int:
@@ -68,24 +77,24 @@ def is_intlike(value: Any) -> bool:
         return False
     return True
 
+def check_operand(name: str, a: Any) -> jax.Array:
+    """An array of a numeric (or bool) dtype, or a TypeError naming `name`. NumPy arrays
+    become JAX arrays first, so their dtypes are canonicalised as lax's are (float64 is
+    float32 while 64-bit types are off)."""
+    if isinstance(a, (np.ndarray, np.generic)) or not (hasattr(a, "shape") and hasattr(a, "dtype")):
+        try:
+            a = jnp.asarray(a)
+        except TypeError as e:
+            raise TypeError(f"`{name}` (={a!r}) must be an array.") from e
+    dt = jnp.dtype(a.dtype)
+    if not (jnp.issubdtype(dt, jnp.number) or dt == jnp.dtype(bool)):
+        raise TypeError(f"`{name}` has dtype {dt}; convolution needs a numeric or bool dtype.")
+    return a
+
+
 def check_operands(lhs: Any, rhs: Any) -> tuple[jax.Array, jax.Array]:
-    """Arrays of one numeric dtype, or a TypeError naming the culprit. NumPy arrays become
-    JAX arrays first, so their dtypes are canonicalised as lax's are (float64 is float32
-    while 64-bit types are off)."""
-    out = []
-    for name, a in (("lhs", lhs), ("rhs", rhs)):
-        if isinstance(a, (np.ndarray, np.generic)) or not (
-                hasattr(a, "shape") and hasattr(a, "dtype")):
-            try:
-                a = jnp.asarray(a)
-            except TypeError as e:
-                raise TypeError(f"`{name}` (={a!r}) must be an array.") from e
-        dt = jnp.dtype(a.dtype)
-        if not (jnp.issubdtype(dt, jnp.number) or dt == jnp.dtype(bool)):
-            raise TypeError(
-                f"`{name}` has dtype {dt}; convolution needs a numeric or bool dtype."
-            )
-        out.append(a)
+    """`check_operand` of both, which must then have one dtype (TypeError otherwise)."""
+    out = [check_operand("lhs", lhs), check_operand("rhs", rhs)]
     if jnp.dtype(out[0].dtype) != jnp.dtype(out[1].dtype):
         raise TypeError(
             f"`lhs` (dtype {out[0].dtype}) and `rhs` (dtype {out[1].dtype}) must have the same "

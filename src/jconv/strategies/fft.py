@@ -52,8 +52,8 @@ def applicable(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> str | None:
     """Why the FFT lowering cannot run ``spec``, or None."""
     if not jnp.issubdtype(dtype, jnp.floating):
         return f"it needs a real floating dtype, got {jnp.dtype(dtype)}"
-    if spec.num_spatial > 3:
-        return f"jnp.fft transforms at most 3 axes, got {spec.num_spatial} spatial dims"
+    if not 1 <= spec.num_spatial <= 3:
+        return f"jnp.fft transforms 1 to 3 axes, got {spec.num_spatial} spatial dims"
     return None
 
 

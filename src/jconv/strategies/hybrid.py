@@ -46,7 +46,10 @@ BACKWARD_COPY = 0.6
 
 
 def applicable(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> str | None:
-    """None: the hybrid handles every convolution (in 1-D it is plain patches)."""
+    """Why the hybrid cannot run ``spec`` (no spatial dimension to take patches along), or
+    None (in 1-D it is plain patches)."""
+    if spec.num_spatial == 0:
+        return "it needs at least one spatial dimension"
     return None
 
 
