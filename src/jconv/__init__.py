@@ -18,6 +18,8 @@ from ._layers import separable_conv as separable_conv
 from ._spec import ConvSpec as ConvSpec
 from ._transpose import conv_transpose as conv_transpose
 from ._transpose import conv_transpose_torch as conv_transpose_torch
+from ._tune import TuneReport as TuneReport
+from ._tune import tune as tune
 from ._validate import ConvArgumentError as ConvArgumentError
 from .planner import get_memory_budget as get_memory_budget
 from .planner import set_memory_budget as set_memory_budget
@@ -25,6 +27,7 @@ from .planner import set_memory_budget as set_memory_budget
 __all__ = [
     "ConvArgumentError",
     "ConvSpec",
+    "TuneReport",
     "conv",
     "conv_general_dilated",
     "conv_general_dilated_patches",
@@ -40,5 +43,6 @@ __all__ = [
     "separable_conv",
     "set_memory_budget",
     "strategies",
+    "tune",
 ]
 __version__ = "0.1.0"

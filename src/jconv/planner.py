@@ -5,7 +5,8 @@ Every lowering module (`jconv.strategies`) states whether it can run a spec
 drops lowerings that cannot run the spec, that ``auto`` may not pick (``AUTO``), whose temp
 bytes exceed the budget, or whose accuracy class (``ACCURACY``) the call does not allow, and
 takes the least predicted time: of the forward alone (`plan`), or of the forward plus both
-gradients (``plan(..., differentiated=True)``).
+gradients (``plan(..., differentiated=True)``). Where `jconv.tune` measured the spec on this
+machine, its pick (if it can run the spec within the budget) replaces the prediction.
 
 Accuracy policy: by default the planner keeps to lax's accuracy class on the backend,
 ``"summation"`` lowerings whose error is that of summing the taps in the accumulation
@@ -13,8 +14,9 @@ dtype (on the CPU exact on small-integer data). Lowerings whose error is bounded
 only (``"normwise"``: `fft`, `dft`, `winograd4`) are planned only when the caller asks for
 speed through JAX's own knob (`allows_normwise`), or forced with ``strategy=``. The engine
 computes values with the first; when differentiated, values and derivatives with the
-second. Choices are cached per (spec, dtype, budget). A forced strategy whose temp bytes
-exceed the budget raises `ValueError` before anything is allocated.
+second. Choices are cached per (spec, dtype, budget, tuning cache); the default budget is
+read once per process, so identical calls always get the same plan. A forced strategy whose
+temp bytes exceed the budget raises `ValueError` before anything is allocated.
 
 >>> from jconv import ConvSpec
 >>> spec = ConvSpec.from_lax((8, 28, 28, 64), (3, 3, 64, 64), (1, 1), "SAME",
@@ -25,14 +27,17 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from . import _tune_cache
 from ._spec import ConvSpec
 from .strategies import STRATEGIES
 
@@ -41,9 +46,11 @@ __all__ = [
     "FAST_PRECISIONS",
     "allows_normwise",
     "available_memory",
+    "candidates",
     "check_budget",
     "get_memory_budget",
     "plan",
+    "recording",
     "resolve",
     "set_memory_budget",
 ]
@@ -58,6 +65,8 @@ BUDGET_FRACTION = 0.5
 """Default budget: this fraction of the memory available on the default device."""
 
 _budget: int | None = None
+_default_budget: int | None = None
+_recorders: list[list[tuple[ConvSpec, jnp.dtype, Any]]] = []
 
 
 def available_memory() -> int:
@@ -79,19 +88,25 @@ def available_memory() -> int:
 
 def set_memory_budget(nbytes: int | None) -> None:
     """Cap the temp bytes of any lowering at `nbytes`; None restores the default
-    (`BUDGET_FRACTION` of `available_memory()`)."""
-    global _budget
+    (`BUDGET_FRACTION` of `available_memory()`, measured again now)."""
+    global _budget, _default_budget
     if nbytes is not None:
         if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes <= 0:
             raise ValueError(f"`nbytes` (={nbytes!r}) must be a positive int or None.")
     _budget = nbytes
+    _default_budget = None
 
 
 def get_memory_budget() -> int:
-    """The current budget in bytes."""
+    """The current budget in bytes: the one set, or `BUDGET_FRACTION` of the memory available
+    when it was first asked for in this process (not re-read per call, so that plans do not
+    change with the free memory of the moment)."""
+    global _default_budget
     if _budget is not None:
         return _budget
-    return int(BUDGET_FRACTION * available_memory())
+    if _default_budget is None:
+        _default_budget = int(BUDGET_FRACTION * available_memory())
+    return _default_budget
 
 
 def allows_normwise(precision: Any) -> bool:
@@ -129,12 +144,27 @@ def _why_not(name: str, spec: ConvSpec, dtype: jnp.dtype, budget: int) -> str | 
     return None
 
 
+def candidates(spec: ConvSpec, dtype: jax.typing.DTypeLike, precision: Any = None) -> list[str]:
+    """The lowerings `strategy="auto"` may run for `spec` accumulating in `dtype`: those that
+    can run it, that auto may pick, whose accuracy class `precision` allows and whose temp
+    bytes fit the budget."""
+    return _candidates(spec, jnp.dtype(dtype), get_memory_budget(), allows_normwise(precision))
+
+
+def _candidates(spec: ConvSpec, dtype: jnp.dtype, budget: int, normwise: bool) -> list[str]:
+    return [n for n, m in STRATEGIES.items()
+            if m.AUTO and (normwise or m.ACCURACY == "summation")
+            and _why_not(n, spec, dtype, budget) is None]
+
+
 @functools.lru_cache(maxsize=4096)
 def _plan(spec: ConvSpec, dtype: jnp.dtype, budget: int, differentiated: bool,
-          normwise: bool) -> str:
-    options = [n for n, m in STRATEGIES.items()
-               if m.AUTO and (normwise or m.ACCURACY == "summation")
-               and _why_not(n, spec, dtype, budget) is None]
+          normwise: bool, tuned_generation: int) -> str:
+    options = _candidates(spec, dtype, budget, normwise)
+    tuned = None if tuned_generation < 0 else _tune_cache.lookup(
+        spec, dtype, normwise, differentiated)
+    if tuned in options:
+        return tuned
     if not options:
         shift = float(STRATEGIES["shift"].cost(spec, dtype).temp_bytes)
         raise ValueError(
@@ -148,12 +178,26 @@ def _plan(spec: ConvSpec, dtype: jnp.dtype, budget: int, differentiated: bool,
 
 
 def plan(spec: ConvSpec, dtype: jax.typing.DTypeLike, *, differentiated: bool = False,
-         precision: Any = None) -> str:
-    """The lowering `strategy="auto"` runs for `spec`, accumulating in `dtype`: the least
-    predicted forward time, or with ``differentiated`` the least forward plus backward,
-    among the accuracy classes `precision` allows (`allows_normwise`; cached)."""
+         precision: Any = None, tuned: bool = True) -> str:
+    """The lowering `strategy="auto"` runs for `spec`, accumulating in `dtype`: the pick
+    `jconv.tune` measured here if any (and ``tuned``), else the least predicted forward time,
+    or with ``differentiated`` the least forward plus backward, among the candidates
+    (`candidates`: the accuracy classes `precision` allows, within the budget; cached)."""
+    generation = _tune_cache.generation() if tuned else -1
     return _plan(spec, jnp.dtype(dtype), get_memory_budget(), differentiated,
-                 allows_normwise(precision))
+                 allows_normwise(precision), generation)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[tuple[ConvSpec, jnp.dtype, Any]]]:
+    """Collect ``(spec, dtype, precision)`` of every ``strategy="auto"`` call planned within
+    the block (tracing a function is enough: plans are made before any computation)."""
+    calls: list[tuple[ConvSpec, jnp.dtype, Any]] = []
+    _recorders.append(calls)
+    try:
+        yield calls
+    finally:
+        _recorders.remove(calls)
 
 
 def check_budget(name: str, spec: ConvSpec, dtype: jax.typing.DTypeLike) -> None:
@@ -176,6 +220,8 @@ def resolve(strategy: str, spec: ConvSpec, dtype: jax.typing.DTypeLike,
         name = "shift" if strategy == "auto" else strategy  # the engine returns zeros
         return name, name
     if strategy == "auto":
+        for calls in _recorders:
+            calls.append((spec, jnp.dtype(dtype), precision))
         return (plan(spec, dtype, precision=precision),
                 plan(spec, dtype, differentiated=True, precision=precision))
     check_budget(strategy, spec, dtype)

@@ -1,0 +1,211 @@
+"""`jconv.tune`: measure the lowerings on this machine and keep the fastest for `auto`.
+
+The planner's cost model was fitted on one CPU; its picks move with the machine. `tune`
+times every lowering `auto` may run (`planner.candidates`) for each convolution of a program,
+forward and forward plus both gradients, alternating the candidates rep by rep, and stores
+the fastest in the persistent cache (`_tune_cache`) that `strategy="auto"` reads first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from . import _tune_cache, planner
+from ._spec import ConvSpec
+from .strategies import STRATEGIES
+
+__all__ = ["TuneReport", "TunedConv", "tune"]
+
+_LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+@dataclasses.dataclass(frozen=True)
+class TunedConv:
+    """One convolution's tuning: the picks, the cost model's picks and the medians measured
+    (``seconds[name] = (forward, forward and both gradients)``); ``cached`` if the picks
+    came from the cache without timing."""
+
+    spec: ConvSpec
+    dtype: str
+    forward: str
+    differentiated: str
+    model_forward: str
+    model_differentiated: str
+    seconds: dict[str, tuple[float, float]]
+    cached: bool
+
+    @property
+    def label(self) -> str:
+        """``(N, *in, C) * (*window, C_g, F)`` with strides and groups where they are not 1."""
+        text = f"{self.spec.lhs_shape} * {self.spec.rhs_shape}"
+        if self.spec.strided:
+            text += f" s={self.spec.window_strides}"
+        if self.spec.groups > 1:
+            text += f" g={self.spec.groups}"
+        return text
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneReport:
+    """What `tune` chose for each distinct convolution, in the order the program runs them."""
+
+    convs: tuple[TunedConv, ...]
+
+    def __str__(self) -> str:
+        lines = [f"{'convolution':<48} {'forward':>10} {'(model)':>10} "
+                 f"{'trained':>10} {'(model)':>10}"]
+        for c in self.convs:
+            lines.append(f"{c.label:<48} {c.forward:>10} {c.model_forward:>10} "
+                         f"{c.differentiated:>10} {c.model_differentiated:>10}"
+                         + ("  (cached)" if c.cached else ""))
+        return "\n".join(lines)
+
+
+def tune(
+    target: ConvSpec | Callable[..., Any],
+    *args: Any,
+    dtype: jax.typing.DTypeLike = jnp.float32,
+    precision: lax.PrecisionLike = None,
+    reps: int = 5,
+    retune: bool = False,
+    progress: bool = True,
+    **kwargs: Any,
+) -> TuneReport:
+    """Time the lowerings for `target`'s convolutions here and store the fastest for `auto`.
+
+    Args:
+      target: a `ConvSpec` (then `dtype` and `precision` describe the call), or a function
+        traced on ``*args, **kwargs`` with `jax.make_jaxpr` (nothing is computed): every
+        ``strategy="auto"`` convolution it makes is tuned, values and gradients alike.
+      reps: timed runs per lowering and mode (after one warm-up), alternating lowerings.
+      retune: time specs already in the cache again (else they are reported as cached).
+      progress: show a progress bar (rich) while timing.
+
+    Returns a `TuneReport`; ``str()`` of it is a summary table.
+
+    >>> spec = ConvSpec.from_lax((1, 8, 8, 2), (3, 3, 2, 2), (1, 1), "SAME",
+    ...                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    >>> report = tune(spec, reps=1, progress=False)      # doctest: +SKIP
+    """
+    if isinstance(reps, bool) or not isinstance(reps, int) or reps < 1:
+        raise ValueError(f"`reps` (={reps!r}) must be a positive int.")
+    if isinstance(target, ConvSpec):
+        if args or kwargs:
+            raise TypeError("`tune(spec, ...)` takes no example arguments; give a function "
+                            "to trace instead.")
+        calls = [(target, jnp.dtype(dtype), precision)]
+    elif callable(target):
+        with planner.recording() as calls:
+            jax.make_jaxpr(lambda *a: target(*a, **kwargs))(*args)
+    else:
+        raise TypeError(f"`target` (={target!r}) must be a jconv.ConvSpec or a function.")
+    unique = list(dict.fromkeys((s, d, _hashable(p)) for s, d, p in calls))
+    with _progress(progress, len(unique)) as advance:
+        rows = [_tune_one(spec, dt, prec, reps, retune, advance) for spec, dt, prec in unique]
+    fresh = {r.key: {"forward": r.conv.forward, "differentiated": r.conv.differentiated}
+             for r in rows if not r.conv.cached}
+    if fresh:
+        _tune_cache.store(fresh)
+    return TuneReport(tuple(r.conv for r in rows))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Row:
+    key: str
+    conv: TunedConv
+
+
+def _hashable(precision: Any) -> Any:
+    return tuple(precision) if isinstance(precision, list) else precision
+
+
+def _tune_one(spec: ConvSpec, dtype: jnp.dtype, precision: Any, reps: int, retune: bool,
+              advance: Callable[[str], None]) -> _Row:
+    normwise = planner.allows_normwise(precision)
+    key = _tune_cache.key(spec, dtype, normwise)
+    model = (planner.plan(spec, dtype, precision=precision, tuned=False),
+             planner.plan(spec, dtype, differentiated=True, precision=precision, tuned=False))
+    cached = _tune_cache.entries().get(key)
+    if cached is not None and not retune:
+        advance(f"{spec.lhs_shape} (cached)")
+        conv = TunedConv(spec, str(dtype), cached["forward"], cached["differentiated"],
+                         *model, {}, True)
+        return _Row(key, conv)
+    names = planner.candidates(spec, dtype, precision)
+    seconds = _measure(spec, dtype, precision, names, reps)
+    advance(str(spec.lhs_shape))
+    conv = TunedConv(spec, str(dtype), min(names, key=lambda n: seconds[n][0]),
+                     min(names, key=lambda n: seconds[n][1]), *model, seconds, False)
+    return _Row(key, conv)
+
+
+def _measure(spec: ConvSpec, dtype: jnp.dtype, precision: Any, names: Sequence[str],
+             reps: int) -> dict[str, tuple[float, float]]:
+    """Median seconds of each lowering's forward and forward plus gradients, on random
+    operands in canonical layout, the lowerings alternating within every rep."""
+    acc = jnp.dtype(jnp.float32) if dtype in _LOW_PRECISION else dtype
+    rng = np.random.default_rng(0)
+
+    def operand(shape: tuple[int, ...]) -> jax.Array:
+        if jnp.issubdtype(dtype, jnp.integer):
+            return jnp.asarray(rng.integers(-3, 4, shape), dtype)
+        return jnp.asarray(rng.standard_normal(shape), dtype)
+
+    x, w = operand(spec.lhs_shape), operand(spec.rhs_shape)
+    ct = operand(spec.canonical_out_shape).astype(acc)
+    fns = []
+    for name in names:
+        def fwd(a: jax.Array, b: jax.Array, name: str = name) -> jax.Array:
+            return STRATEGIES[name].lower(spec, a, b, precision=precision, acc_dtype=acc)
+
+        def loss(a: jax.Array, b: jax.Array, fwd: Callable[..., jax.Array] = fwd) -> jax.Array:
+            return jnp.sum(fwd(a, b) * ct)
+
+        differentiable = jnp.issubdtype(dtype, jnp.inexact)
+        fns.append((jax.jit(fwd), jax.jit(jax.grad(loss, (0, 1))) if differentiable else None))
+    times: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in names}
+    for rep in range(reps + 1):  # rep 0 compiles and warms up
+        for name, (f, g) in zip(names, fns, strict=True):
+            for mode, fn in enumerate((f, g)):
+                if fn is None:
+                    continue
+                start = time.perf_counter()
+                jax.block_until_ready(fn(x, w))
+                if rep:
+                    times[name][mode].append(time.perf_counter() - start)
+    return {n: (statistics.median(f), statistics.median(g) if g else statistics.median(f))
+            for n, (f, g) in times.items()}
+
+
+class _progress:
+    """A rich progress bar over the convolutions to tune (nothing shown if disabled)."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self) -> Callable[[str], None]:
+        if not self.enabled:
+            return lambda label: None
+        from rich.progress import Progress
+
+        self.bar = Progress(transient=True)
+        self.bar.start()
+        task = self.bar.add_task("tuning convolutions", total=self.total)
+
+        def advance(label: str) -> None:
+            self.bar.update(task, advance=1, description=f"tuned {label}")
+
+        return advance
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.bar.stop()

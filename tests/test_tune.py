@@ -1,0 +1,131 @@
+"""`jconv.tune`: measured picks stored per machine and spec, read first by `auto`; a cache
+safe under concurrent processes; plans deterministic for a given cache and budget."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jconv
+from jconv import ConvSpec, _tune_cache, planner
+from jconv.strategies import STRATEGIES
+
+F32 = jnp.dtype(jnp.float32)
+SPEC = ConvSpec.from_lax((2, 10, 10, 4), (3, 3, 4, 4), (1, 1), "SAME",
+                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
+    path = tmp_path / "tune.json"
+    monkeypatch.setenv("JCONV_TUNE_CACHE", str(path))
+    _tune_cache.reload()
+    yield path
+    monkeypatch.delenv("JCONV_TUNE_CACHE")
+    _tune_cache.reload()
+
+
+def test_tune_stores_the_fastest_measured_and_auto_runs_it(_cache: pathlib.Path) -> None:
+    report = jconv.tune(SPEC, reps=1, progress=False)
+    (conv,) = report.convs
+    assert not conv.cached and set(conv.seconds) == set(planner.candidates(SPEC, F32))
+    assert conv.forward == min(conv.seconds, key=lambda n: conv.seconds[n][0])
+    assert conv.differentiated == min(conv.seconds, key=lambda n: conv.seconds[n][1])
+    stored = json.loads(_cache.read_text())
+    assert stored == {_tune_cache.key(SPEC, F32, False): {
+        "forward": conv.forward, "differentiated": conv.differentiated}}
+    assert planner.resolve("auto", SPEC, F32) == (conv.forward, conv.differentiated)
+    assert conv.model_forward == planner.plan(SPEC, F32, tuned=False)
+    assert "(cached)" not in str(report) and conv.forward in str(report)
+
+
+def test_a_second_run_times_nothing(_cache: pathlib.Path) -> None:
+    first = jconv.tune(SPEC, reps=1, progress=False).convs[0]
+    again = jconv.tune(SPEC, reps=1, progress=False).convs[0]
+    assert again.cached and again.seconds == {}
+    assert (again.forward, again.differentiated) == (first.forward, first.differentiated)
+    assert "(cached)" in str(jconv.tune(SPEC, reps=1, progress=False))
+    assert not jconv.tune(SPEC, reps=1, retune=True, progress=False).convs[0].cached
+
+
+def test_auto_follows_the_cache_and_ignores_picks_it_may_not_run(
+        _cache: pathlib.Path) -> None:
+    """A stored pick wins over the cost model while it is a candidate; one that exceeds the
+    budget or is not allowed by the accuracy class is ignored."""
+    model = planner.plan(SPEC, F32, tuned=False)
+    other = next(n for n in planner.candidates(SPEC, F32) if n != model)
+    _tune_cache.store({_tune_cache.key(SPEC, F32, False):
+                       {"forward": other, "differentiated": other}})
+    assert planner.plan(SPEC, F32) == other
+    assert planner.plan(SPEC, F32, differentiated=True) == other
+    _tune_cache.store({_tune_cache.key(SPEC, F32, False):
+                       {"forward": "fft", "differentiated": "fft"}})  # normwise: not allowed
+    assert planner.plan(SPEC, F32) == model
+    temps = {n: float(STRATEGIES[n].cost(SPEC).temp_bytes) for n in planner.candidates(SPEC, F32)}
+    big = max(temps, key=temps.__getitem__)
+    _tune_cache.store({_tune_cache.key(SPEC, F32, False):
+                       {"forward": big, "differentiated": big}})
+    assert planner.plan(SPEC, F32) == big
+    planner.set_memory_budget(int(temps[big]) - 1)  # now over the budget
+    try:
+        assert big not in planner.candidates(SPEC, F32)
+        assert planner.plan(SPEC, F32) != big
+    finally:
+        planner.set_memory_budget(None)
+
+
+def test_tuning_a_function_tunes_every_convolution_it_traces() -> None:
+    """Tracing finds the convolutions of values and gradients alike; layouts do not matter
+    (the lowerings run in canonical order), so the same problem in NCHW shares the entry."""
+    x, w = jnp.ones((2, 10, 10, 4)), jnp.ones((3, 3, 4, 4))
+
+    def loss(x: jax.Array, w: jax.Array) -> jax.Array:
+        y = jconv.conv(x, w)
+        return jnp.sum(jconv.conv(y, w, stride=2) ** 2)
+
+    report = jconv.tune(jax.grad(loss, 1), x, w, reps=1, progress=False)
+    assert len(report.convs) == 2
+    assert [c.spec.window_strides for c in report.convs] == [(1, 1), (2, 2)]
+    nchw = ConvSpec.from_lax((2, 4, 10, 10), (4, 4, 3, 3), (1, 1), "SAME")
+    assert _tune_cache.key(nchw, F32, False) == _tune_cache.key(SPEC, F32, False)
+    assert planner.plan(nchw, F32) == report.convs[0].forward
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="`reps`"):
+        jconv.tune(SPEC, reps=0)
+    with pytest.raises(TypeError, match="`target`"):
+        jconv.tune(3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="example arguments"):
+        jconv.tune(SPEC, jnp.ones(3))
+
+
+def test_the_cache_is_safe_under_concurrent_processes(_cache: pathlib.Path) -> None:
+    """Two processes storing 40 picks each at once: every pick survives, the file stays
+    valid JSON."""
+    code = ("import sys; from jconv import _tune_cache as c\n"
+            "for i in range(40): c.store({f'{sys.argv[1]}-{i}': {'forward': 'shift', "
+            "'differentiated': 'shift'}})\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, tag]) for tag in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    stored = json.loads(_cache.read_text())
+    assert len(stored) == 80
+
+
+def test_the_default_budget_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plans do not move with the free memory of the moment: the default budget is measured
+    once per process (and again only when reset)."""
+    planner.set_memory_budget(None)
+    monkeypatch.setattr(planner, "available_memory", lambda: 10_000_000)
+    first = planner.get_memory_budget()
+    monkeypatch.setattr(planner, "available_memory", lambda: 20_000_000)
+    assert planner.get_memory_budget() == first == 5_000_000
+    planner.set_memory_budget(None)
+    assert planner.get_memory_budget() == 10_000_000
+    planner.set_memory_budget(None)
