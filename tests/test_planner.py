@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import jax
@@ -395,3 +396,34 @@ def test_split_lowerings_under_vmap_checkpoint_and_bfloat16() -> None:
             scale = float(jnp.max(jnp.abs(r.astype(jnp.float32))))
             err = float(jnp.max(jnp.abs(g.astype(jnp.float32) - r.astype(jnp.float32))))
             assert err <= tol * scale, (dtype, err, scale)
+
+
+def test_rates_come_from_a_table_a_file_or_the_caller(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shared rates are data: `RATES` per platform, ``$JCONV_RATES`` (what
+    ``benchmarks/fit_rates.py --out`` writes) or `set_rates`; plans follow them."""
+    from jconv.strategies import _model
+
+    assert _model.rates() == _model.RATES["cpu"]
+    spec = _spec((8, 28, 28, 64), (3, 3), 64, feature_group_count=16)  # 4 channels a group
+    slow_direct = _model.Rates(**{**vars(_model.RATES["cpu"]), "elementwise_flops": 1.0})
+    fast_direct = _model.Rates(**{**vars(_model.RATES["cpu"]), "elementwise_flops": 1e18})
+    try:
+        _model.set_rates(slow_direct)
+        assert planner.plan(spec, F32) != "direct"
+        _model.set_rates(fast_direct)
+        assert planner.plan(spec, F32) == "direct"  # the plan's cache knows the rates
+        path = tmp_path / "rates.json"
+        path.write_text(json.dumps(vars(slow_direct)))
+        monkeypatch.setenv("JCONV_RATES", str(path))
+        _model.set_rates(None)
+        assert _model.rates() == slow_direct
+        (tmp_path / "bad.json").write_text("{not json")
+        monkeypatch.setenv("JCONV_RATES", str(tmp_path / "bad.json"))
+        with pytest.raises(ValueError, match="JCONV_RATES"):
+            _model.rates()
+    finally:
+        monkeypatch.delenv("JCONV_RATES", raising=False)
+        _model.set_rates(None)
+    with pytest.raises(TypeError, match="`rates`"):
+        _model.set_rates({"peak_flops": 1})  # type: ignore[arg-type]

@@ -39,7 +39,8 @@ from jax import lax
 
 from . import _tune_cache
 from ._spec import ConvSpec
-from .strategies import STRATEGIES
+from .strategies import STRATEGIES, _model
+from .strategies._model import Rates
 
 __all__ = [
     "BUDGET_FRACTION",
@@ -159,7 +160,8 @@ def _candidates(spec: ConvSpec, dtype: jnp.dtype, budget: int, normwise: bool) -
 
 @functools.lru_cache(maxsize=4096)
 def _plan(spec: ConvSpec, dtype: jnp.dtype, budget: int, differentiated: bool,
-          normwise: bool, tuned_generation: int) -> str:
+          normwise: bool, tuned_generation: int, rates: Rates) -> str:
+    """`plan`, cached on everything it depends on (`rates`: the predictions' machine)."""
     options = _candidates(spec, dtype, budget, normwise)
     tuned = None if tuned_generation < 0 else _tune_cache.lookup(
         spec, dtype, normwise, differentiated)
@@ -185,7 +187,7 @@ def plan(spec: ConvSpec, dtype: jax.typing.DTypeLike, *, differentiated: bool = 
     (`candidates`: the accuracy classes `precision` allows, within the budget; cached)."""
     generation = _tune_cache.generation() if tuned else -1
     return _plan(spec, jnp.dtype(dtype), get_memory_budget(), differentiated,
-                 allows_normwise(precision), generation)
+                 allows_normwise(precision), generation, _model.rates())
 
 
 @contextlib.contextmanager

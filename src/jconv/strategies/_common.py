@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import sympy as sp
 from jax import lax
 
+from .._sharding import partition_factor
 from .._spec import ConvSpec
 
 Expr = Any
@@ -156,28 +157,51 @@ CHUNK_TARGET_BYTES = 16 * 2**20
 def batch_chunk(spec: ConvSpec, temp_bytes: float) -> int:
     """Images per chunk: the batch, or the largest divisor of it whose share of
     `temp_bytes` fits `CHUNK_TARGET_BYTES` when the whole exceeds `CHUNK_ABOVE_BYTES`
-    (measured, dense 3x3 C=64 at 56x56, batch 8: 2.2x -> 1.25x native with chunks of 2)."""
+    (measured, dense 3x3 C=64 at 56x56, batch 8: 2.2x -> 1.25x native with chunks of 2).
+    Where XLA may split the batch over devices (`partition_factor`), chunks are multiples
+    of the number of devices it can be split over (`in_batch_chunks`)."""
     n = spec.batch
     if spec.batch_group_count != 1 or n == 1 or temp_bytes <= CHUNK_ABOVE_BYTES:
         return n
     per_image = temp_bytes / n
-    fits = [c for c in range(1, n + 1) if n % c == 0 and c * per_image <= CHUNK_TARGET_BYTES]
-    return max(fits, default=1)
+    p = partition_factor(n)
+    fits = [c for c in range(p, n + 1, p)
+            if n % c == 0 and c * per_image <= CHUNK_TARGET_BYTES]
+    return max(fits, default=p)
 
 
 def in_batch_chunks(
     spec: ConvSpec,
     xp: jax.Array,
+    w: jax.Array,
     chunk: int,
-    fn: Callable[[ConvSpec, jax.Array], jax.Array],
+    fn: Callable[[ConvSpec, jax.Array, jax.Array], jax.Array],
 ) -> jax.Array:
-    """``fn(spec, xp)``, or `fn` mapped (`lax.map`) over batch chunks of `chunk` images."""
+    """``fn(spec, xp, w)``, or `fn` mapped (`lax.map`) over batch chunks of `chunk` images.
+
+    On one device (or inside `shard_map`) chunk ``j`` is images ``j*chunk ..``. Where XLA
+    may split the batch over ``p`` devices (`partition_factor`), the batch is seen as ``p``
+    blocks (those devices' shards) and chunk ``j`` takes ``chunk // p`` images of each
+    block, `fn` mapped over the blocks (`jax.vmap`, each block with its own view of the
+    kernel): a batch-sharded input keeps every chunk's images on their devices, the loop
+    runs on every device at once with no gather, and the kernel's gradient is summed over
+    the devices once, after the loop.
+    """
     n = spec.batch
     if chunk >= n:
-        return fn(spec, xp)
-    sub = dataclasses.replace(spec, lhs_shape=(chunk, *spec.lhs_shape[1:]))
-    ys = lax.map(lambda xc: fn(sub, xc), xp.reshape(n // chunk, chunk, *xp.shape[1:]))
-    return ys.reshape(n, *ys.shape[2:])
+        return fn(spec, xp, w)
+    m = n // chunk  # loop steps
+    p = partition_factor(n)
+    if p == 1:
+        sub = dataclasses.replace(spec, lhs_shape=(chunk, *spec.lhs_shape[1:]))
+        ys = lax.map(lambda xc: fn(sub, xc, w), xp.reshape(m, chunk, *xp.shape[1:]))
+        return ys.reshape(n, *ys.shape[2:])
+    sub = dataclasses.replace(spec, lhs_shape=(chunk // p, *spec.lhs_shape[1:]))
+    xs = jnp.moveaxis(xp.reshape(p, chunk // p, m, *xp.shape[1:]), 2, 0)  # (m, p, c/p, ..)
+    wb = jnp.broadcast_to(w, (p, *w.shape))
+    step = jax.vmap(lambda xc, wc: fn(sub, xc, wc))
+    ys = lax.map(lambda xc: step(xc, wb), xs)  # (m, p, c/p, *out, F)
+    return jnp.moveaxis(ys, 0, 2).reshape(n, *ys.shape[3:])
 
 
 def pad_input(spec: ConvSpec, x: jax.Array) -> jax.Array:
@@ -206,7 +230,7 @@ def lower_chunked(
     xp = pad_input(spec, x) if padded else x
     full = cost_of(Geometry.from_spec(spec, xp.dtype))
     chunk = batch_chunk(spec, float(full.temp_bytes))
-    return in_batch_chunks(spec, xp, chunk, lambda s, x: lower_all(
+    return in_batch_chunks(spec, xp, w, chunk, lambda s, x, w: lower_all(
         s, x, w, precision=precision, acc_dtype=acc_dtype))
 
 
@@ -306,14 +330,15 @@ def contract(
 
     ``x``: ``(B, Nb, *out, *extra, G, Cg)``; ``w``: ``(*extra, Cg, B, G, Fq)``;
     returns ``(Nb, *out, B, G, Fq)``. Channels are **summed**, never averaged. Without
-    groups this is one plain matrix product ``(Nb * prod(out), extra * Cg) @ (extra * Cg, F)``
-    so that XLA emits a single dot with no transposes.
+    groups this is one plain matrix product ``(Nb, *out, extra * Cg) @ (extra * Cg, F)``
+    (XLA emits a single dot with no transposes): only the trailing axes are merged, so
+    that the batch and spatial axes stay apart for XLA's partitioner.
     """
     if spec.groups == 1:
         lead = x.shape[1:-2 - len(extra)]
         depth = math.prod(x.shape[-2 - len(extra):])
         y = jnp.matmul(
-            x.reshape(math.prod(lead), depth), w.reshape(depth, spec.out_features),
+            x.reshape(*lead, depth), w.reshape(depth, spec.out_features),
             precision=precision, preferred_element_type=acc_dtype,
         )
         return y.reshape(*lead, 1, 1, spec.out_features)

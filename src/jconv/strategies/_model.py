@@ -1,42 +1,115 @@
 """The machine model the lowerings predict their time with: rates and `Prediction`.
 
 Each lowering turns its `Cost` into seconds in its own ``predict(spec, dtype)``, with the
-rates below: a GEMM reaches `PEAK_FLOPS` once its contraction depth and its output width
-reach `GEMM_KNEE` (linearly less below, `gemm_rate`); the copies a lowering makes (strided
-slices, concatenations, products summed at the end) move at `COPY_BYTES_PER_S`; fused
-elementwise multiply-adds run at `ELEMENTWISE_FLOPS`; FFTs and their complex channel
-mixing at `FFT_FLOPS`. The rates were fitted on a 2-core x86 CPU (jax 0.10.2, float32) by
-a grid search maximising the benchmark cases (``benchmarks/run.py`` sweeps every lowering)
-whose pick is within 10% of the fastest lowering; each lowering's own factors (overheads,
-backward factors) sit in its module beside the cost they scale.
+machine's `Rates` (`rates`): a GEMM reaches ``peak_flops`` once its contraction depth and
+its output width reach ``gemm_knee`` (linearly less below, `gemm_rate`); the copies a
+lowering makes (strided slices, concatenations, products summed at the end) move at
+``copy_bytes_per_s``; fused elementwise multiply-adds run at ``elementwise_flops``; FFTs
+and their complex channel mixing at ``fft_flops``. The CPU's rates were fitted on a 2-core
+x86 CPU (jax 0.10.2, float32) to maximise the benchmark cases (``benchmarks/run.py`` sweeps
+every lowering) whose pick is within 10% of the fastest lowering; ``benchmarks/fit_rates.py``
+refits them from a sweep. Each lowering's own factors (overheads, backward factors) sit in
+its module beside the cost they scale.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
+import os
+import pathlib
+
+import jax
 
 __all__ = [
-    "COPY_BYTES_PER_S",
-    "ELEMENTWISE_FLOPS",
-    "FFT_FLOPS",
-    "GEMM_KNEE",
     "NEVER",
-    "PEAK_FLOPS",
+    "RATES",
     "Prediction",
+    "Rates",
+    "copy_seconds",
+    "elementwise_seconds",
+    "fft_seconds",
     "gemm_rate",
+    "rates",
+    "set_rates",
 ]
 
-PEAK_FLOPS = 5.0e10
-GEMM_KNEE = 32
-COPY_BYTES_PER_S = 2.0e9
-ELEMENTWISE_FLOPS = 6.0e9
-FFT_FLOPS = 1.0e9
+
+@dataclasses.dataclass(frozen=True)
+class Rates:
+    """The machine's rates: ``peak_flops`` (a GEMM deep and wide enough), ``gemm_knee``
+    (depth and width from which a GEMM reaches it), ``copy_bytes_per_s``,
+    ``elementwise_flops``, ``fft_flops``."""
+
+    peak_flops: float
+    gemm_knee: int
+    copy_bytes_per_s: float
+    elementwise_flops: float
+    fft_flops: float
+
+
+RATES: dict[str, Rates] = {
+    "cpu": Rates(peak_flops=5.0e10, gemm_knee=32, copy_bytes_per_s=2.0e9,
+                 elementwise_flops=6.0e9, fft_flops=1.0e9),
+}
+"""Rates per platform, fitted by ``benchmarks/fit_rates.py`` (the CPU's on a 2-core x86; other
+platforms use the CPU's until fitted there). ``$JCONV_RATES`` names a JSON file of `Rates`
+fields that replaces them (what ``fit_rates.py --out`` writes)."""
+
+_override: Rates | None = None
+
+
+def set_rates(rates: Rates | None) -> None:
+    """Use `rates` for every prediction from now on; None returns to `RATES` (or
+    ``$JCONV_RATES``)."""
+    global _override
+    if rates is not None and not isinstance(rates, Rates):
+        raise TypeError(f"`rates` (={rates!r}) must be a Rates or None.")
+    _override = rates
+    _from_env.cache_clear()
+
+
+@functools.lru_cache(maxsize=1)
+def _from_env(path: str | None, platform: str) -> Rates:
+    if not path:
+        return RATES.get(platform, RATES["cpu"])
+    try:
+        fields = json.loads(pathlib.Path(path).read_text())
+        return Rates(**fields)
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"JCONV_RATES (={path!r}) must name a JSON file of Rates fields: {e}"
+                         ) from e
+
+
+def rates() -> Rates:
+    """The rates in force: `set_rates`'s, else ``$JCONV_RATES``'s, else the default device's
+    platform's in `RATES`."""
+    if _override is not None:
+        return _override
+    return _from_env(os.environ.get("JCONV_RATES"), jax.default_backend())
 
 
 def gemm_rate(depth: int, width: int) -> float:
     """GEMM FLOP/s for a contraction depth and output width (small sizes waste the units)."""
-    return PEAK_FLOPS * min(1.0, depth / GEMM_KNEE) * min(1.0, width / GEMM_KNEE)
+    r = rates()
+    return r.peak_flops * min(1.0, depth / r.gemm_knee) * min(1.0, width / r.gemm_knee)
+
+
+def copy_seconds(nbytes: float) -> float:
+    """Seconds to write `nbytes` by copies."""
+    return nbytes / rates().copy_bytes_per_s
+
+
+def elementwise_seconds(flops: float) -> float:
+    """Seconds of `flops` fused elementwise multiply-adds."""
+    return flops / rates().elementwise_flops
+
+
+def fft_seconds(flops: float) -> float:
+    """Seconds of `flops` of FFTs and their complex channel mixing."""
+    return flops / rates().fft_flops
 
 
 @dataclasses.dataclass(frozen=True)

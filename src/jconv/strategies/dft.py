@@ -33,7 +33,7 @@ from jax import lax
 
 from .._spec import ConvSpec
 from ._common import Cost, Expr, Geometry, check_rank, make_cost, pad_input
-from ._model import COPY_BYTES_PER_S, NEVER, Prediction, gemm_rate
+from ._model import NEVER, Prediction, copy_seconds, gemm_rate
 
 AUTO = True
 """`strategy="auto"` may pick DFT tiles for windows of `MIN_TAPS` taps and more."""
@@ -194,5 +194,5 @@ def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Predic
         return NEVER
     flops, _, moved = cost(spec, dtype).evaluate()
     rate = gemm_rate(2 * spec.group_in_features, 2 * spec.group_out_features)
-    return Prediction.scaled(OVERHEAD * flops / rate, moved / COPY_BYTES_PER_S, BACKWARD,
+    return Prediction.scaled(OVERHEAD * flops / rate, copy_seconds(moved), BACKWARD,
                              BACKWARD_COPY)

@@ -26,7 +26,7 @@ from ._common import (
     pad_input,
     window_slice,
 )
-from ._model import ELEMENTWISE_FLOPS, NEVER, Prediction
+from ._model import NEVER, Prediction, elementwise_seconds
 
 AUTO = True
 """`strategy="auto"` may pick the direct lowering (for thin groups, `predict`)."""
@@ -97,9 +97,9 @@ def formula(num_spatial: int) -> Cost:
 
 
 def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Prediction:
-    """Fused multiply-adds at `ELEMENTWISE_FLOPS` for thin groups (``1 < C_g <=
+    """Fused multiply-adds at the elementwise rate for thin groups (``1 < C_g <=
     MAX_PLANNED_CG``, more than one group); `NEVER` otherwise."""
     if not (spec.groups > 1 and 1 < spec.group_in_features <= MAX_PLANNED_CG):
         return NEVER
     flops = float(cost(spec, dtype).flops)
-    return Prediction.scaled(flops / ELEMENTWISE_FLOPS, 0.0, BACKWARD, BACKWARD_COPY)
+    return Prediction.scaled(elementwise_seconds(flops), 0.0, BACKWARD, BACKWARD_COPY)

@@ -18,7 +18,7 @@ from jax import lax
 
 from .._spec import ConvSpec
 from ._common import Cost, Geometry, make_cost, pad_input, spatial_letters
-from ._model import COPY_BYTES_PER_S, FFT_FLOPS, NEVER, Prediction
+from ._model import NEVER, Prediction, copy_seconds, fft_seconds
 
 AUTO = True
 """`strategy="auto"` may pick the FFT for windows of `MIN_TAPS` taps and more."""
@@ -117,10 +117,10 @@ def formula(num_spatial: int) -> Cost:
 
 
 def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Prediction:
-    """Transforms and mixing at `FFT_FLOPS`, spectra moved at `COPY_BYTES_PER_S`; `NEVER`
+    """Transforms and mixing at the FFT rate, spectra moved at the copy rate; `NEVER`
     below `MIN_TAPS` taps."""
     if spec.taps < MIN_TAPS:
         return NEVER
     flops, _, moved = cost(spec, dtype).evaluate()
-    return Prediction.scaled(flops / FFT_FLOPS, moved / COPY_BYTES_PER_S, BACKWARD,
+    return Prediction.scaled(fft_seconds(flops), copy_seconds(moved), BACKWARD,
                              BACKWARD_COPY)

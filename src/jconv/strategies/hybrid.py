@@ -29,7 +29,7 @@ from ._common import (
     ungroup_output,
     window_slice,
 )
-from ._model import COPY_BYTES_PER_S, Prediction, gemm_rate
+from ._model import Prediction, copy_seconds, gemm_rate
 
 AUTO = True
 """`strategy="auto"` may pick the hybrid."""
@@ -127,5 +127,5 @@ def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Predic
     flops, _, moved = cost(spec, dtype).evaluate()
     scale = OVERHEAD_3D if spec.num_spatial >= 3 else 1.0
     rate = gemm_rate(spec.window[-1] * spec.group_in_features, spec.group_out_features)
-    return Prediction.scaled(scale * flops / rate, scale * moved / COPY_BYTES_PER_S,
+    return Prediction.scaled(scale * flops / rate, scale * copy_seconds(moved),
                              BACKWARD, BACKWARD_COPY)

@@ -27,7 +27,7 @@ from ._common import (
     ungroup_output,
     window_slice,
 )
-from ._model import COPY_BYTES_PER_S, Prediction, gemm_rate
+from ._model import Prediction, copy_seconds, gemm_rate
 
 AUTO = True
 """`strategy="auto"` may pick patches."""
@@ -118,5 +118,5 @@ def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Predic
     both times `OVERHEAD`."""
     flops, _, moved = cost(spec, dtype).evaluate()
     rate = gemm_rate(spec.taps * spec.group_in_features, spec.group_out_features)
-    return Prediction.scaled(OVERHEAD * flops / rate, OVERHEAD * moved / COPY_BYTES_PER_S,
+    return Prediction.scaled(OVERHEAD * flops / rate, OVERHEAD * copy_seconds(moved),
                              BACKWARD, BACKWARD_COPY)

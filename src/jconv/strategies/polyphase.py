@@ -27,7 +27,7 @@ from jax import lax
 from .._spec import ConvSpec, canonical_layouts
 from . import dft, direct, fft, hybrid, patches, scatter, shift, winograd
 from ._common import Cost, Geometry, make_cost
-from ._model import COPY_BYTES_PER_S, Prediction, gemm_rate
+from ._model import Prediction, copy_seconds, gemm_rate
 
 AUTO = True
 """`strategy="auto"` may pick polyphase for lhs-dilated (transposed) convolutions."""
@@ -184,4 +184,4 @@ def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Predic
     """Phase GEMMs of depth ``C_g`` and width ``F_g``, and the copies."""
     flops, _, moved = cost(spec, dtype).evaluate()
     rate = gemm_rate(spec.group_in_features, spec.group_out_features)
-    return Prediction.scaled(flops / rate, moved / COPY_BYTES_PER_S, BACKWARD, BACKWARD_COPY)
+    return Prediction.scaled(flops / rate, copy_seconds(moved), BACKWARD, BACKWARD_COPY)

@@ -38,7 +38,7 @@ from ._common import (
     offsets,
     window_slice,
 )
-from ._model import COPY_BYTES_PER_S, NEVER, Prediction, gemm_rate
+from ._model import NEVER, Prediction, copy_seconds, gemm_rate
 
 AUTO = True
 """`strategy="auto"` may pick scatter."""
@@ -213,7 +213,7 @@ def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Predic
     flops, _, moved = cost(spec, dtype).evaluate()
     scale = math.sqrt(max(1.0, spec.taps / SLOW_TAPS))
     rate = gemm_rate(spec.group_in_features, spec.taps * spec.group_out_features)
-    p = Prediction.scaled(scale * flops / rate, scale * moved / COPY_BYTES_PER_S,
+    p = Prediction.scaled(scale * flops / rate, scale * copy_seconds(moved),
                           BACKWARD, BACKWARD_COPY)
     if spec.group_in_features < BACKWARD_MIN_CG:
         return Prediction(p.arithmetic, p.copies, math.inf)

@@ -34,7 +34,7 @@ from ._common import (
     ungroup_output,
     window_slice,
 )
-from ._model import COPY_BYTES_PER_S, ELEMENTWISE_FLOPS, Prediction, gemm_rate
+from ._model import Prediction, copy_seconds, elementwise_seconds, gemm_rate
 
 AUTO = True
 """`strategy="auto"` may pick shift-and-sum."""
@@ -46,7 +46,7 @@ BACKWARD = 0.5
 BACKWARD_COPY = 0.5
 """Gradients over the forward's predicted copies (each slice becomes a pad of the cotangent)."""
 FUSED_DEPTHWISE_SPEEDUP = 2.5
-"""Depthwise products fuse into one loop: that many times `ELEMENTWISE_FLOPS`."""
+"""Depthwise products fuse into one loop: that many times the elementwise rate."""
 BACKWARD_DEPTHWISE = 12.0
 """Depthwise gradients over the forward's time: the kernel gradient copies and reduces one
 window slice per tap, in a loop, where the forward fused everything into one loop
@@ -195,7 +195,7 @@ def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Predic
     fused elementwise products (`FUSED_DEPTHWISE_SPEEDUP`) and `BACKWARD_DEPTHWISE`."""
     flops, _, moved = cost(spec, dtype).evaluate()
     if spec.depthwise:
-        arith = flops / (ELEMENTWISE_FLOPS * FUSED_DEPTHWISE_SPEEDUP)
+        arith = elementwise_seconds(flops) / FUSED_DEPTHWISE_SPEEDUP
         return Prediction(arith, 0.0, BACKWARD_DEPTHWISE * arith)
     rate = gemm_rate(spec.group_in_features, spec.group_out_features)
-    return Prediction.scaled(flops / rate, moved / COPY_BYTES_PER_S, BACKWARD, BACKWARD_COPY)
+    return Prediction.scaled(flops / rate, copy_seconds(moved), BACKWARD, BACKWARD_COPY)

@@ -27,7 +27,7 @@ from jax import lax
 
 from .._spec import ConvSpec
 from ._common import Cost, Geometry, check_rank, chunked_cost, lower_chunked, make_cost
-from ._model import COPY_BYTES_PER_S, Prediction, gemm_rate
+from ._model import Prediction, copy_seconds, gemm_rate
 
 AUTO = True
 """`strategy="auto"` may pick F(2x2, 3x3): its rounding error is that of summing the taps."""
@@ -146,7 +146,7 @@ def predict_tiles(spec: ConvSpec, c: Cost, backward: float, backward_copy: float
     times `OVERHEAD`, with the given backward factors."""
     flops, _, moved = c.evaluate()
     rate = gemm_rate(spec.group_in_features, spec.group_out_features)
-    return Prediction.scaled(OVERHEAD * flops / rate, OVERHEAD * moved / COPY_BYTES_PER_S,
+    return Prediction.scaled(OVERHEAD * flops / rate, OVERHEAD * copy_seconds(moved),
                              backward, backward_copy)
 
 
