@@ -113,7 +113,9 @@ def test_default_example_totals_and_hypotheses(default: dict[str, Any]) -> None:
     assert nets["rgb"]["totals"]["params"] == 280
     assert nets["rgb"]["totals"]["input_bytes"] == 28 * 28 * 3 * 4
     hyp = default["hypotheses"]
-    assert hyp["parameters"] == {"F": 10, "C0": 1, "H": 28, "W": 28, "k": 3, "itemsize": 4}
+    # the table follows the network's own conv layers: their count, window and input shown
+    assert hyp["parameters"] == {"F": 10, "C0": 1, "H": 28, "W": 28, "k": 3, "itemsize": 4,
+                                 "window": "3x3", "input": "28x28x1", "layers": 2}
     assert [r["L"] for r in hyp["rows"]] == list(range(1, 9))
     for r in hyp["rows"]:
         L = r["L"]

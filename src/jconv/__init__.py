@@ -10,6 +10,8 @@ from . import planner as planner
 from . import strategies as strategies
 from ._engine import conv as conv
 from ._engine import conv_general_dilated as conv_general_dilated
+from ._explain_model import explain as explain
+from ._explain_report import ExplainReport as ExplainReport
 from ._layers import conv_general_dilated_patches as conv_general_dilated_patches
 from ._layers import depthwise_conv as depthwise_conv
 from ._layers import local_conv as local_conv
@@ -27,6 +29,7 @@ from .planner import set_memory_budget as set_memory_budget
 __all__ = [
     "ConvArgumentError",
     "ConvSpec",
+    "ExplainReport",
     "TuneReport",
     "conv",
     "conv_general_dilated",
@@ -35,6 +38,7 @@ __all__ = [
     "conv_transpose_torch",
     "convert",
     "depthwise_conv",
+    "explain",
     "get_memory_budget",
     "lax",
     "local_conv",

@@ -17,13 +17,20 @@ from typing import Any
 import sympy
 
 from . import models, symbolic
-from ._report import Check, Hypotheses, LayerRow, NetworkReport, Quantity, Report
-from ._spec import ConvSpec
-from ._verify import Measured, Verifier
+from ._explain_report import ExplainReport
+from ._report import Check, Hypotheses, LayerRow, NetworkReport, Quantity
+from ._spec import ConvSpec, canonical_layouts
+from ._verify import Measured, SkippedCheck, Verifier
 
-__all__ = ["DEFAULT_NETWORKS", "DTYPES", "build_report", "hypotheses_table"]
+__all__ = [
+    "DEFAULT_NETWORKS", "DTYPES", "MAX_DEPTH", "build_report", "check_options", "conv_quantities",
+    "hypotheses_table", "network_hypotheses",
+]
 
 DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
+# deepest hypotheses table: keeping every map needs C0*F^L channels, a number of hundreds of
+# digits well before L = 64 for real widths; the table is exact up to here
+MAX_DEPTH = 64
 
 
 def _default_networks() -> list[tuple[models.Network, str]]:
@@ -58,7 +65,7 @@ def _out_names(num_spatial: int) -> list[str]:
     return [f"{name}_out" for name in symbolic.dimension_names(num_spatial)[0]]
 
 
-def _conv_quantities(spec: ConvSpec, bias: bool, itemsize: int) -> dict[str, Quantity]:
+def conv_quantities(spec: ConvSpec, bias: bool, itemsize: int) -> dict[str, Quantity]:
     """The symbolic model's formulas; output sizes shown as ``H_out``... inside the others."""
     model = _layer_model(spec, bias)
     n = spec.num_spatial
@@ -78,7 +85,7 @@ def _conv_quantities(spec: ConvSpec, bias: bool, itemsize: int) -> dict[str, Qua
 def _layer_model(spec: ConvSpec, bias: bool) -> dict[str, symbolic.Formula]:
     """`jconv.symbolic.layer_model`, once per distinct layer (networks repeat blocks).
 
-    Always at ``itemsize=4``: bytes are elements times the item size (`_conv_quantities`),
+    Always at ``itemsize=4``: bytes are elements times the item size (`conv_quantities`),
     so one cached model serves every dtype.
     """
     return symbolic.layer_model(spec, bias=bias, dtype="float32")
@@ -118,7 +125,7 @@ def _dense_quantities(info: models.LayerInfo, itemsize: int) -> dict[str, Quanti
 
 def _quantities(info: models.LayerInfo, itemsize: int) -> dict[str, Quantity]:
     if info.spec is not None:
-        return _conv_quantities(info.spec, info.biases > 0, itemsize)
+        return conv_quantities(info.spec, info.biases > 0, itemsize)
     if info.kind == "dense":
         return _dense_quantities(info, itemsize)
     return _activation_quantities(info, itemsize)
@@ -198,7 +205,8 @@ def _network_report(
 def hypotheses_table(
     depth: int, filters: int, c0: int, height: int, width: int, kernel: int, itemsize: int,
 ) -> Hypotheses:
-    """Channels, parameters and activation bytes after L = 1..depth layers, per hypothesis."""
+    """Channels, parameters and activation bytes after L = 1..depth layers, per hypothesis,
+    for a uniform stack of `filters` kernel x kernel filters on a height x width x c0 input."""
     L = sympy.Symbol("L", integer=True, positive=True)
     exprs = symbolic.hypotheses(L, filters, c0, height, width, kernel, itemsize=itemsize)
     metrics = ("channels", "params", "activations", "activation_bytes")
@@ -213,16 +221,109 @@ def hypotheses_table(
     return Hypotheses(params, formulas, rows)
 
 
-def _first_conv_hypotheses(
-    net: models.Network, rows: list[LayerRow], depth: int, itemsize: int
+def network_hypotheses(
+    convs: Sequence[tuple[ConvSpec, bool]], depth: int, itemsize: int,
 ) -> Hypotheses | None:
-    """`hypotheses_table` for a stack of `net`'s first conv layer on its HxWxC input."""
-    first = next((r for r in rows if r.kind == "conv"), None)
-    if first is None or first.kernel_shape is None or len(net.input_shape) != 3:
+    """The three readings over depth following the network's own conv layers (`convs`:
+    spec and bias, in order, batch 1), then its last conv repeated (stride 1, same size)
+    up to `depth`. Per layer l with window K_l, F_l filters and P_l output positions:
+
+    - sum (what a conv does): C_l = F_l, K_l*C_{l-1}*F_l/g + F_l parameters;
+    - average the maps first (tied kernels): C_l = F_l, K_l*F_l + F_l;
+    - keep every per-channel map (depthwise, multiplier F_l): C_l = C_{l-1}*F_l,
+      K_l*C_{l-1}*F_l + C_l.
+
+    Activation bytes add P_l*C_l*itemsize per layer. Formulas in L are given when the
+    layers form a uniform stack (every conv the same window, filters and output size)."""
+    if not convs:
         return None
-    h, w, c0 = net.input_shape
-    return hypotheses_table(depth, first.kernel_shape[-1], c0, h, w, first.kernel_shape[0],
-                            itemsize)
+    first = convs[0][0]
+    c0 = first.in_features
+    state = {h: {"channels": c0, "params": 0, "activations": 0} for h in ("sum", "average",
+                                                                          "keep")}
+    rows = []
+    for depth_l in range(1, depth + 1):
+        spec, bias = convs[min(depth_l, len(convs)) - 1]
+        k_taps, f, g = spec.taps, spec.out_features, spec.feature_group_count
+        positions = math.prod(spec.out_spatial)
+        b = 1 if bias else 0
+        c_prev = {h: state[h]["channels"] for h in state}
+        if depth_l > len(convs):  # the last conv repeated on its own output
+            c_prev["sum"] = c_prev["average"] = f
+            g = 1
+        new = {
+            "sum": (f, k_taps * (c_prev["sum"] // g) * f + b * f),
+            "average": (f, k_taps * f + b * f),
+            "keep": (c_prev["keep"] * f, k_taps * c_prev["keep"] * f + b * c_prev["keep"] * f),
+        }
+        row: dict[str, Any] = {"L": depth_l}
+        for h, (channels, params) in new.items():
+            st = state[h]
+            st["channels"] = channels
+            st["params"] += params
+            st["activations"] += positions * channels
+            row[h] = {"channels": channels, "params": st["params"],
+                      "activations": st["activations"],
+                      "activation_bytes": st["activations"] * itemsize}
+        rows.append(row)
+    uniform = all(sp.window == first.window and sp.out_features == first.out_features
+                  and sp.out_spatial == first.out_spatial and sp.feature_group_count == 1
+                  and bias == convs[0][1] for sp, bias in convs[1:]) \
+        and first.feature_group_count == 1 and convs[0][1]
+    formulas: dict[str, dict[str, str]] = {}
+    if uniform:
+        L = sympy.Symbol("L", integer=True, positive=True)
+        positions = math.prod(first.out_spatial)
+        exprs = symbolic.hypotheses(L, first.out_features, c0, positions, 1,
+                                    sympy.sqrt(first.taps), itemsize=itemsize)
+        formulas = {h: {m: str(e[m]) for m in ("channels", "params", "activations",
+                                                 "activation_bytes")}
+                    for h, e in exprs.items()}
+    window = "x".join(str(k) for k in first.window)
+    sizes = "x".join(str(d) for d in (*first.in_spatial, c0))
+    params: dict[str, Any] = {"F": first.out_features, "C0": c0, "k": first.window[0],
+                              "window": window, "input": sizes, "itemsize": itemsize,
+                              "layers": len(convs)}
+    if first.num_spatial == 2:
+        params.update(H=first.in_spatial[0], W=first.in_spatial[1])
+    if uniform:
+        title = (f"three hypotheses over depth L (F = {first.out_features} filters of {window}, "
+                 f"input {sizes}, {itemsize} bytes/element, batch 1)")
+    else:
+        title = (f"three hypotheses over depth L (the network's {len(convs)} conv layers in "
+                 f"order, then its last repeated; input {sizes}, {itemsize} bytes/element, "
+                 "batch 1)")
+    return Hypotheses(params, formulas, rows, title)
+
+
+def _network_hypotheses(rows: list[LayerRow], infos: list[models.LayerInfo], depth: int,
+                        itemsize: int) -> Hypotheses | None:
+    convs = [(info.spec, row.quantities["biases"].value > 0)
+             for row, info in zip(rows, infos, strict=True)
+             if info.spec is not None and info.kind in ("conv", "depthwise")]
+    unbatched = [(_batch1(spec), bias) for spec, bias in convs]
+    return network_hypotheses(unbatched, depth, itemsize)
+
+
+def _batch1(spec: ConvSpec) -> ConvSpec:
+    if spec.batch == spec.batch_group_count:
+        return spec
+    return ConvSpec.from_lax(
+        (spec.batch_group_count, *spec.lhs_shape[1:]), spec.rhs_shape, spec.window_strides,
+        spec.padding, spec.lhs_dilation, spec.rhs_dilation, canonical_layouts(spec.num_spatial),
+        spec.feature_group_count, spec.batch_group_count)
+
+
+def check_options(*, seed: int, depth: int, check_maps: int, batch: int = 1) -> None:
+    """The shared option rules of `build_report` and `jconv.explain` (ValueError naming the
+    option and its value)."""
+    for name, value, low in (("seed", seed, 0), ("depth", depth, 1),
+                             ("check_maps", check_maps, 1), ("batch", batch, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"`{name}` (={value!r}) must be an integer >= {low}.")
+    if depth > MAX_DEPTH:
+        raise ValueError(f"`depth` (={depth}) must be <= {MAX_DEPTH}: keeping every map needs "
+                         "C0*F^L channels, already beyond any memory at that depth.")
 
 
 def build_report(
@@ -236,14 +337,16 @@ def build_report(
     hypotheses: bool = True,
     progress: Callable[[str], None] | None = None,
     seed: int = 0,
-) -> Report:
+) -> ExplainReport:
     """Numbers, formulas and (optionally) verification for each ``(network, title)``.
 
     The hypotheses table (three readings of "what happens to C maps" over depth) follows
-    the first network's first conv layer; `progress` is told the name of each verified layer.
+    the first network's conv layers (`network_hypotheses`); `progress` is told the name of
+    each verified layer.
     """
     if dtype not in DTYPES:
         raise ValueError(f"`dtype` (={dtype!r}) must be one of {', '.join(DTYPES)}.")
+    check_options(seed=seed, depth=depth, check_maps=check_maps, batch=batch)
     itemsize = DTYPES[dtype]
     walks = [net.walk(batch) for net, _ in networks]
     verifier = Verifier(dtype, check_maps, seed) if verify else None
@@ -254,13 +357,16 @@ def build_report(
                    for k, ((net, _), infos) in enumerate(zip(networks, walks, strict=True))]
         # ... while the symbolic model works in this thread
         all_rows = [_rows(infos, itemsize) for infos in walks]
-        hyp = (_first_conv_hypotheses(networks[0][0], all_rows[0], depth, itemsize)
+        hyp = (_network_hypotheses(all_rows[0], walks[0], depth, itemsize)
                if hypotheses else None)
         if verifier is not None:
             for rows, infos, futs in zip(all_rows, walks, futures, strict=True):
                 for row, info, fut in zip(rows, infos, futs, strict=True):
                     try:
                         measured = fut.result()
+                    except SkippedCheck as e:  # over the memory budget: not a failure
+                        row.checks = [Check("engine_run", "runs", None, None, str(e))]
+                        continue
                     except Exception as e:  # a layer the engine cannot run is a failed check
                         row.checks = [Check("engine_run", "runs", f"{type(e).__name__}: {e}",
                                             False)]
@@ -268,4 +374,4 @@ def build_report(
                     row.checks = verifier.checks(measured, row, info.spec)
     reports = [_network_report(net, title, infos, rows, batch, itemsize)
                for (net, title), infos, rows in zip(networks, walks, all_rows, strict=True)]
-    return Report(dtype, itemsize, batch, verify, check_maps, reports, hyp)
+    return ExplainReport(dtype, itemsize, batch, verify, check_maps, reports, hyp)

@@ -49,6 +49,51 @@ def _summary(report: Report) -> dict[str, Any]:
     }
 
 
+_SHOWN = {"shape", "elements", "bytes", "sum_over_channels", "differs_from_average"}
+
+
+def _status(c: Check) -> str:
+    if c.passed is None:
+        return "skipped" if c.note.startswith(("skipped", "verified on")) else "n/a"
+    return "pass" if c.passed else "FAIL"
+
+
+def problems(report: Report) -> list[tuple[str, str, str, str]]:
+    """Every failed or skipped check as (where, check, status, reason), network checks first.
+    A check that does not apply by its nature ("one channel per map") is not listed."""
+    out = []
+    for net in report.networks:
+        for c in net.checks:
+            if _status(c) in ("FAIL", "skipped"):
+                out.append((net.name, c.name, _status(c), _reason(c)))
+        for r in net.layers:
+            for c in r.checks:
+                if _status(c) in ("FAIL", "skipped"):
+                    out.append((f"{net.name}: layer {r.index} {r.name}", c.name, _status(c),
+                                _reason(c)))
+    return out
+
+
+def _reason(c: Check) -> str:
+    if c.passed is False and c.note and c.measured is not None:
+        return f"{c.note}; expected {c.expected}, measured {c.measured}"
+    if c.passed is False:
+        return f"expected {c.expected}, measured {c.measured}"
+    return c.note
+
+
+def answer_sentence(report: Report) -> str:
+    """The answer in one sentence (with the hypotheses' F when there is a table)."""
+    if report.hypotheses is None:
+        return ("answer: each conv layer's F filters each SUM their C_in per-channel "
+                "correlations, so every layer outputs F maps whatever C_in was; maps do not "
+                "multiply with depth.")
+    f = report.hypotheses.parameters["F"]
+    return (f"answer: the maps are summed (H1): every layer outputs its F = {f} maps whatever "
+            f"C_in is, so channels stay at {f} with depth, parameters and memory grow "
+            "linearly; keeping every per-channel map (H3) would grow as C0*F^L.")
+
+
 def _summary_line(report: Report) -> str:
     s = _summary(report)
     if not report.verify:
@@ -61,6 +106,8 @@ def _summary_line(report: Report) -> str:
 
 def _shape_formula(shape: tuple[int, ...], suffix: str, channels: str) -> str:
     """``N x H x W x C_in`` for a rank-4 shape; ``N x D`` for a flat one."""
+    if len(shape) < 2:
+        return "-"
     if len(shape) == 2:
         return f"N x D{suffix or '_in'}"
     names = dimension_names(len(shape) - 2)[0]
@@ -77,6 +124,8 @@ def _out_size_names(row: LayerRow) -> list[str]:
 def _kernel_formula(row: LayerRow) -> str:
     if row.kind == "dense":
         return "D_in x D_out"
+    if len(row.in_shape) < 3:
+        return "-"
     ks = " x ".join(f"k_{d}" for d in dimension_names(len(row.in_shape) - 2)[1])
     return f"{ks} x C_in/g x C_out" if row.groups > 1 else f"{ks} x C_in x C_out"
 
@@ -103,17 +152,19 @@ def _jlayer(r: LayerRow) -> dict[str, Any]:
              if f"out_{j}" in r.quantities]
     out["out_sizes"] = [_jq(q) for q in sizes] if sizes else None
     out["checks"] = [_jcheck(c) for c in r.checks]
+    out["receptive_field"] = (None if r.receptive_field is None
+                              else {"value": list(r.receptive_field), "formula": r.rf_formula})
+    out["count"], out["where"] = r.count, r.where
     return out
 
 
 def report_dict(report: Report) -> dict[str, Any]:
     """The whole report as plain JSON-able data with stable keys."""
-    from . import __version__
-
     hyp = report.hypotheses
+    issues = problems(report)
     return {
         "schema": SCHEMA,
-        "version": __version__,
+        "version": _version(),
         "dtype": report.dtype,
         "itemsize": report.itemsize,
         "batch": report.batch,
@@ -129,9 +180,22 @@ def report_dict(report: Report) -> dict[str, Any]:
         ],
         "hypotheses": None if hyp is None else {
             "parameters": hyp.parameters, "formulas": hyp.formulas, "rows": hyp.rows,
+            "title": _hyp_title(hyp),
         },
+        "answer": answer_sentence(report),
+        "problems": [{"where": w, "check": c, "status": st, "reason": r}
+                     for w, c, st, r in issues],
         "summary": _summary(report),
     }
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("jconv")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a source tree
+        return "unknown"
 
 
 def render_json(report: Report) -> str:
@@ -140,22 +204,41 @@ def render_json(report: Report) -> str:
 
 
 # ----------------------------------------------------------------------------- rich
-def _detail_table(row: LayerRow) -> Table:
+NARROW = 120  # below this console width the tables drop their widest columns
+
+
+class _NarrowTable(Table):
+    """A detail table without the "measured" column (the check column says pass/FAIL)."""
+
+    def add_row(self, *cells: Any, **kw: Any) -> None:  # type: ignore[override]
+        if len(cells) == 5:
+            cells = (cells[0], cells[1], cells[2], cells[4])
+        super().add_row(*cells, **kw)
+
+
+def _detail_table(row: LayerRow, narrow: bool = False) -> Table:
     q, ck = row.quantities, _checks_by_name(row)
-    t = Table(title=f"layer {row.index}: {row.name} ({row.kind}): one output map = {row.rule}",
-              title_justify="left")
-    t.add_column("quantity", no_wrap=True)
-    t.add_column("value", max_width=30, overflow="fold")
-    t.add_column("formula", min_width=36, overflow="fold")
-    t.add_column("measured", no_wrap=True)
-    t.add_column("check", no_wrap=True)
+    title = f"layer {row.index}: {row.name} ({row.kind}): one output map = {row.rule}"
+    if narrow:
+        t: Table = _NarrowTable(title=title, title_justify="left", box=None, pad_edge=False)
+        t.add_column("quantity", ratio=2, overflow="fold")
+        t.add_column("value", ratio=2, overflow="fold")
+        t.add_column("formula", ratio=3, overflow="fold")
+        t.add_column("check", no_wrap=True, min_width=9)
+    else:
+        t = Table(title=title, title_justify="left")
+        t.add_column("quantity", no_wrap=True)
+        t.add_column("value", max_width=30, overflow="fold")
+        t.add_column("formula", min_width=36, overflow="fold")
+        t.add_column("measured", no_wrap=True)
+        t.add_column("check", no_wrap=True)
 
     def meas(name: str) -> tuple[str, str]:
         c = ck.get(name)
         if c is None:
             return ("", "")
         text = f"{c.measured:,}" if isinstance(c.measured, int) else str(c.measured)
-        return (text, _mark(c.passed))
+        return (text, _mark2(c))
 
     t.add_row("input shape", _shape(row.in_shape), _shape_formula(row.in_shape, "", "C_in"), "", "")
     if row.kernel_shape is not None:
@@ -167,6 +250,8 @@ def _detail_table(row: LayerRow) -> Table:
     m = meas("shape")
     t.add_row("output shape", _shape(row.out_shape), _shape_formula(row.out_shape, "_out", "C_out"),
               _shape(tuple(ck["shape"].measured)) if "shape" in ck else "", m[1])
+    if row.receptive_field is not None:
+        t.add_row("receptive field", _shape(row.receptive_field), row.rf_formula, "", "")
     for j, name in enumerate(_out_size_names(row)):
         t.add_row(f"  {name}", str(q[f"out_{j}"].value), q[f"out_{j}"].formula, "", "")
     for key, check in (("out_elements", "elements"), ("out_bytes", "bytes")):
@@ -176,21 +261,49 @@ def _detail_table(row: LayerRow) -> Table:
         c = ck["sum_over_channels"]
         t.add_row("map = SUM of channels", f"rel. error <= {c.expected:g}", c.note,
                   f"rel. error {c.measured:.3g}", _mark(c.passed))
+    if "differs_from_average" in ck:
         a = ck["differs_from_average"]
         if a.passed is None:
             t.add_row("map != AVERAGE", "n/a", a.note, "", _mark(None))
         else:
             t.add_row("map != AVERAGE", f"rel. difference ~ {a.expected:.3g}", a.note,
                       f"rel. difference {a.measured:.3g}", _mark(a.passed))
+    for c in row.checks:
+        if c.name not in _SHOWN:
+            t.add_row(c.name.replace("_", " "), _cell(c.expected), c.note, _cell(c.measured),
+                      _mark2(c))
     return t
 
 
-def _compact_table(net: NetworkReport) -> Table:
-    t = Table(title=f"{net.name}: per layer (params = weights + biases [+ 2C for bn])",
-              title_justify="left")
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
+
+
+def _mark2(c: Check) -> str:
+    st = _status(c)
+    return {"pass": "✓ pass", "FAIL": "✗ FAIL", "skipped": "- skipped", "n/a": "n/a"}[st]
+
+
+def _compact_table(net: NetworkReport, narrow: bool = False) -> Table:
+    title = f"{net.name}: per layer (params = weights + biases [+ 2C for bn])"
+    if narrow:
+        t = Table(title=title, title_justify="left", box=None, pad_edge=False)
+        for col in ("#", "layer", "kind", "output", "params", "MACs", "one output value"):
+            t.add_column(col, overflow="fold")
+        t.add_column("check", no_wrap=True, min_width=9)
+        for r in net.layers:
+            q = r.quantities
+            t.add_row(str(r.index), r.name, r.kind, _shape(r.out_shape[1:]),
+                      f"{q['params'].value:,}", f"{q['macs'].value:,}", _short_rule(r),
+                      _row_mark(r))
+        return t
+    t = Table(title=title, title_justify="left")
     for col in ("#", "layer", "kind", "input", "kernel", "output", "params", "MACs",
-                "act. bytes", "one output value", "check"):
+                "act. bytes", "one output value"):
         t.add_column(col, overflow="fold")
+    t.add_column("check", no_wrap=True)
     for r in net.layers:
         q = r.quantities
         t.add_row(
@@ -206,7 +319,10 @@ def _short_rule(r: LayerRow) -> str:
     if r.kind == "dense":
         return f"sum of {r.in_shape[-1]:,} inputs"
     if r.kernel_shape is None:
-        return "per channel" if r.kind in ("pool", "globalpool", "bn", "relu") else "-"
+        return "per channel" if r.kind in ("pool", "globalpool", "bn", "relu", "norm",
+                                           "upsample") else "-"
+    if len(r.kernel_shape) < 2:
+        return "-"
     cg = r.kernel_shape[-2]
     if cg == 1 and r.groups > 1:
         return "1 channel (depthwise)"
@@ -219,6 +335,10 @@ def _row_mark(r: LayerRow) -> str:
         return "-"
     if any(c.passed is False for c in r.checks):
         return "✗ FAIL"
+    if any(_status(c) == "skipped" for c in r.checks):
+        return "- skipped"
+    if all(c.passed is None for c in r.checks):
+        return "n/a"
     return "✓ pass"
 
 
@@ -252,16 +372,26 @@ def _totals_table(net: NetworkReport, batch: int) -> Table:
     }
     refs = {"params": [c for c in net.checks if c.name.startswith("params")],
             "macs": [c for c in net.checks if c.name.startswith("macs")]}
+    labels.update({k: k.replace("_", " ") for k in net.totals if k not in labels})
     for key, label in labels.items():
+        if key not in net.totals:
+            continue
         checks = refs.get(key, [])
-        ref = "; ".join(f"{c.name.replace('_', ' ')}: {c.expected:,}" for c in checks)
+        ref = "; ".join(f"{c.name.replace('_', ' ')}: {_cell(c.expected)}" for c in checks)
         mark = "" if not checks else _mark(all(c.passed for c in checks))
-        t.add_row(label, f"{net.totals[key]:,}", ref, mark)
+        t.add_row(label, _cell(net.totals[key]), ref, mark)
+    others = [c for c in net.checks
+              if not c.name.startswith(("params_vs", "macs_vs"))]
+    for c in others:
+        t.add_row(c.name.replace("_", " "), _cell(c.measured),
+                  f"{_cell(c.expected)}" + (f" ({c.note})" if c.note else ""), _mark2(c))
     return t
 
 
 def _human(n: int) -> str:
-    """Bytes in binary units (exact numbers are in --json)."""
+    """Bytes in binary units (exact numbers are in --json); beyond 1024 TiB, a power of 2."""
+    if n >= 1 << 50:
+        return f"~2^{n.bit_length() - 1} B"
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if value < 1024 or unit == "TiB":
@@ -270,14 +400,16 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def _hypotheses_table(h: Hypotheses) -> Table:
+def _hyp_title(h: Hypotheses) -> str:
     p = h.parameters
-    t = Table(
-        title=(f"three hypotheses over depth L (F = {p['F']} filters of {p['k']}x{p['k']}, "
-               f"input {p['H']}x{p['W']}x{p['C0']}, {p['itemsize']} bytes/element, batch 1)"),
-        title_justify="left",
-    )
-    t.add_column("L", justify="right")
+    return h.title or (f"three hypotheses over depth L (F = {p['F']} filters of {p['k']}x"
+                       f"{p['k']}, input {p['H']}x{p['W']}x{p['C0']}, {p['itemsize']} "
+                       "bytes/element, batch 1)")
+
+
+def _hypotheses_table(h: Hypotheses) -> Table:
+    t = Table(title=_hyp_title(h), title_justify="left")
+    t.add_column("L", justify="right", no_wrap=True, min_width=len(str(len(h.rows))))
     for key in HYPOTHESES:
         for metric in ("C_L", "params", "memory"):
             t.add_column(f"{key}\n{metric}", justify="right", no_wrap=True)
@@ -312,11 +444,12 @@ def render_rich(report: Report, console: Console, *, view: str = "auto") -> None
         console.print()
         console.print(f"[bold underline]{net.name}[/bold underline]: {net.title}")
         full = view == "full" or (view == "auto" and len(net.layers) <= 8)
+        narrow = console.width < NARROW
         if full:
             for row in net.layers:
-                console.print(_detail_table(row))
+                console.print(_detail_table(row, narrow))
         else:
-            console.print(_compact_table(net))
+            console.print(_compact_table(net, narrow))
             legend = _formula_legend(net, report.itemsize)
             if legend is not None:
                 console.print(legend)
@@ -324,13 +457,26 @@ def render_rich(report: Report, console: Console, *, view: str = "auto") -> None
     if report.hypotheses is not None:
         console.print()
         console.print(_hypotheses_table(report.hypotheses))
-        console.print(_hypotheses_formulas(report.hypotheses))
+        if report.hypotheses.formulas:
+            console.print(_hypotheses_formulas(report.hypotheses))
         f = report.hypotheses.parameters["F"]
         console.print(
             f"[bold]answer[/bold]: the maps are [bold]summed[/bold] (H1): every layer outputs its "
             f"F = {f} maps whatever C_in is, so channels stay at {f} with depth, parameters and "
             "memory grow linearly; keeping every per-channel map (H3) would grow as C0*F^L."
         )
+    else:
+        console.print()
+        console.print(answer_sentence(report))
+    issues = problems(report)
+    if issues:
+        console.print()
+        t = Table(title="checks that failed or were skipped", title_justify="left")
+        for col in ("where", "check", "status", "reason"):
+            t.add_column(col, overflow="fold", no_wrap=col == "status")
+        for where, name, status, reason in issues:
+            t.add_row(where, name, status, reason)
+        console.print(t)
     console.print()
     style = "bold green" if report.ok else "bold red"
     console.print(Text(_summary_line(report), style=style))
@@ -370,6 +516,8 @@ def _layer_cells(r: LayerRow, fmt: Callable[[str], str]) -> list[list[str]]:
         if c is not None:
             rows.append([label, "n/a" if c.measured is None else f"{c.measured:.3g}", c.note,
                          _mark(c.passed)])
+    rows += [[c.name.replace("_", " "), _cell(c.measured), c.note, _mark2(c)]
+             for c in r.checks if c.name not in _SHOWN]
     return rows
 
 
@@ -387,15 +535,16 @@ def render_markdown(report: Report) -> str:
             rows = [[str(r.index), r.name, r.kind, _shape(r.in_shape[1:]),
                      _shape(r.kernel_shape), _shape(r.out_shape[1:]),
                      f"{r.quantities['params'].value:,}", f"{r.quantities['macs'].value:,}",
-                     f"{r.quantities['out_bytes'].value:,}", _row_mark(r)] for r in net.layers]
+                     f"{r.quantities['out_bytes'].value:,}", _short_rule(r), _row_mark(r)]
+                    for r in net.layers]
             out += [_md_table(["#", "layer", "kind", "input", "kernel", "output", "params",
-                               "MACs", "act. bytes", "check"], rows), ""]
+                               "MACs", "act. bytes", "one output value", "check"], rows), ""]
         out += [f"### totals (batch {report.batch})", ""]
         out += [_md_table(["quantity", "value"],
                           [[k, f"{v:,}"] for k, v in net.totals.items()]), ""]
         if net.checks:
             out += [_md_table(["check", "expected", "measured", "result"],
-                              [[c.name, f"{c.expected:,}", f"{c.measured:,}", _mark(c.passed)]
+                              [[c.name, _cell(c.expected), _cell(c.measured), _mark2(c)]
                                for c in net.checks]), ""]
     if report.hypotheses is not None:
         h = report.hypotheses
@@ -406,9 +555,16 @@ def render_markdown(report: Report) -> str:
                                  for m in ("channels", "params", "activation_bytes")]
                 for r in h.rows]
         out += [_md_table(header, rows), ""]
-        out += [f"- {name}: channels `{h.formulas[k]['channels']}`, params "
-                f"`{h.formulas[k]['params']}`" for k, name in HYPOTHESES.items()]
+        if h.formulas:
+            out += [f"- {name}: channels `{h.formulas[k]['channels']}`, params "
+                    f"`{h.formulas[k]['params']}`" for k, name in HYPOTHESES.items()]
         out.append("")
+    out += [answer_sentence(report), ""]
+    issues = problems(report)
+    if issues:
+        out += ["## checks that failed or were skipped", ""]
+        out += [_md_table(["where", "check", "status", "reason"],
+                          [list(i) for i in issues]), ""]
     out += [f"**{_summary_line(report)}**", ""]
     return "\n".join(out)
 
@@ -446,10 +602,12 @@ def render_latex(report: Report) -> str:
                 f"{q['params'].value:,}".replace(",", "{,}") + f" (${q['params'].latex}$)",
                 f"{q['macs'].value:,}".replace(",", "{,}") + f" (${q['macs'].latex}$)",
                 f"{q['out_bytes'].value:,}".replace(",", "{,}") + f" (${q['out_bytes'].latex}$)",
+                _tex(_short_rule(r)).replace(",", "{,}"),
                 _tex(_row_mark(r)),
             ])
         out.append(_tex_table(
-            ["layer", "kind", "input", "kernel", "output", "params", "MACs", "bytes", "check"],
+            ["layer", "kind", "input", "kernel", "output", "params", "MACs", "bytes",
+             "one output value", "check"],
             rows, f"{net.name}: {net.title}"))
         out.append(_tex_table(
             ["quantity", "value"],
@@ -462,13 +620,20 @@ def render_latex(report: Report) -> str:
                 for r in h.rows]
         header = ["$L$"] + [f"{k}: {m}" for k in HYPOTHESES for m in ("C", "params", "bytes")]
         out.append(_tex_table(header, rows, "three hypotheses over depth"))
+    out.append(_tex(answer_sentence(report)) + "\n")
+    issues = problems(report)
+    if issues:
+        out.append(_tex_table(["where", "check", "status", "reason"],
+                              [[_tex(c) for c in i] for i in issues],
+                              "checks that failed or were skipped"))
     out.append(f"% {_summary_line(report)}")
     return "\n".join(out) + "\n"
 
 
 # ----------------------------------------------------------------------------- plot
-def write_plot(h: Hypotheses, path: str) -> None:
-    """Activation memory and parameters against depth for the three hypotheses (log scale)."""
+def write_plot(h: Hypotheses, path: str) -> str:
+    """Activation memory and parameters against depth for the three hypotheses (log scale);
+    returns the file written (Matplotlib adds ``.png`` to a name without a suffix)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -488,7 +653,15 @@ def write_plot(h: Hypotheses, path: str) -> None:
     axes[0].legend(fontsize=8)
     axes[0].annotate("H1 and H2 coincide: F maps per layer", xy=(0.35, 0.12),
                      xycoords="axes fraction", fontsize=8)
-    fig.suptitle(f"{p['F']} filters of {p['k']}x{p['k']} per layer on {p['H']}x{p['W']}x{p['C0']}:"
-                 " summing keeps F maps (linear), keeping every map grows as C0*F^L")
-    fig.savefig(path, dpi=110)
+    layers = (f"{p['F']} filters of {p.get('window', p['k'])} per layer"
+              if not h.title or "filters of" in h.title
+              else f"the network's {p.get('layers', '?')} conv layers")
+    size = p.get("input") or f"{p['H']}x{p['W']}x{p['C0']}"
+    fig.suptitle(f"{layers} on {size}: summing keeps F maps (linear), keeping every map "
+                 "grows as C0*F^L")
+    import os
+
+    written = path if os.path.splitext(path)[1] else path + ".png"
+    fig.savefig(written, dpi=110, format=None if os.path.splitext(path)[1] else "png")
     plt.close(fig)
+    return written

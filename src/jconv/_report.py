@@ -48,6 +48,10 @@ class LayerRow:
     rule: str
     einsum: str | None
     checks: list[Check] = field(default_factory=list)
+    receptive_field: tuple[int, ...] | None = None  # of one output value, input pixels
+    rf_formula: str = ""
+    count: int = 1  # times the layer runs per call (a scan over layers: its length)
+    where: str = ""  # "scan x4", "jconv engine", ... for a traced layer
 
 
 @dataclass
@@ -67,9 +71,10 @@ class NetworkReport:
 class Hypotheses:
     """The three readings of "what happens to C maps" over depth ``L = 1..depth``."""
 
-    parameters: dict[str, int]
+    parameters: dict[str, Any]
     formulas: dict[str, dict[str, str]]
     rows: list[dict[str, Any]]
+    title: str = ""
 
 
 @dataclass
@@ -83,6 +88,7 @@ class Report:
     check_maps: int
     networks: list[NetworkReport]
     hypotheses: Hypotheses | None
+    seconds: float = 0.0  # time to build the report (tracing plus verification)
 
     def all_checks(self) -> list[Check]:
         """Every network's checks, then every layer's."""

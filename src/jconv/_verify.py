@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,7 +25,30 @@ from ._engine import conv_general_dilated
 from ._report import Check, LayerRow
 from ._spec import ConvSpec, canonical_layouts
 
-__all__ = ["Measured", "Verifier", "engine_conv"]
+__all__ = ["DEFAULT_BUDGET", "Measured", "SkippedCheck", "Verifier", "engine_conv",
+           "estimate_bytes"]
+
+DEFAULT_BUDGET = 2 << 30  # bytes one layer's verification may use
+
+
+class SkippedCheck(Exception):
+    """A layer whose verification would not fit in the memory budget (not a failure)."""
+
+
+def estimate_bytes(spec: ConvSpec, maps: int, itemsize: int, batch: int | None = None) -> int:
+    """Bytes the verification of `spec` needs with `maps` checked maps on `batch` images:
+    input, kernel, output, the gathered per-channel inputs and correlations (float32
+    accumulators), and the engine's widest intermediate (window patches)."""
+    n = spec.batch if batch is None else batch
+    n_out = n // spec.batch_group_count
+    cg = spec.group_in_features
+    in_px = n * math.prod(spec.in_spatial)
+    out_px = n_out * math.prod(spec.out_spatial)
+    pairs = maps * cg
+    arrays = in_px * spec.in_features + math.prod(spec.rhs_shape) + 2 * out_px * spec.out_features
+    per_channel = pairs * (in_px + out_px)
+    patches = out_px * spec.taps * spec.in_features
+    return itemsize * (arrays + per_channel) + 4 * (pairs * out_px + patches)
 
 # relative tolerance of the sum-over-channels check: |y - sum| <= tol * max|sum|
 _TOL = {"float64": 1e-10, "float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
@@ -42,6 +66,7 @@ class Measured:
     ys: np.ndarray | None = None
     total: np.ndarray | None = None
     maps: int = 0
+    sliced: str = ""  # why only a slice ran (batch cut to fit the memory budget)
 
 
 class Verifier:
@@ -52,10 +77,34 @@ class Verifier:
     thread and only while it runs (`jax.enable_x64`).
     """
 
-    def __init__(self, dtype: str, check_maps: int, seed: int = 0) -> None:
+    def __init__(self, dtype: str, check_maps: int, seed: int = 0,
+                 memory_budget: int = DEFAULT_BUDGET) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"`seed` (={seed!r}) must be an integer >= 0.")
         self.dtype = dtype
         self.check_maps = check_maps
         self.seed = seed
+        self.memory_budget = memory_budget
+
+    def plan(self, spec: ConvSpec) -> tuple[int, tuple[int, ...], str]:
+        """(batch, maps, note) that fit the memory budget: the whole layer if it fits, else
+        one image and fewer maps; `SkippedCheck` when not even one map of one image fits."""
+        itemsize = np.dtype(self.dtype).itemsize if self.dtype != "bfloat16" else 2
+        maps = self._maps(spec)
+        need = estimate_bytes(spec, len(maps), itemsize)
+        if need <= self.memory_budget:
+            return spec.batch, maps, ""
+        batch = spec.batch_group_count
+        for k in (len(maps), 4, 1):
+            few = maps if k == len(maps) else _spaced(spec.out_features, k)
+            small = estimate_bytes(spec, len(few), itemsize, batch)
+            if small <= self.memory_budget:
+                return batch, few, (f"verified on {batch} image(s) and {len(few)} map(s): the "
+                                    f"whole layer needs ~{_gib(need)}, over the "
+                                    f"{_gib(self.memory_budget)} verification budget")
+        raise SkippedCheck(f"skipped: verifying this layer needs ~{_gib(need)} (one image: "
+                           f"~{_gib(small)}), over the {_gib(self.memory_budget)} "
+                           "verification budget")
 
     def measure(self, key: tuple[int, int], info: models.LayerInfo) -> Measured:
         """Run `info` on data drawn from the generator seeded ``(seed, *key)``."""
@@ -67,36 +116,49 @@ class Verifier:
         def rand(shape: tuple[int, ...]) -> jax.Array:
             return jnp.asarray(rng.standard_normal(shape, dtype="float32").astype(self.dtype))
 
-        x = rand(info.in_shape)
         spec = info.spec
         if spec is None:
-            y = _reference_layer(info, x, rand)
+            elements = math.prod(info.in_shape)
+            if elements * 8 > self.memory_budget:
+                raise SkippedCheck(f"skipped: its input alone is ~{_gib(elements * 8)}, over "
+                                   f"the {_gib(self.memory_budget)} verification budget")
+            y = _reference_layer(info, rand(info.in_shape), rand)
             return Measured(tuple(y.shape), int(y.size), int(y.nbytes))
-        maps = self._maps(spec)
+        batch, maps, note = self.plan(spec)
+        return self.run(spec, rand((batch, *info.in_shape[1:])), rand(spec.rhs_shape), maps,
+                        note)
+
+    def run(self, spec: ConvSpec, x: jax.Array, w: jax.Array, maps: tuple[int, ...],
+            note: str = "") -> Measured:
+        """The layer `spec` (channels last) on `x` (its batch may be a slice) and `w`."""
+        if x.shape[0] != spec.batch:
+            spec = ConvSpec.from_lax(
+                x.shape, spec.rhs_shape, spec.window_strides, spec.padding, spec.lhs_dilation,
+                spec.rhs_dilation, canonical_layouts(spec.num_spatial),
+                spec.feature_group_count, spec.batch_group_count)
         acc = "float64" if self.dtype == "float64" else "float32"
-        y, ys, total = _conv_and_channel_sums(x, rand(spec.rhs_shape), spec=spec, maps=maps,
-                                              acc=acc)
+        y, ys, total = _conv_and_channel_sums(x, w, spec=spec, maps=maps, acc=acc)
         return Measured(tuple(y.shape), int(y.size), int(y.nbytes), np.asarray(ys),
-                        np.asarray(total), len(maps))
+                        np.asarray(total), len(maps), note)
 
     def checks(self, m: Measured, row: LayerRow, spec: ConvSpec | None) -> list[Check]:
         """Shape, element count and bytes; for a conv (`spec`) also the sum checks."""
         elems, nbytes = row.quantities["out_elements"].value, row.quantities["out_bytes"].value
-        out = [
-            Check("shape", list(row.out_shape), list(m.shape), m.shape == row.out_shape),
-            Check("elements", elems, m.size, m.size == elems),
-            Check("bytes", nbytes, m.nbytes, m.nbytes == nbytes),
-        ]
+        if m.sliced:
+            out = [Check("shape", list(row.out_shape), list(m.shape), None, m.sliced)]
+        else:
+            out = [
+                Check("shape", list(row.out_shape), list(m.shape), m.shape == row.out_shape),
+                Check("elements", elems, m.size, m.size == elems),
+                Check("bytes", nbytes, m.nbytes, m.nbytes == nbytes),
+            ]
         if spec is not None and m.ys is not None and m.total is not None:
             out += self._sum_checks(m.ys, m.total, spec, m.maps)
         return out
 
     def _maps(self, spec: ConvSpec) -> tuple[int, ...]:
         """All output maps, or `check_maps` evenly spaced ones (first and last included)."""
-        f, k = spec.out_features, self.check_maps
-        if f <= k:
-            return tuple(range(f))
-        return tuple(sorted({round(i * (f - 1) / (k - 1)) for i in range(k)})) if k > 1 else (0,)
+        return _spaced(spec.out_features, self.check_maps)
 
     def _sum_checks(self, ys: np.ndarray, total: np.ndarray, spec: ConvSpec,
                     n_maps: int) -> list[Check]:
@@ -123,6 +185,19 @@ class Verifier:
             f"expected 1 - 1/{cg}",
         ))
         return checks
+
+
+def _spaced(f: int, k: int) -> tuple[int, ...]:
+    if f <= k:
+        return tuple(range(f))
+    return tuple(sorted({round(i * (f - 1) / (k - 1)) for i in range(k)})) if k > 1 else (0,)
+
+
+def _gib(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n} B"
 
 
 def engine_conv(x: jax.Array, w: jax.Array, spec: ConvSpec,

@@ -14,10 +14,10 @@ import os
 import sys
 import textwrap
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import models
-from ._explain import DEFAULT_NETWORKS, DTYPES, build_report
+from ._explain import DEFAULT_NETWORKS, DTYPES, MAX_DEPTH, build_report
 from ._grammar import GRAMMAR_HELP, KINDS, GrammarError, parse_input, parse_layer
 
 __all__ = ["main"]
@@ -34,12 +34,20 @@ examples:
   jconv explain --model resnet50 --no-verify --json > resnet50.json
   jconv explain --model vgg16 --batch 1 --check-maps 4     verify all 13 convs (progress shown)
   jconv explain --model mobilenet_v1 --dtype bfloat16 --markdown
+  jconv explain --fn mypkg.models:make_resnet --input 1x32x32x3
+                your own model: the factory returns a function of arrays, a Flax nnx
+                module, or (module, variables) for linen; --input gives each input
+                with its batch (repeat --input for several inputs)
+  jconv explain --torch mypkg.models:make_net --input 1x3x32x32
+                a torch.nn.Module traced with torch.fx (Conv1d/2d/3d, ConvTranspose,
+                Linear, BatchNorm), input NCHW
 
 verification: every conv layer runs in full through the einsum engine on random data (shape,
 element count and bytes are measured); the check "each output map is the SUM of its per-channel
 correlations, not their average" recomputes each per-channel correlation separately with the
 engine, for up to --check-maps evenly spaced output maps per layer (first and last included).
-exit status: 0 all checks pass, 1 some check failed, 2 malformed command line.
+exit status: 0 all checks pass, 1 some check failed, 2 malformed command line or an error
+in the user's code (one line; --debug shows the traceback).
 """
 
 
@@ -79,15 +87,25 @@ def _build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     net = ex.add_argument_group("network (default: the question's example)")
-    net.add_argument("--input", metavar="HxWxC",
+    net.add_argument("--input", metavar="HxWxC", action="append",
                      help="input shape without batch, channels last, e.g. 224x224x3 "
-                          "(default with --layer: 28x28x1; with --model: the model's own)")
+                          "(default with --layer: 28x28x1; with --model: the model's own); "
+                          "with --fn/--torch each input with its batch, e.g. 1x32x32x3")
     net.add_argument("--layer", metavar="SPEC", action="append", default=[],
                      help="one layer, repeatable, in order, e.g. conv:64,k=3,s=2,p=same "
                           "(grammar below)")
     net.add_argument("--model", choices=tuple(models.MODELS),
                      help="a network from jconv.models; totals are checked against the "
                           "published figures")
+    net.add_argument("--fn", metavar="MODULE:FACTORY",
+                     help="your own JAX model: FACTORY() returns a function of arrays, a Flax "
+                          "nnx module, or (linen module, variables); --input gives the inputs "
+                          "with their batch, e.g. 1x32x32x3")
+    net.add_argument("--torch", metavar="MODULE:FACTORY",
+                     help="your own torch.nn.Module, traced with torch.fx; --input NCHW with "
+                          "batch, e.g. 1x3x32x32")
+    net.add_argument("--debug", action="store_true",
+                     help="show the traceback of an error in --fn/--torch code")
     run = ex.add_argument_group("run")
     run.add_argument("--batch", metavar="N", type=int, default=1,
                      help="batch size N for shapes, bytes and MACs (default 1)")
@@ -98,10 +116,12 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--check-maps", metavar="K", type=int, default=16,
                      help="output maps per layer in the sum-over-channels check (default 16)")
     run.add_argument("--depth", metavar="L", type=int, default=8,
-                     help="largest depth in the hypotheses table (default 8)")
+                     help=f"largest depth in the hypotheses table (default 8, at most "
+                          f"{MAX_DEPTH})")
     run.add_argument("--no-hypotheses", dest="hypotheses", action="store_false",
                      help="omit the three-hypotheses table")
-    run.add_argument("--seed", type=int, default=0, help="random seed of the data (default 0)")
+    run.add_argument("--seed", type=int, default=0,
+                     help="random seed of the data, >= 0 (default 0)")
     out = ex.add_argument_group("output")
     fmt = out.add_mutually_exclusive_group()
     fmt.add_argument("--json", dest="format", action="store_const", const="json",
@@ -119,6 +139,30 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _options(args: argparse.Namespace) -> None:
+    """Checks shared by every kind of network (exit 2 naming the option)."""
+    if args.batch < 1:
+        _fail(f"--batch {args.batch!r}: must be >= 1; example: --batch 8")
+    if args.check_maps < 1:
+        _fail(f"--check-maps {args.check_maps!r}: must be >= 1; example: --check-maps 4")
+    if args.depth < 1:
+        _fail(f"--depth {args.depth!r}: must be >= 1; example: --depth 8")
+    if args.depth > MAX_DEPTH:
+        _fail(f"--depth {args.depth!r}: must be <= {MAX_DEPTH} (keeping every map needs "
+              f"C0*F^L channels, beyond any memory long before); example: --depth 16")
+    if args.seed < 0:
+        _fail(f"--seed {args.seed!r}: must be >= 0; example: --seed 1")
+    picked = [f for f in ("model", "fn", "torch") if getattr(args, f)]
+    if len(picked) > 1 or (picked and args.layer):
+        given = ", ".join(f"--{f}" for f in picked + (["layer"] if args.layer else []))
+        _fail(f"give one of --model, --fn, --torch or --layer, not {given}; "
+              "example: --model vgg16")
+
+
+def _note(message: str) -> None:
+    sys.stderr.write(f"jconv explain: note: {message}\n")
+
+
 def _fail(message: str) -> NoReturn:
     sys.stderr.write(f"jconv explain: error: {message}\n")
     raise SystemExit(2)
@@ -130,20 +174,20 @@ def _grammar_fail(flag: str, e: GrammarError) -> NoReturn:
 
 def _networks(args: argparse.Namespace) -> list[tuple[models.Network, str]]:
     """The networks to explain, validated layer by layer (exit 2 naming the bad layer)."""
-    if args.model and args.layer:
-        _fail("give --model or --layer, not both; example: --model vgg16")
-    if args.batch < 1:
-        _fail(f"--batch {args.batch!r}: must be >= 1; example: --batch 8")
-    if args.check_maps < 1:
-        _fail(f"--check-maps {args.check_maps!r}: must be >= 1; example: --check-maps 4")
-    if args.depth < 1:
-        _fail(f"--depth {args.depth!r}: must be >= 1; example: --depth 8")
     shape = None
     if args.input is not None:
+        if len(args.input) > 1:
+            _fail("--input is given once for a --layer network (several inputs are for "
+                  "--fn/--torch); example: --input 224x224x3")
+        args.input = args.input[0]
         try:
             shape = parse_input(args.input)
         except GrammarError as e:
             _grammar_fail("--input", e)
+        if len(shape) == 2 and args.layer:
+            _note(f"--input {args.input}: read as a 1-D signal of length {shape[0]} with "
+                  f"{shape[1]} channels; for a {args.input} image with one channel write "
+                  f"--input {args.input}x1")
     if args.model:
         net = models.MODELS[args.model]()
         if shape is not None and shape != net.input_shape:
@@ -196,8 +240,14 @@ def _validated(net: models.Network, texts: list[str]) -> models.Network:
 def _explain(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ._explain_render import render_json, render_latex, render_markdown, render_rich, write_plot
 
+    _options(args)
+    if args.fn or args.torch:
+        from ._user_code import user_report
+
+        report = user_report(args, _fail)
+        err = Console(stderr=True)
+        return _output(args, report, err)
     networks = _networks(args)
     err = Console(stderr=True)
     total = sum(len(n.walk(args.batch)) for n, _ in networks) if args.verify else 0
@@ -219,6 +269,14 @@ def _explain(args: argparse.Namespace) -> int:
         report = build_report(networks, batch=args.batch, dtype=args.dtype, verify=args.verify,
                               check_maps=args.check_maps, depth=args.depth,
                               hypotheses=args.hypotheses, seed=args.seed)
+    return _output(args, report, err)
+
+
+def _output(args: argparse.Namespace, report: Any, err: Any) -> int:
+    from rich.console import Console
+
+    from ._explain_render import render_json, render_latex, render_markdown, render_rich, write_plot
+
     if args.format == "json":
         sys.stdout.write(render_json(report) + "\n")
     elif args.format == "markdown":
@@ -239,11 +297,11 @@ def _explain(args: argparse.Namespace) -> int:
             _fail(f"--plot {args.plot!r}: needs the hypotheses (a network starting with a conv "
                   "layer on an HxWxC input, without --no-hypotheses)")
         try:
-            write_plot(report.hypotheses, args.plot)
-        except OSError as e:
-            _fail(f"--plot {args.plot!r}: cannot write it ({e.strerror or e}); "
-                  "example: --plot explain.png")
-        err.print(f"wrote {args.plot}")
+            written = write_plot(report.hypotheses, args.plot)
+        except (OSError, ValueError) as e:
+            _fail(f"--plot {args.plot!r}: cannot write it "
+                  f"({getattr(e, 'strerror', None) or e}); example: --plot explain.png")
+        err.print(f"wrote {written}")
     return 0 if report.ok else 1
 
 
