@@ -20,6 +20,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from . import planner
 from ._padding import apply_padding_mode
+from ._sharding import Split, explicit_split
 from ._spec import ConvSpec, Padding, normalize_layout
 from ._validate import as_int, check_operands, check_precision, check_preferred, int_tuple
 from .strategies import STRATEGIES
@@ -74,7 +75,25 @@ def _lower_jvp(
 _lower.defjvp(_lower_jvp, symbolic_zeros=True)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "lowerings", "precision", "out_dtype"))
+def _lower_by(
+    spec: ConvSpec,
+    x: jax.Array,
+    w: jax.Array,
+    *,
+    lowerings: tuple[str, str],
+    precision: lax.PrecisionLike,
+    acc_dtype: np.dtype,
+) -> jax.Array:
+    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` by ``lowerings`` = (for values,
+    when differentiated)."""
+    if lowerings[0] == lowerings[1]:  # plain autodiff of the one lowering
+        return STRATEGIES[lowerings[0]].lower(spec, x, w, precision=precision,
+                                              acc_dtype=acc_dtype)
+    return _lower(x, w, spec, lowerings, precision, acc_dtype)
+
+
+@functools.partial(jax.jit,
+                   static_argnames=("spec", "lowerings", "precision", "out_dtype", "split"))
 def _run(
     lhs: jax.Array,
     rhs: jax.Array,
@@ -83,20 +102,20 @@ def _run(
     lowerings: tuple[str, str],
     precision: lax.PrecisionLike,
     out_dtype: np.dtype,
+    split: Split | None = None,
 ) -> jax.Array:
     """The user's ``lhs``, ``rhs`` -> output in the user's layout, by ``lowerings`` =
-    (for values, when differentiated): `planner.resolve`'s pair."""
+    (for values, when differentiated): `planner.resolve`'s pair; on explicitly sharded
+    operands per device, as ``split`` says (`jconv._sharding.explicit_split`)."""
     acc_dtype = jnp.float32 if out_dtype in _LOW_PRECISION else out_dtype
     x = jnp.transpose(lhs, spec.lhs_to_canonical)
     w = jnp.transpose(rhs, spec.rhs_to_canonical)
     if spec.empty:
         y = jnp.zeros(spec.canonical_out_shape, out_dtype)
     else:
-        if lowerings[0] == lowerings[1]:  # plain autodiff of the one lowering
-            y = STRATEGIES[lowerings[0]].lower(spec, x, w, precision=precision,
-                                               acc_dtype=acc_dtype)
-        else:
-            y = _lower(x, w, spec, lowerings, precision, acc_dtype)
+        lower = functools.partial(_lower_by, lowerings=lowerings, precision=precision,
+                                  acc_dtype=acc_dtype)
+        y = split.run(lower, x, w) if split is not None else lower(spec, x, w)
         y = y.astype(out_dtype)
     return jnp.transpose(y, spec.canonical_to_out)
 
@@ -136,10 +155,15 @@ def conv_general_dilated(
     pet = check_preferred(preferred_element_type, jnp.dtype(lhs.dtype))
     prec = check_precision(precision)
     out_dtype = pet if pet is not None else jnp.dtype(lhs.dtype)
-    lowerings = planner.resolve(strategy, spec, out_dtype, prec)  # planned as accumulated
-    y = _run(lhs, rhs, spec=spec, lowerings=lowerings, precision=prec, out_dtype=out_dtype)
+    # explicitly sharded operands: planned and run per device (`_sharding`)
+    split = None if spec.empty else explicit_split(jax.typeof(lhs), jax.typeof(rhs), spec,
+                                                   out_sharding)
+    local = spec if split is None else split.local
+    lowerings = planner.resolve(strategy, local, out_dtype, prec)  # planned as accumulated
+    y = _run(lhs, rhs, spec=spec, lowerings=lowerings, precision=prec, out_dtype=out_dtype,
+             split=split)
     # `out_sharding` as in lax (Flax's nnx.Conv always passes it, usually None)
-    return y if out_sharding is None else jax.sharding.reshard(y, out_sharding)
+    return y if out_sharding is None else _with_sharding(y, out_sharding)
 
 
 def conv(
@@ -244,3 +268,14 @@ def _friendly_padding(padding: Any, n: int) -> Any:
             )
         return tuple((int(p), int(p)) for p in padding)
     return padding
+
+
+def _with_sharding(y: jax.Array, out_sharding: Any) -> jax.Array:
+    """`out_sharding` (a `NamedSharding`, or a `PartitionSpec` on the mesh in context) on
+    the output: on explicit mesh axes its type (`jax.sharding.reshard`, which moves nothing
+    when the output already has it), otherwise a constraint for XLA's partitioner."""
+    mesh = (out_sharding.mesh if isinstance(out_sharding, jax.sharding.NamedSharding)
+            else jax.sharding.get_abstract_mesh())
+    if mesh.explicit_axes:
+        return jax.sharding.reshard(y, out_sharding)
+    return lax.with_sharding_constraint(y, out_sharding)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
+from .._sharding import vary_like
 from .._spec import ConvSpec
 from ._common import (
     Cost,
@@ -115,7 +116,8 @@ def _depthwise_loop(spec: ConvSpec, xp: jax.Array, w: jax.Array, acc_dtype: jnp.
     5x5, C = 256, 28x28, batch 8: 154 MB of temporaries, 38,000 page faults and 56 ms per
     forward+backward; this way 15 MB, none, 26-37 ms)."""
     ks = jnp.asarray(list(offsets(spec)), jnp.int32)
-    out = jnp.zeros((xp.shape[0], *spec.out_spatial, spec.out_features), acc_dtype)
+    out = vary_like(jnp.zeros((xp.shape[0], *spec.out_spatial, spec.out_features), acc_dtype),
+                    xp, w)  # inside shard_map, the carry varies as the body's sum does
 
     @jax.checkpoint
     def step(acc: jax.Array, kw: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:

@@ -1,0 +1,183 @@
+"""Sharded jconv calls against `jax.lax` on 8 simulated CPU devices; prints one JSON object.
+
+Run as a script (``python tests/_sharding_cases.py [case ...]``): the device count must be
+set before JAX is imported, so `tests/test_sharding.py` runs this in a subprocess and reads
+its output. For each case (mode, mesh, operand shardings, ``out_sharding``) and for the
+forward and the gradient of a fixed linear loss, it records jconv's and lax's collectives
+in the compiled HLO (count and bytes per kind), output shardings, per-device temp bytes
+(`memory_analysis`) and jconv's largest error against single-device lax, relative to the
+largest reference value.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]).strip()
+
+import json
+import re
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import jconv
+
+KINDS = ("all-gather", "all-reduce", "collective-permute", "reduce-scatter", "all-to-all")
+_OP = re.compile(r"=\s*(\([^)]*\)|\S+)\s+(" + "|".join(KINDS) + r")(?:-start)?\(")
+_ARRAY = re.compile(r"(pred|[a-z]+\d+)\[([\d,]*)\]")
+
+
+def collectives(hlo: str) -> dict[str, list[int]]:
+    """``{kind: [count, bytes]}`` of the collectives in compiled HLO text (each op once,
+    bytes of its result)."""
+    out: dict[str, list[int]] = {}
+    for m in _OP.finditer(hlo):
+        nbytes = 0
+        for dtype, dims in _ARRAY.findall(m.group(1)):
+            bits = 8 if dtype == "pred" else int(re.sub(r"\D", "", dtype))
+            nbytes += int(np.prod([int(d) for d in dims.split(",") if d])) * bits // 8
+        entry = out.setdefault(m.group(2), [0, 0])
+        entry[0] += 1
+        entry[1] += nbytes
+    return out
+
+
+def _axes(sharding: Any, ndim: int) -> list[Any]:
+    """A sharding's spec as a list of ``ndim`` entries (None, or a list of axis names)."""
+    spec = tuple(getattr(sharding, "spec", ())) + (None,) * ndim
+    return [None if e is None else [e] if isinstance(e, str) else list(e) for e in spec[:ndim]]
+
+
+# name: (mode, mesh shape, axis names, x shape, layout, x spec, w shape (HWIO), w spec,
+#        out_sharding, strides, padding, expected output spec when lax refuses the call)
+CASES: dict[str, tuple] = {
+    # the calls that failed: explicit sharding, batch and height
+    "explicit_batch_small": ("explicit", (8,), ("d",), (16, 16, 16, 8), "NHWC", P("d"),
+                             (3, 3, 8, 8), P(), None, (1, 1), "SAME", None),
+    "explicit_batch": ("explicit", (8,), ("d",), (16, 56, 56, 64), "NHWC", P("d"),
+                       (3, 3, 64, 64), P(), None, (1, 1), "SAME", None),
+    "explicit_height": ("explicit", (8,), ("d",), (16, 56, 56, 64), "NHWC", P(None, "d"),
+                        (3, 3, 64, 64), P(), None, (1, 1), "SAME", None),
+    "explicit_height_strided": ("explicit", (8,), ("d",), (4, 64, 64, 8), "NHWC", P(None, "d"),
+                                (3, 3, 8, 8), P(), None, (2, 2), "SAME", None),
+    "explicit_height_uneven": ("explicit", (8,), ("d",), (4, 16, 16, 8), "NHWC", P(None, "d"),
+                               (3, 3, 8, 8), P(), None, (1, 1), "VALID",
+                               [None, None, None, None]),
+    "explicit_features": ("explicit", (8,), ("d",), (8, 16, 16, 16), "NHWC", P(),
+                          (3, 3, 16, 32), P(None, None, None, "d"), None, (1, 1), "SAME",
+                          [None, None, None, ["d"]]),
+    "explicit_mesh2d": ("explicit", (2, 4), ("b", "f"), (8, 16, 16, 16), "NHWC", P("b"),
+                        (3, 3, 16, 32), P(None, None, None, "f"), None, (1, 1), "SAME",
+                        [["b"], None, None, ["f"]]),
+    "explicit_out_batch": ("explicit", (8,), ("d",), (8, 16, 16, 16), "NHWC", P(),
+                           (3, 3, 16, 16), P(), P("d"), (1, 1), "SAME", None),
+    "explicit_out_features": ("explicit", (8,), ("d",), (8, 16, 16, 16), "NHWC", P(),
+                              (3, 3, 16, 32), P(), P(None, None, None, "d"), (1, 1), "SAME",
+                              None),
+    # auto partitioning
+    "auto_batch_small": ("auto", (8,), ("d",), (16, 16, 16, 8), "NHWC", P("d"),
+                         (3, 3, 8, 8), P(), None, (1, 1), "SAME", None),
+    "auto_batch_nchw": ("auto", (8,), ("d",), (16, 64, 56, 56), "NCHW", P("d"),
+                        (3, 3, 64, 64), P(), None, (1, 1), "SAME", None),
+    "auto_height": ("auto", (8,), ("d",), (8, 32, 32, 16), "NHWC", P(None, "d"),
+                    (3, 3, 16, 16), P(), None, (1, 1), "SAME", None),
+    "auto_features": ("auto", (8,), ("d",), (8, 16, 16, 16), "NHWC", P(),
+                      (3, 3, 16, 32), P(None, None, None, "d"), None, (1, 1), "SAME", None),
+    "auto_mesh2d": ("auto", (2, 4), ("b", "f"), (8, 16, 16, 16), "NHWC", P("b"),
+                    (3, 3, 16, 32), P(None, None, None, "f"), None, (1, 1), "SAME", None),
+    # shard_map: jconv on per-device shapes
+    "shard_map_batch": ("shard_map", (8,), ("d",), (16, 32, 32, 16), "NHWC", P("d"),
+                        (3, 3, 16, 16), P(), None, (1, 1), "SAME", None),
+}
+
+
+def _layouts(layout: str) -> tuple[str, str, str]:
+    return layout, "HWIO", layout
+
+
+def run_case(name: str) -> dict[str, Any]:
+    (mode, mesh_shape, names, xs, layout, x_spec, ws, w_spec, out_sharding, strides, padding,
+     expected) = CASES[name]
+    kx, kw, kc = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, xs, jnp.float32)
+    w = jax.random.normal(kw, ws, jnp.float32) / np.sqrt(np.prod(ws[:-1]))
+    dn = _layouts(layout)
+
+    def conv(fn: Any, a: jax.Array, b: jax.Array, **kw: Any) -> jax.Array:
+        return fn(a, b, strides, padding, dimension_numbers=dn, **kw)
+
+    ref = conv(lax.conv_general_dilated, x, w, precision=lax.Precision.HIGHEST)
+    ct = jax.random.normal(kc, ref.shape, jnp.float32)
+    ref_grad = jax.grad(lambda a, b: jnp.sum(conv(lax.conv_general_dilated, a, b,
+                                                  precision=lax.Precision.HIGHEST) * ct),
+                        argnums=(0, 1))(x, w)
+    types = (AxisType.Auto if mode in ("auto", "shard_map") else AxisType.Explicit,)
+    mesh = jax.make_mesh(mesh_shape, names, axis_types=types * len(names))
+    result: dict[str, Any] = {"mode": mode, "w_bytes": int(np.prod(ws)) * 4}
+    with jax.set_mesh(mesh):
+        xd = jax.device_put(x, NamedSharding(mesh, x_spec))
+        wd = jax.device_put(w, NamedSharding(mesh, w_spec))
+        ctd = None  # the cotangent, sharded as lax's output (jconv's where lax refuses)
+        for which, fn in (("lax", lax.conv_general_dilated), ("jconv", jconv.conv_general_dilated)):
+            kwargs = {} if out_sharding is None else {"out_sharding": out_sharding}
+            if mode == "shard_map":
+                local = jax.shard_map(lambda a, b, fn=fn: conv(fn, a, b), mesh=mesh,
+                                      in_specs=(x_spec, w_spec), out_specs=x_spec)
+                fwd = local
+            else:
+                def fwd(a: jax.Array, b: jax.Array, fn: Any = fn,
+                        kwargs: dict[str, Any] = kwargs) -> jax.Array:
+                    return conv(fn, a, b, **kwargs)
+
+            def loss(a: jax.Array, b: jax.Array, c: jax.Array, fwd: Any = fwd) -> jax.Array:
+                return jnp.sum(fwd(a, b) * c)  # no flattening reshape of a sharded array
+
+            grad = jax.grad(loss, argnums=(0, 1))
+            for part, f, want in (("fwd", fwd, (ref,)), ("grad", grad, ref_grad)):
+                key = f"{which}_{part}"
+                if part == "grad" and which == "lax" and xs[0] * xs[1] * xs[2] > 20000:
+                    continue  # big: lax's gradient costs the suite's time, jconv's is checked
+                args = (xd, wd) if part == "fwd" else (xd, wd, ctd)
+                try:
+                    compiled = jax.jit(f).lower(*args).compile()
+                    out = compiled(*args)
+                except Exception as e:  # lax refuses some layouts jconv runs
+                    result[key] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+                    continue
+                if part == "fwd" and ctd is None:
+                    ctd = jax.device_put(ct, out.sharding)
+                outs = out if isinstance(out, tuple) else (out,)
+                result[key] = {
+                    "collectives": collectives(compiled.as_text()),
+                    "shardings": [_axes(o.sharding, o.ndim) for o in outs],
+                    "temp_bytes": int(compiled.memory_analysis().temp_size_in_bytes),
+                    "error": None,
+                    "rel_err": max(float(jnp.max(jnp.abs(o - r)) / jnp.max(jnp.abs(r)))
+                                   for o, r in zip(outs, want, strict=True)),
+                }
+    result["expected_fwd_sharding"] = expected
+    return result
+
+
+def main(names: list[str]) -> None:
+    start = time.perf_counter()
+    out = {}
+    for name in names or CASES:
+        t = time.perf_counter()
+        out[name] = run_case(name)
+        out[name]["seconds"] = time.perf_counter() - t
+    out["_seconds"] = time.perf_counter() - start
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,136 @@
+"""jconv on sharded arrays, against `jax.lax`, on 8 simulated CPU devices.
+
+The device count must be set before JAX is imported, so every case runs in one subprocess
+(`_sharding_cases.py`, which prints its measurements as JSON) and the tests below read
+them: values against single-device lax, output shardings against lax's, and the
+collectives in the compiled HLO (count and bytes), in the three modes (explicit sharding,
+auto partitioning, `shard_map`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+HERE = pathlib.Path(__file__).resolve().parent
+TOL = 1e-4
+"""Largest error against single-device lax, relative to the largest reference value."""
+
+
+@pytest.fixture(scope="module")
+def cases() -> dict[str, Any]:
+    env = dict(os.environ)
+    src = str(HERE.parent / "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    proc = subprocess.run([sys.executable, str(HERE / "_sharding_cases.py")], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _ok(result: dict[str, Any]) -> dict[str, Any]:
+    assert result["error"] is None, result["error"]
+    assert result["rel_err"] <= TOL, result["rel_err"]
+    return result
+
+
+def _only_weight_allreduce(case: dict[str, Any]) -> None:
+    """The gradient's only collective: one all-reduce, of the kernel gradient's bytes."""
+    colls = _ok(case["jconv_grad"])["collectives"]
+    assert colls == {"all-reduce": [1, case["w_bytes"]]}, colls
+
+
+@pytest.mark.parametrize("name", ["explicit_batch_small", "explicit_batch", "auto_batch_small",
+                                  "auto_batch_nchw"])
+def test_batch_sharding_needs_no_collective_forward(cases: dict[str, Any], name: str) -> None:
+    """A batch-sharded input (the calls that raised under explicit sharding, and gathered
+    the whole padded input under auto partitioning): no collective forward, the output
+    sharded as lax's, and only the kernel gradient's all-reduce backward."""
+    case = cases[name]
+    fwd = _ok(case["jconv_fwd"])
+    assert fwd["collectives"] == {}
+    assert fwd["shardings"] == case["lax_fwd"]["shardings"]
+    _only_weight_allreduce(case)
+    assert case["jconv_grad"]["shardings"][0] == fwd["shardings"][0]  # dx as x
+    if "lax_grad" in case:
+        assert case["jconv_grad"]["shardings"] == case["lax_grad"]["shardings"]
+
+
+@pytest.mark.parametrize("name", ["explicit_height", "explicit_height_strided"])
+def test_explicit_spatial_sharding_exchanges_halos_like_lax(cases: dict[str, Any],
+                                                            name: str) -> None:
+    """A height-sharded input under explicit sharding (it raised): one halo exchange per
+    neighbour, as lax's (no gather), the output sharded as lax's; the gradient exchanges
+    halos back and all-reduces the kernel gradient only."""
+    case = cases[name]
+    fwd = _ok(case["jconv_fwd"])
+    assert fwd["shardings"] == case["lax_fwd"]["shardings"]
+    assert fwd["collectives"] == case["lax_fwd"]["collectives"]
+    grad = _ok(case["jconv_grad"])
+    assert set(grad["collectives"]) == {"collective-permute", "all-reduce"}
+    assert grad["collectives"]["all-reduce"] == [1, case["w_bytes"]]
+    assert grad["collectives"]["collective-permute"][0] == 2 * fwd["collectives"][
+        "collective-permute"][0]
+    assert grad["shardings"][0] == fwd["shardings"][0]
+
+
+def test_explicit_spatial_split_that_cannot_keep_its_blocks_is_gathered(
+        cases: dict[str, Any]) -> None:
+    """VALID 3x3 on 16 rows over 8 devices (14 output rows): lax refuses; jconv gathers
+    the rows once and computes."""
+    case = cases["explicit_height_uneven"]
+    assert "ShardingTypeError" in case["lax_fwd"]["error"]
+    assert _ok(case["jconv_fwd"])["collectives"] == {"all-gather": [1, 4 * 16 * 16 * 8 * 4]}
+    _ok(case["jconv_grad"])
+
+
+@pytest.mark.parametrize("name", ["explicit_features", "explicit_mesh2d", "explicit_out_batch",
+                                  "explicit_out_features"])
+def test_explicit_feature_split_and_out_sharding(cases: dict[str, Any], name: str) -> None:
+    """Output features split with the kernel (lax asks for `out_sharding` there; jconv
+    gives the natural sharding), on a 1-D and a 2-D (batch x features) mesh, and
+    `out_sharding` on replicated operands: each device computes its own block, no
+    collective forward, the output sharded as lax's (with `out_sharding`)."""
+    case = cases[name]
+    fwd = _ok(case["jconv_fwd"])
+    assert fwd["collectives"] == {}
+    expected = case["expected_fwd_sharding"] or case["lax_fwd"]["shardings"][0]
+    assert fwd["shardings"][0] == expected
+    _ok(case["jconv_grad"])
+
+
+@pytest.mark.parametrize("name", ["auto_features", "auto_mesh2d"])
+def test_auto_feature_split(cases: dict[str, Any], name: str) -> None:
+    """Auto partitioning, kernel features split (and batch on a 2-D mesh): no collective
+    forward, the output and the gradients sharded as lax's, the same kinds and number of
+    collectives backward (more bytes: see the report's notes on auto partitioning)."""
+    case = cases[name]
+    fwd = _ok(case["jconv_fwd"])
+    assert fwd["collectives"] == {}
+    assert fwd["shardings"] == case["lax_fwd"]["shardings"]
+    grad = _ok(case["jconv_grad"])
+    assert grad["shardings"] == case["lax_grad"]["shardings"]
+    lax_colls = case["lax_grad"]["collectives"]
+    assert {k: v[0] for k, v in grad["collectives"].items()} == {
+        k: v[0] for k, v in lax_colls.items()}
+
+
+def test_auto_spatial_split_runs(cases: dict[str, Any]) -> None:
+    """Auto partitioning, height split: values equal lax's (the halos are XLA's)."""
+    case = cases["auto_height"]
+    _ok(case["jconv_fwd"])
+    _ok(case["jconv_grad"])
+
+
+def test_shard_map(cases: dict[str, Any]) -> None:
+    """Inside `shard_map` jconv sees per-device shapes: no collective, and the kernel
+    gradient's all-reduce (from `shard_map`'s transpose) only."""
+    case = cases["shard_map_batch"]
+    assert _ok(case["jconv_fwd"])["collectives"] == {}
+    _only_weight_allreduce(case)
