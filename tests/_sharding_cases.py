@@ -78,6 +78,9 @@ CASES: dict[str, tuple] = {
     "explicit_mesh2d": ("explicit", (2, 4), ("b", "f"), (8, 16, 16, 16), "NHWC", P("b"),
                         (3, 3, 16, 32), P(None, None, None, "f"), None, (1, 1), "SAME",
                         [["b"], None, None, ["f"]]),
+    "explicit_depthwise": ("explicit", (8,), ("d",), (4, 16, 16, 32), "NHWC",
+                           P(None, None, None, "d"), (3, 3, 1, 32), P(None, None, None, "d"),
+                           None, (1, 1), "SAME", [None, None, None, ["d"]]),
     "explicit_out_batch": ("explicit", (8,), ("d",), (8, 16, 16, 16), "NHWC", P(),
                            (3, 3, 16, 16), P(), P("d"), (1, 1), "SAME", None),
     "explicit_out_features": ("explicit", (8,), ("d",), (8, 16, 16, 16), "NHWC", P(),
@@ -114,6 +117,13 @@ def run_case(name: str) -> dict[str, Any]:
 
     def conv(fn: Any, a: jax.Array, b: jax.Array, **kw: Any) -> jax.Array:
         return fn(a, b, strides, padding, dimension_numbers=dn, **kw)
+
+    groups = xs[layout.index("C")] // ws[-2]
+    if groups > 1:  # feature groups (depthwise): one input channel per group of the kernel
+        base = conv
+
+        def conv(fn: Any, a: jax.Array, b: jax.Array, **kw: Any) -> jax.Array:
+            return base(fn, a, b, feature_group_count=groups, **kw)
 
     ref = conv(lax.conv_general_dilated, x, w, precision=lax.Precision.HIGHEST)
     ct = jax.random.normal(kc, ref.shape, jnp.float32)

@@ -90,11 +90,12 @@ def test_explicit_spatial_split_that_cannot_keep_its_blocks_is_gathered(
     _ok(case["jconv_grad"])
 
 
-@pytest.mark.parametrize("name", ["explicit_features", "explicit_mesh2d", "explicit_out_batch",
-                                  "explicit_out_features"])
+@pytest.mark.parametrize("name", ["explicit_features", "explicit_mesh2d", "explicit_depthwise",
+                                  "explicit_out_batch", "explicit_out_features"])
 def test_explicit_feature_split_and_out_sharding(cases: dict[str, Any], name: str) -> None:
     """Output features split with the kernel (lax asks for `out_sharding` there; jconv
-    gives the natural sharding), on a 1-D and a 2-D (batch x features) mesh, and
+    gives the natural sharding), on a 1-D and a 2-D (batch x features) mesh, a depthwise
+    convolution's groups split (input channels with output features), and
     `out_sharding` on replicated operands: each device computes its own block, no
     collective forward, the output sharded as lax's (with `out_sharding`)."""
     case = cases[name]
