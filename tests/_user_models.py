@@ -92,10 +92,10 @@ def small_cnn(params: dict, x: jax.Array) -> jax.Array:
     """A plain function: two convs (lax, NHWC) with biases, a dense head."""
     dn = ("NHWC", "HWIO", "NHWC")
     y = jax.lax.conv_general_dilated(x, params["w1"], (1, 1), "SAME", dimension_numbers=dn)
-    y = jax.nn.relu(y + params["b1"])
+    y = jax.nn.relu(y + params["b1"].reshape(1, 1, 1, -1))
     y = jax.lax.conv_general_dilated(y, params["w2"], (2, 2), "SAME", dimension_numbers=dn)
-    y = jax.nn.relu(y + params["b2"])
-    return y.mean(axis=(1, 2)) @ params["w3"] + params["b3"]
+    y = jax.nn.relu(y + params["b2"].reshape(1, 1, 1, -1))
+    return y.mean(axis=(1, 2)) @ params["w3"] + params["b3"].reshape(1, -1)
 
 
 def small_params(c_in: int = 3, key: int = 0) -> dict:
@@ -112,7 +112,7 @@ def scan_stack(params: dict, x: jax.Array) -> jax.Array:
     def layer(h: jax.Array, wb: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
         w, b = wb
         h = jax.lax.conv_general_dilated(h, w, (1, 1), "SAME", dimension_numbers=dn)
-        return jax.nn.relu(h + b), None
+        return jax.nn.relu(h + b.reshape(1, 1, 1, -1)), None
 
     y, _ = jax.lax.scan(layer, x, (params["w"], params["b"]))
     return y

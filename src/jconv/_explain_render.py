@@ -499,7 +499,8 @@ def _layer_cells(r: LayerRow, fmt: Callable[[str], str]) -> list[list[str]]:
         rows.append(["kernel shape", _shape(r.kernel_shape), fmt(_kernel_formula(r)), ""])
     rows += [[_Q_LABELS[k], f"{q[k].value:,}", fmt(q[k].formula), ""]
              for k in ("weights", "biases", "params")]
-    rows.append(["one output map", r.rule, fmt(r.einsum) if r.einsum else "", ""])
+    rows.append(["one output map", f"{_short_rule(r)}: {r.rule}",
+                 fmt(r.einsum) if r.einsum else "", ""])
     shape_check = ck.get("shape")
     out_formula = fmt(_shape_formula(r.out_shape, "_out", "C_out"))
     rows.append(["output shape", _shape(r.out_shape), out_formula,

@@ -559,7 +559,8 @@ class _Walker:
         x, y = eqn.invars
         for out_side, leaf_side in ((x, y), (y, x)):
             layer, leaf = o(out_side), s(leaf_side)
-            if layer is None or leaf is None or leaf in self.consumed:
+            if layer is None or leaf is None or leaf in self.consumed or \
+                    self.leaves[leaf].collection not in ("params", "input"):
                 continue
             channels = layer.out_shape[-1] if layer.out_shape else 0
             if layer.kind != "dense" and layer.spec is not None:
@@ -757,8 +758,8 @@ def _eval(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], wanted: set[in
             sub = eqn.params["jaxpr"]
             res = _eval(sub.jaxpr, sub.consts, ins, wanted, out)
         else:
-            subfuns, params = eqn.primitive.get_bind_params(eqn.params)
-            res = eqn.primitive.bind(*subfuns, *ins, **params)
+            params = eqn.primitive.get_bind_params(eqn.params)
+            res = eqn.primitive.bind(*ins, **params)
             if not eqn.primitive.multiple_results:
                 res = [res]
         for v, x in zip(eqn.outvars, res, strict=True):

@@ -19,6 +19,7 @@ from .layer import Formula as Formula
 from .layer import cost_analysis_flops as cost_analysis_flops
 from .layer import dimension_names as dimension_names
 from .layer import layer_model as layer_model
+from .layer import symbols as symbols
 from .layer import xla_taps as xla_taps
 from .lowering import lowering_cost_formula as lowering_cost_formula
 from .lowering import lowering_costs as lowering_costs
@@ -53,6 +54,7 @@ __all__ = [
     "same_padding",
     "size_symbols",
     "stack_totals",
+    "symbols",
     "tensor_bytes",
     "tensor_elements",
     "transposed_output_size",

@@ -36,6 +36,7 @@ from .memory import tensor_bytes, tensor_elements
 
 __all__ = [
     "Formula",
+    "symbols",
     "cost_analysis_flops",
     "dimension_names",
     "layer_model",
@@ -63,6 +64,48 @@ class Formula:
         if sp.sympify(self.expr).is_number:
             return str(self.value)
         return f"{self.expr} = {self.value}"
+
+    def __repr__(self) -> str:
+        return f"Formula({self.name}: {self})"
+
+    def _repr_latex_(self) -> str:
+        """Jupyter shows ``name: expr = value`` typeset."""
+        name = self.name.replace("_", r"\_")
+        return rf"$\text{{{name}}}: {self.latex()}$"
+
+    def subs(self, *args: Any, **kwargs: Any) -> sp.Expr:
+        """`expr.subs(...)`: the formula at other sizes, e.g. ``f.subs(symbols.N, 8)``."""
+        return self.expr.subs(*args, **kwargs)
+
+
+class _Symbols:
+    """The size symbols of the formulas, by name: ``symbols.N``, ``symbols.C_in``,
+    ``symbols.H``, ``symbols.k_h``, ``symbols.L`` (depth)... equal to those inside every
+    `Formula`, so ``formula.expr.subs(symbols.N, 8)`` works; ``symbols["p^lo_h"]`` for the
+    names that are not identifiers."""
+
+    _NAMES = ("N C_in C_out g B L D H W k_d k_h k_w s_d s_h s_w d_d d_h d_w l_d l_h l_w u")
+
+    def __getattr__(self, name: str) -> sp.Symbol:
+        return self[name]
+
+    def __getitem__(self, name: str) -> sp.Symbol:
+        if name.startswith(("p^lo_", "p^hi_")):
+            return sp.Symbol(name, integer=True)
+        if name == "u":
+            return sp.Symbol("u", positive=True)
+        if name.startswith("_") or not name:
+            raise AttributeError(name)
+        return _pos(name)
+
+    def __dir__(self) -> list[str]:
+        return self._NAMES.split()
+
+    def __repr__(self) -> str:
+        return f"jconv.symbolic.symbols({', '.join(self._NAMES.split())}, p^lo_h, p^hi_h, ...)"
+
+
+symbols = _Symbols()
 
 
 def cost_analysis_flops(cost: Any) -> float | None:
@@ -134,7 +177,8 @@ def unroll_sums(expr: sp.Expr) -> sp.Expr:
 
 
 def layer_model(
-    spec: ConvSpec, *, bias: bool = True, dtype: jax.typing.DTypeLike = jnp.float32
+    spec: ConvSpec, *, bias: bool = True, dtype: jax.typing.DTypeLike = jnp.float32,
+    free: Any = (),
 ) -> dict[str, Formula]:
     """Formulas of one convolution, each with its value at `spec`'s numbers.
 
@@ -143,6 +187,10 @@ def layer_model(
     only when ``batch_group_count == 1``), ``in_bytes``, ``weight_bytes``, ``bias_bytes``,
     ``out_bytes`` (at ``dtype``'s item size), ``error_bound`` (``gamma_K`` at ``dtype``'s
     unit roundoff; ``dtype`` one of `UNIT_ROUNDOFF`'s floats).
+
+    `free` names sizes to keep symbolic (symbols of `jconv.symbolic.symbols` or their
+    names, e.g. ``free=("N", "H", "W")``): each value is then a formula of those sizes
+    (``"N"`` stays free in the MACs, ``"H"`` in the output size...).
 
     >>> spec = ConvSpec.from_lax((1, 28, 28, 1), (3, 3, 1, 10), (1, 1), "SAME",
     ...                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -185,9 +233,17 @@ def layer_model(
         o_s.append(o)
         taps.append(xla_taps(i, k, s, lo, d, o, ld))
 
+    keep = {str(v) for v in (free if isinstance(free, list | tuple | set | frozenset)
+                             else (free,))}
+    unknown = keep - {str(a) for a in vals}
+    if unknown:
+        raise ValueError(f"`free` (={sorted(keep)}) names sizes this layer does not have: "
+                         f"{sorted(unknown)}; it has {sorted(str(a) for a in vals)}.")
+    fixed = {a: sp.Integer(b) for a, b in vals.items() if str(a) not in keep}
+
     def make(name: str, expr: sp.Expr) -> Formula:
-        value = unroll_sums(sp.sympify(expr).xreplace(
-            {a: sp.Integer(b) for a, b in vals.items()})).doit()
+        value = sp.sympify(expr).xreplace(fixed)
+        value = unroll_sums(value).doit() if not keep else sp.simplify(value)
         return Formula(name, expr, int(value) if value.is_Integer else value)
 
     out: dict[str, Formula] = {}
@@ -224,5 +280,7 @@ def layer_model(
     bound = K * u_sym / (1 - K * u_sym)
     # gamma_K exists only for K*u < 1; beyond that the a-priori bound is vacuous (oo).
     value = gamma(K_val, u) if K_val * u < 1 else sp.oo
+    if keep:
+        value = bound.xreplace(fixed).subs(u_sym, u)
     out["error_bound"] = Formula("error_bound", bound, value)
     return out
