@@ -23,7 +23,7 @@ from jconv._report import Check
 from jconv.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
-import _user_models as um  # noqa: E402
+import _user_models as um
 
 X32 = jnp.ones((1, 32, 32, 3))
 
@@ -278,3 +278,23 @@ def test_symbolic_in_a_notebook() -> None:
         symbolic.layer_model(spec, free=("Q",))
     assert math.isclose(float(free["macs"].value.subs({s.N: 1, s.H: 28, s.W: 28})),
                         model["macs"].value)
+
+
+def test_grammar_resnet_block_and_unet(capsys: pytest.CaptureFixture[str]) -> None:
+    block = ["--layer", "mark:in", "--layer", "conv:8", "--layer", "bn", "--layer", "relu",
+             "--layer", "conv:8", "--layer", "bn", "--layer", "add:in", "--layer", "relu"]
+    assert main(["explain", "--input", "8x8x8", *block, "--check-maps", "2", "--json"]) == 0
+    net = json.loads(capsys.readouterr().out)["networks"][0]
+    assert [r["kind"] for r in net["layers"]].count("add") == 1
+    assert net["totals"]["params"] == 2 * (9 * 8 * 8 + 8) + 2 * 16
+    unet = ["--layer", "conv:4", "--layer", "mark:skip", "--layer", "pool:max,k=2",
+            "--layer", "conv:8", "--layer", "convT:4,k=2,s=2", "--layer", "concat:skip",
+            "--layer", "up:2", "--layer", "conv:1"]
+    assert main(["explain", "--input", "8x8x1", *unet, "--check-maps", "2", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    shapes = {r["kind"]: r["out_shape"] for r in data["networks"][0]["layers"]}
+    assert shapes["conv_transpose"] == [1, 8, 8, 4] and shapes["concat"] == [1, 8, 8, 8]
+    assert shapes["upsample"] == [1, 16, 16, 8] and data["summary"]["ok"]
+    with pytest.raises(SystemExit):
+        main(["explain", "--layer", "add:nowhere"])
+    assert "no tensor was marked 'nowhere'" in capsys.readouterr().err

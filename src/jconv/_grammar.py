@@ -59,6 +59,12 @@ KINDS: dict[str, Kind] = {
     "pool": Kind("pool", True, frozenset("ksp"), "pool:max,k=2,s=2"),
     "gap": Kind("gap", False, frozenset(), "gap  or  gap:max"),
     "dense": Kind("units", True, frozenset({"bias"}), "dense:10"),
+    "convt": Kind("filters", True, frozenset("kspd") | {"a", "bias"},
+                  "convT:64,k=2,s=2"),
+    "up": Kind("factor", False, frozenset(), "up:2"),
+    "mark": Kind("name", True, frozenset(), "mark:a"),
+    "add": Kind("name", True, frozenset(), "add:a"),
+    "concat": Kind("name", True, frozenset(), "concat:a"),
     "bn": Kind(None, False, frozenset(), "bn"),
     "relu": Kind(None, False, frozenset(), "relu"),
     "flatten": Kind(None, False, frozenset(), "flatten"),
@@ -69,6 +75,7 @@ _LONG_KEYS = {
     "multiplier": "m",
 }
 _KEY_RULES = {
+    "a": "output padding",
     "k": "kernel size", "s": "stride", "d": "dilation", "g": "groups", "m": "channel multiplier",
 }
 _PAD_WORDS = {"same": "SAME", "same_lower": "SAME_LOWER", "valid": "VALID"}
@@ -81,8 +88,18 @@ GRAMMAR_HELP = """layer grammar (repeat --layer, in order; sizes are 3 or 3x5, o
   pool:max|avg[,k=2][,s=k][,p=valid]                 pooling window k, stride s
   gap[:avg|max]                                      global pooling: one value per channel
   dense:U[,bias=1]                                   fully connected with U units
+  convT:F[,k=2][,s=2][,p=0][,a=0][,d=1][,bias=1]    transposed conv (PyTorch sizes:
+                                                     (i-1)*s - 2p + d*(k-1) + a + 1)
+  up[:2]                                             nearest upsampling by a factor
+  mark:NAME                                          remember the current tensor as NAME
+  add:NAME | concat:NAME                             add NAME (residual) or append its maps
   bn | relu | flatten                                batch norm, ReLU, flatten
-  p is same | same_lower | valid | INT | INTxINT (symmetric pads per dim)"""
+  p is same | same_lower | valid | INT | INTxINT (symmetric pads per dim; convT: INT)
+graphs: a ResNet basic block
+  --layer mark:in --layer conv:64 --layer bn --layer relu --layer conv:64 --layer bn
+  --layer add:in --layer relu
+a U-Net level: --layer conv:32 --layer mark:skip --layer pool:max,k=2 --layer conv:64
+  --layer convT:32,k=2,s=2 --layer concat:skip --layer conv:32   (or up:2 for convT)"""
 
 
 def parse_input(text: str) -> tuple[int, ...]:
@@ -98,6 +115,7 @@ def parse_layer(text: str) -> models.Layer:
     """One ``--layer`` text -> the matching `jconv.models` layer (Conv, Depthwise, ...)."""
     head, _, rest = text.strip().partition(":")
     name = head.strip().lower()
+    name = {"conv_t": "convt", "convtranspose": "convt"}.get(name, name)
     if name not in KINDS:
         raise GrammarError(
             text, head, f"is not a layer kind; use one of {', '.join(KINDS)}",
@@ -174,6 +192,24 @@ def parse_layer(text: str) -> models.Layer:
     if name == "dense":
         units = _positive(text, positional or "", "number of units", ex)
         return models.Dense(units=units, **kw)
+    if name == "convt":
+        f = _positive(text, positional or "", "number of filters", ex)
+        pad = kw.pop("padding", 0)
+        if isinstance(pad, str):
+            raise GrammarError(text, f"p={opts['p']}", "must be an integer (or NxM) for convT",
+                               ex)
+        return models.ConvTranspose(
+            filters=f, kernel=kw.pop("k", 2), stride=kw.pop("s", 2), padding=pad,
+            output_padding=kw.pop("a", 0), dilation=kw.pop("d", 1), **kw)
+    if name == "up":
+        return models.Upsample(_positive(text, positional or "2", "upsampling factor", ex))
+    if name in ("mark", "add", "concat"):
+        label = (positional or "").strip()
+        if not label.isidentifier():
+            raise GrammarError(text, label, "must be a name (letters, digits, _)", ex)
+        if name == "mark":
+            return models.Mark(label)
+        return models.Add(label) if name == "add" else models.Concat(label)
     plain: dict[str, Callable[[], models.Layer]] = {
         "bn": models.BatchNorm, "relu": models.ReLU, "flatten": models.Flatten,
     }

@@ -249,8 +249,15 @@ def _reference_layer(info: models.LayerInfo, x: jax.Array,
     if isinstance(layer, models.BatchNorm):
         axes = tuple(range(x.ndim - 1))
         return (x - x.mean(axes, keepdims=True)) / jnp.sqrt(x.var(axes, keepdims=True) + 1e-5)
-    if isinstance(layer, models.Residual):  # its "add" entry
+    if isinstance(layer, models.Residual | models.Add):  # an "add" entry
         return x + rand(x.shape)
+    if isinstance(layer, models.Concat):
+        extra = info.out_shape[-1] - x.shape[-1]
+        return jnp.concatenate([x, rand((*x.shape[:-1], extra))], axis=-1)
+    if isinstance(layer, models.Upsample):
+        for axis, (i, o) in enumerate(zip(x.shape[1:-1], info.out_shape[1:-1], strict=True)):
+            x = jnp.repeat(x, o // i, axis=axis + 1)
+        return x
     if isinstance(layer, models.GlobalPool):
         axes = tuple(range(1, x.ndim - 1))
         return x.max(axes) if layer.kind == "max" else x.mean(axes)

@@ -35,19 +35,24 @@ from ._validate import int_tuple
 __all__ = [
     "MODELS",
     "PUBLISHED",
+    "Add",
     "BatchNorm",
+    "Concat",
     "Conv",
+    "ConvTranspose",
     "Dense",
     "Depthwise",
     "Flatten",
     "GlobalPool",
     "Layer",
     "LayerInfo",
+    "Mark",
     "Network",
     "Pool",
     "ReLU",
     "Residual",
     "Separable",
+    "Upsample",
     "lenet5",
     "mobilenet_v1",
     "resnet50",
@@ -458,8 +463,150 @@ class Residual:
         return "main branch + shortcut, map by map", None
 
 
+@dataclass(frozen=True)
+class ConvTranspose:
+    """Transposed conv (PyTorch's convention): ``out = (i - 1)*s - 2p + d*(k - 1) + a + 1``.
+
+    Walked as the convolution it is: the input lhs-dilated by the stride, padded by
+    ``d*(k - 1) - p`` (plus ``a`` on the high side), stride 1; each output map the **sum**
+    over the C_in channels, as for any conv."""
+
+    filters: int
+    kernel: IntOrTuple
+    stride: IntOrTuple = 1
+    padding: IntOrTuple = 0
+    output_padding: IntOrTuple = 0
+    dilation: IntOrTuple = 1
+    bias: bool = True
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        _check_int("ConvTranspose", "filters", self.filters, 1)
+        _check_ints("ConvTranspose", "kernel", self.kernel, 1)
+        _check_ints("ConvTranspose", "stride", self.stride, 1)
+        _check_ints("ConvTranspose", "padding", self.padding, 0)
+        _check_ints("ConvTranspose", "output_padding", self.output_padding, 0)
+        _check_ints("ConvTranspose", "dilation", self.dilation, 1)
+        _check_name("ConvTranspose", self.name)
+
+    def spec(self, shape: Shape) -> ConvSpec:
+        """The lhs-dilated conv on an input ``(N, *spatial, C)``."""
+        n = len(shape) - 2
+        if not 1 <= n <= 3:
+            raise ValueError(f"`ConvTranspose`: input shape {shape} must have 1 to 3 spatial "
+                             "dimensions.")
+
+        def per_dim(value: IntOrTuple, arg: str, low: int) -> tuple[int, ...]:
+            return int_tuple(f"ConvTranspose.{arg}", value, n, minimum=low, broadcast=True)
+
+        k, s = per_dim(self.kernel, "kernel", 1), per_dim(self.stride, "stride", 1)
+        p, a = per_dim(self.padding, "padding", 0), per_dim(self.output_padding,
+                                                            "output_padding", 0)
+        d = per_dim(self.dilation, "dilation", 1)
+        pads = tuple((di * (ki - 1) - pi, di * (ki - 1) - pi + ai)
+                     for ki, pi, ai, di in zip(k, p, a, d, strict=True))
+        if any(lo < 0 for lo, _ in pads):
+            raise ValueError(f"`ConvTranspose.padding` (={self.padding!r}) must be at most "
+                             "d*(k - 1) per dimension.")
+        try:
+            return ConvSpec.from_lax(shape, (*k, shape[-1], self.filters), (1,) * n, pads, s, d,
+                                     canonical_layouts(n))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"`ConvTranspose` on input {shape}: {e}") from e
+
+    def infos(self, shape: Shape, name: str) -> tuple[list[LayerInfo], Shape]:
+        """One "conv_transpose" entry on input `shape`, and the output shape."""
+        info = _conv_info(name, "conv_transpose", self.spec(shape), self.bias, self)
+        return [info], info.out_shape
+
+    def rule(self, info: LayerInfo) -> Rule:
+        """How one output map is formed, in words, and its einsum."""
+        return _conv_rule(info)
+
+
+@dataclass(frozen=True)
+class Upsample:
+    """Nearest-neighbour upsampling by `factor` per spatial dimension; no parameters."""
+
+    factor: IntOrTuple = 2
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        _check_ints("Upsample", "factor", self.factor, 1)
+        _check_name("Upsample", self.name)
+
+    def infos(self, shape: Shape, name: str) -> tuple[list[LayerInfo], Shape]:
+        """One "upsample" entry, and the output shape (spatial sizes times the factor)."""
+        n = len(shape) - 2
+        f = int_tuple("Upsample.factor", self.factor, n, minimum=1, broadcast=True)
+        out = (shape[0], *(i * fi for i, fi in zip(shape[1:-1], f, strict=True)), shape[-1])
+        return _plain(name, "upsample", shape, out, self)
+
+    def rule(self, info: LayerInfo) -> Rule:
+        """How one output value is formed, in words (no einsum)."""
+        return "copy of the nearest input value, per channel", None
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Remember the current tensor as `name` for a later `Add` or `Concat` (no entry)."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"`Mark.name` (={self.name!r}) must be a non-empty string.")
+
+    def infos(self, shape: Shape, name: str) -> tuple[list[LayerInfo], Shape]:
+        """No entry; the shape is unchanged (`_walk` remembers it)."""
+        return [], shape
+
+    def rule(self, info: LayerInfo) -> Rule:
+        return "remembered for a later add or concat", None
+
+
+@dataclass(frozen=True)
+class Add:
+    """``out = x + marked`` (a residual connection to the tensor marked `source`)."""
+
+    source: str
+    name: str = ""
+
+    def infos(self, shape: Shape, name: str, marked: Shape | None = None
+              ) -> tuple[list[LayerInfo], Shape]:
+        """One "add" entry; `marked` (the source's shape) must equal `shape`."""
+        if marked is not None and marked != shape:
+            raise ValueError(f"`Add` {self.source!r}: the marked tensor {marked} and the "
+                             f"current one {shape} must have the same shape.")
+        return _plain(name, "add", shape, shape, self)
+
+    def rule(self, info: LayerInfo) -> Rule:
+        return "current map + the marked map, map by map", None
+
+
+@dataclass(frozen=True)
+class Concat:
+    """Concatenate the tensor marked `source` to the current one along the channels."""
+
+    source: str
+    name: str = ""
+
+    def infos(self, shape: Shape, name: str, marked: Shape | None = None
+              ) -> tuple[list[LayerInfo], Shape]:
+        """One "concat" entry; the spatial sizes must match; channels add up."""
+        marked = shape if marked is None else marked
+        if marked[:-1] != shape[:-1]:
+            raise ValueError(f"`Concat` {self.source!r}: the marked tensor {marked} and the "
+                             f"current one {shape} must have the same spatial sizes.")
+        return _plain(name, "concat", shape, (*shape[:-1], shape[-1] + marked[-1]), self)
+
+    def rule(self, info: LayerInfo) -> Rule:
+        return "the marked maps appended to the current ones (no mixing)", None
+
+
 Layer = (
     Conv | Depthwise | Separable | Pool | GlobalPool | Dense | BatchNorm | ReLU | Flatten | Residual
+    | ConvTranspose | Upsample | Mark | Add | Concat
 )
 
 
@@ -521,11 +668,22 @@ def _walk(layers: Sequence[Layer], shape: Shape, prefix: str) -> tuple[list[Laye
     """Every layer's entries in order, named `prefix` + the layer's name (or its kind and
     index), and the output shape."""
     out: list[LayerInfo] = []
+    marks: dict[str, Shape] = {}
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
             raise ValueError(f"`layers[{i}]` (={layer!r}) is not a jconv.models layer.")
+        if isinstance(layer, Mark):
+            marks[layer.name] = shape
+            continue
         name = layer.name or f"{type(layer).__name__.lower()}{i}"
-        infos, shape = layer.infos(shape, prefix + name)
+        if isinstance(layer, Add | Concat):
+            if layer.source not in marks:
+                raise ValueError(f"`{type(layer).__name__}` {layer.source!r}: no tensor was "
+                                 f"marked {layer.source!r} before it (known: "
+                                 f"{', '.join(marks) or 'none'}).")
+            infos, shape = layer.infos(shape, prefix + name, marks[layer.source])
+        else:
+            infos, shape = layer.infos(shape, prefix + name)
         out += infos
     return out, shape
 

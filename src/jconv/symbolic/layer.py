@@ -36,10 +36,10 @@ from .memory import tensor_bytes, tensor_elements
 
 __all__ = [
     "Formula",
-    "symbols",
     "cost_analysis_flops",
     "dimension_names",
     "layer_model",
+    "symbols",
     "unroll_sums",
     "xla_taps",
 ]
