@@ -62,3 +62,9 @@ __all__ = [
     "unit_roundoff",
     "xla_taps",
 ]
+from .communication import communication_bytes as communication_bytes
+from .communication import halo_widths as halo_widths
+from .communication import per_device_bytes as per_device_bytes
+from .communication import spatial_split_kept as spatial_split_kept
+
+__all__ += ["communication_bytes", "halo_widths", "per_device_bytes", "spatial_split_kept"]
