@@ -60,6 +60,10 @@ class Case:
             feature_group_count=self.fgc, batch_group_count=self.bgc,
         )
 
+    def spec(self) -> jconv.ConvSpec:
+        """The normalised `jconv.ConvSpec` of this configuration."""
+        return jconv.ConvSpec.from_lax(self.lhs_shape, self.rhs_shape, **self.kwargs())
+
     def operands(self, dtype: Any = np.float32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Random normal ``(lhs, rhs)`` (complex when `dtype` is complex)."""
         rng = np.random.default_rng(seed)
@@ -167,8 +171,7 @@ def strategy_reason(case: Case, strategy: str, dtype: Any) -> str | None:
     check = getattr(STRATEGIES[strategy], "applicable", None)
     if check is None:
         return None
-    spec = jconv.ConvSpec.from_lax(case.lhs_shape, case.rhs_shape, **case.kwargs())
-    return check(spec, np.dtype(dtype))
+    return check(case.spec(), np.dtype(dtype))
 
 
 TABLE: list[Case] = [
@@ -232,3 +235,52 @@ EDGE: list[Case] = [
     make_case("zero_spatial_same", spatial=(0, 3), window=(2, 2)),
     make_case("1d_window_gt_input_s2", spatial=(3,), window=(5,), strides=(2,), padding="VALID"),
 ]
+
+
+def lowering_row(
+    xs: tuple[int, ...], win: tuple[int, ...], f: int, strides: tuple[int, ...], padding: Any,
+    rhs_dil: tuple[int, ...], lhs_dil: tuple[int, ...], fgc: int = 1, bgc: int = 1,
+) -> Case:
+    """A channels-last `Case` from ``(N, *spatial, C)``, window, F and hyper-parameters."""
+    def cat(t: tuple[int, ...], sep: str = "") -> str:
+        return sep.join(map(str, t))
+
+    name = (f"{cat(xs, 'x')}-k{cat(win, 'x')}-f{f}-s{cat(strides)}-l{cat(lhs_dil)}"
+            f"-r{cat(rhs_dil)}-g{fgc}b{bgc}")
+    return make_case(name, spatial=xs[1:-1], window=win, batch=xs[0], channels=xs[-1],
+                     filters=f, strides=strides, padding=padding, lhs_dil=lhs_dil,
+                     rhs_dil=rhs_dil, fgc=fgc, bgc=bgc)
+
+
+# Larger configurations aimed at the lowerings' own code paths: long 1-D windows (DFT tiles,
+# 15 taps), depthwise channel multipliers, lhs dilation with groups and negative pads
+# (polyphase), strided grouped 1x1 windows. test_strategies.py differentiates them.
+LOWERING_ROWS: list[Case] = [
+    lowering_row((2, 9, 8, 6), (3, 3), 6, (1, 1), "SAME", (1, 1), (1, 1)),
+    lowering_row((2, 9, 8, 6), (3, 3), 4, (1, 1), "SAME", (1, 1), (1, 1), 2),
+    lowering_row((2, 9, 8, 6), (3, 2), 6, (2, 1), "VALID", (2, 1), (1, 1), 3),
+    lowering_row((2, 9, 8, 6), (3, 3), 12, (1, 1), "SAME", (1, 1), (1, 1), 6),
+    lowering_row((2, 10, 8, 4), (3, 3), 5, (2, 2), ((1, 2), (0, 1)), (1, 2), (1, 1)),
+    lowering_row((2, 10, 9, 4), (3, 3), 4, (1, 1), "SAME_LOWER", (2, 1), (1, 1)),
+    lowering_row((2, 7, 8, 4), (3, 3), 4, (1, 1), ((2, 2), (1, 1)), (1, 1), (2, 1), 4),
+    lowering_row((2, 6, 5, 4), (3, 3), 3, (1, 1), ((1, 1), (-1, 2)), (1, 1), (1, 1)),
+    lowering_row((4, 6, 7, 3), (2, 3), 4, (1, 2), "SAME", (1, 1), (1, 1), 1, 2),
+    lowering_row((2, 9, 8, 6), (1, 1), 7, (1, 1), "VALID", (1, 1), (1, 1)),
+    lowering_row((2, 9, 8, 6), (1, 1), 4, (2, 3), "SAME", (1, 1), (1, 1), 2),
+    lowering_row((2, 17, 3), (5,), 4, (2,), "SAME", (3,), (1,)),
+    lowering_row((2, 17, 4), (4,), 6, (1,), "SAME", (1,), (1,), 2),
+    lowering_row((2, 33, 2), (15,), 3, (1,), "SAME", (1,), (1,)),
+    lowering_row((2, 11, 3), (3,), 2, (1,), ((2, 1),), (1,), (3,)),
+    lowering_row((2, 40, 4), (5,), 3, (1,), ((3, 1),), (2,), (1,)),
+    lowering_row((2, 30, 4), (7,), 8, (1,), "SAME", (1,), (1,), 4),
+    lowering_row((2, 5, 6, 6), (3, 3), 4, (1, 1), ((2, 1), (1, 2)), (1, 1), (2, 2)),
+    lowering_row((2, 5, 4, 6), (4, 3), 6, (1, 1), ((0, 3), (-1, 1)), (1, 1), (3, 2), 2),
+    lowering_row((2, 4, 3, 3, 2), (3, 2, 3), 2, (1, 1, 1), ((1, 1), (1, 0), (2, 2)), (1, 1, 1),
+                 (2, 2, 3)),
+    lowering_row((2, 5, 6, 4, 4), (3, 2, 3), 4, (1, 2, 1), "SAME", (1, 1, 2), (1, 1, 1), 2),
+    lowering_row((1, 6, 5, 4, 3), (3, 3, 3), 2, (1, 1, 1), "VALID", (1, 1, 1), (1, 1, 1)),
+]
+
+LOWERING_ROWS_IN_TABLE = (0, 1, 3, 7, 9)
+"""LOWERING_ROWS whose kind of configuration `TABLE` already has (plain SAME, groups,
+depthwise, negative pads, 1x1): the value tables leave them out, the gradient tables keep them."""

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flax import nnx
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from jax import lax
 
@@ -40,7 +40,6 @@ def _rand(rng: np.random.Generator, shape: tuple) -> np.ndarray:
     return rng.standard_normal(shape).astype(np.float32)
 
 
-@settings(deadline=None, max_examples=25)
 @given(
     src=st.permutations("OIHWD"),
     dst=st.permutations("OIHWD"),

@@ -1,4 +1,9 @@
-"""Gradients of jconv: `check_grads` (orders 1 and 2, fwd and rev) and VJPs equal to lax's."""
+"""Gradients of jconv: `check_grads` (orders 1 and 2, fwd and rev) and VJPs equal to lax's.
+
+Each lowering's own gradients are compared with lax's in test_strategies.py; second
+derivatives under `jax.checkpoint` and `jax.jit`, by the default strategy too, in
+test_core_transforms.py.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,6 @@ from _core_cases import TABLE, Case, make_case, run_jconv, run_lax
 from jax.test_util import check_grads
 from reference import rel_err
 
-BY_NAME = {c.name: c for c in TABLE}
 # Small windows keep the second-order checks quick; together they cover every
 # hyper-parameter (each case names the ones it exercises).
 GRAD_CASES = [
@@ -51,18 +55,3 @@ def test_vjp_matches_lax(case: Case, strategy: str) -> None:
     for g, ref in zip(vjp(ct), lax_vjp(ct), strict=True):
         assert g.shape == ref.shape and g.dtype == ref.dtype
         assert rel_err(g, ref) <= 1e-5
-
-
-def test_grad_of_grad_matches_lax() -> None:
-    """Second derivative of a scalar loss w.r.t. the kernel, along a direction, vs lax."""
-    case = BY_NAME["2d_all"]
-    x, w = case.operands(np.float32, seed=7)
-    v = np.random.default_rng(8).standard_normal(w.shape).astype(np.float32)
-
-    def hvp(run: object) -> jax.Array:
-        def loss(b: jax.Array) -> jax.Array:
-            return (run(case, x, b) ** 3).sum()  # type: ignore[operator]
-
-        return jax.grad(lambda b: (jax.grad(loss)(b) * v).sum())(w)
-
-    assert rel_err(hvp(run_jconv), hvp(run_lax)) <= 1e-4

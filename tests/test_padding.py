@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flax import nnx
-from hypothesis import assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from jax import lax
 from reference import conv_reference
@@ -77,7 +77,6 @@ def test_matches_torch_padding_mode(case: tuple, mode: str) -> None:
     assert rel(got, want) < 1e-5
 
 
-@settings(deadline=None, max_examples=25)
 @given(
     n=st.integers(1, 3),
     mode=st.sampled_from(["circular", "reflect", "replicate"]),

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import sympy as sp
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import jconv
@@ -46,7 +46,6 @@ def measured_window(layers: list[Layer], j: int, size: int) -> tuple[int, int]:
     return int(hit[0]), int(hit[-1] - hit[0] + 1)
 
 
-@settings(max_examples=20, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 4), st.integers(1, 3), st.integers(1, 2),
                           st.integers(0, 2)), min_size=1, max_size=4))
 def test_receptive_field_stride_and_padding_equal_gradient_support(layers: list[Layer]) -> None:

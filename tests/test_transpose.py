@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from jax import lax
 
@@ -86,7 +86,6 @@ def test_matches_lax_conv_transpose(case: tuple) -> None:
     assert rel(got, want) < 1e-5
 
 
-@settings(deadline=None, max_examples=25)
 @given(
     n=st.integers(1, 3),
     strides=st.lists(st.integers(1, 3), min_size=3, max_size=3),
@@ -163,7 +162,6 @@ def test_matches_torch_conv_transpose(case: tuple, with_bias: bool) -> None:
     assert rel(got, want) < 1e-5
 
 
-@settings(deadline=None, max_examples=25)
 @given(
     n=st.integers(1, 3),
     s=st.lists(st.integers(1, 3), min_size=3, max_size=3),
