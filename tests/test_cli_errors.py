@@ -127,3 +127,23 @@ def test_parse_layer_values() -> None:
     assert parse_input("224x224x3") == (224, 224, 3)
     with pytest.raises(GrammarError, match="'p=same_upper'"):
         parse_layer("conv:8,p=same_upper")
+
+
+def test_version_and_usage_errors_answer_without_importing_jax() -> None:
+    """`jconv --version` and usage errors import neither JAX nor SymPy (the package's names
+    load on first use), so they answer at once."""
+    code = (
+        "import sys, contextlib, io\n"
+        "from jconv.cli import main\n"
+        "quiet = io.StringIO()\n"
+        "with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):\n"
+        "    for argv in (['--version'], ['explain', '--bogus'], ['explain', '--seed', '-1']):\n"
+        "        try:\n"
+        "            main(argv)\n"
+        "        except SystemExit:\n"
+        "            pass\n"
+        "print(sorted(m for m in ('jax', 'sympy', 'jaxlib') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -49,8 +49,8 @@ ones = np.ones
 CATALOGUE = [
     # ranks and shapes (rank 2, no spatial dimension, is a valid convolution, as in lax)
     general("rank_mismatch", ValueError,
-            r"`lhs` \(rank 4, shape \(2, 5, 5, 4\)\) and `rhs` \(rank 3, shape \(3, 4, 6\)\) "
-            r"must have the same rank", rhs=ones((3, 4, 6), np.float32)),
+            r"same number of dimensions: `lhs` has rank 4 \(shape \(2, 5, 5, 4\)\), `rhs` rank 3 "
+            r"\(shape \(3, 4, 6\)\)", rhs=ones((3, 4, 6), np.float32)),
     general("channel_mismatch", ValueError,
             r"`rhs` input feature dimension \(=3\) must equal the `lhs` feature dimension "
             r"\(=4\) divided by `feature_group_count` \(=1\)", rhs=ones((3, 3, 3, 6), np.float32)),

@@ -19,10 +19,11 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from . import planner
+from ._args import as_int, int_tuple
 from ._padding import apply_padding_mode
 from ._sharding import Split, explicit_split
 from ._spec import ConvSpec, Padding, normalize_layout
-from ._validate import as_int, check_operands, check_precision, check_preferred, int_tuple
+from ._validate import check_operands, check_precision, check_preferred
 from .strategies import STRATEGIES
 
 __all__ = ["conv", "conv_general_dilated"]

@@ -18,7 +18,7 @@ import sympy
 
 from . import models, symbolic
 from ._explain_report import ExplainReport
-from ._report import Check, Hypotheses, LayerRow, NetworkReport, Quantity
+from ._report import DTYPES, MAX_DEPTH, Check, Hypotheses, LayerRow, NetworkReport, Quantity
 from ._spec import ConvSpec, canonical_layouts
 from ._verify import Measured, SkippedCheck, Verifier
 
@@ -27,10 +27,6 @@ __all__ = [
     "hypotheses_table", "network_hypotheses",
 ]
 
-DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
-# deepest hypotheses table: keeping every map needs C0*F^L channels, a number of hundreds of
-# digits well before L = 64 for real widths; the table is exact up to here
-MAX_DEPTH = 64
 
 
 def _default_networks() -> list[tuple[models.Network, str]]:

@@ -23,9 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ._args import as_int
 from ._engine import conv
 from ._spec import ConvSpec, Padding, normalize_layout, parse_dimension_numbers
-from ._validate import as_int, check_operand, check_operands, check_precision, check_preferred
+from ._validate import check_operand, check_operands, check_precision, check_preferred
 from .strategies._common import offsets, pad_input, spatial_letters, window_slice
 
 __all__ = [

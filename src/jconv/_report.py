@@ -8,7 +8,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Check", "Hypotheses", "LayerRow", "NetworkReport", "Quantity", "Report"]
+__all__ = [
+    "DTYPES",
+    "MAX_DEPTH",
+    "Check",
+    "Hypotheses",
+    "LayerRow",
+    "NetworkReport",
+    "Quantity",
+    "Report",
+]
+
+DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
+"""The dtypes a report can be made for, with their item sizes."""
+MAX_DEPTH = 64
+"""Deepest hypotheses table: keeping every map needs C0*F^L channels, a number of hundreds
+of digits well before L = 64 for real widths; the table is exact up to here."""
 
 
 @dataclass(frozen=True)

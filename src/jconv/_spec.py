@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from ._validate import ConvArgumentError, as_int, int_tuple, listify
+from ._args import ConvArgumentError, as_int, int_tuple, listify
 
 __all__ = [
     "ConvSpec",
@@ -233,9 +233,10 @@ class ConvSpec:
         lhs_shape = tuple(int(d) for d in lhs_shape)
         rhs_shape = tuple(int(d) for d in rhs_shape)
         if len(lhs_shape) != len(rhs_shape):
-            raise ConvArgumentError(
-                f"`lhs` (rank {len(lhs_shape)}, shape {lhs_shape}) and `rhs` (rank "
-                f"{len(rhs_shape)}, shape {rhs_shape}) must have the same rank."
+            raise ConvArgumentError(  # lax's wording first, then the numbers
+                "conv_general_dilated lhs and rhs must have the same number of dimensions: "
+                f"`lhs` has rank {len(lhs_shape)} (shape {lhs_shape}), `rhs` rank "
+                f"{len(rhs_shape)} (shape {rhs_shape})."
             )
         ndim = len(lhs_shape)
         if ndim < 2:
@@ -461,9 +462,10 @@ class ConvSpec:
 
 
 def _parse_pairs(padding: Any, n: int) -> tuple[tuple[int, int], ...]:
-    msg = (
+    msg = (  # ending in lax's wording ("padding argument ..., got ..."), so its patterns match
         f"`padding` (={padding!r}) must be 'SAME', 'SAME_LOWER', 'VALID' or a sequence of "
-        f"{n} (low, high) integer pairs, one per spatial dimension."
+        f"{n} (low, high) integer pairs, one per spatial dimension (the padding argument, got "
+        f"{padding!r})."
     )
     padding = listify(padding)
     if not isinstance(padding, Sequence):

@@ -15,9 +15,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ._args import as_int, int_tuple
 from ._engine import conv_general_dilated
 from ._spec import canonical_layouts, dilated_size, normalize_layout, parse_dimension_numbers
-from ._validate import as_int, check_operands, int_tuple
+from ._validate import check_operands
 
 __all__ = ["conv_transpose", "conv_transpose_torch", "transpose_padding"]
 

@@ -1,11 +1,10 @@
-"""Validators shared by every public entry point: each returns the value in normal form or
-raises a `TypeError`/`ValueError` naming the argument, its value and the rule, before any
-tracing, so errors are the same eagerly and under `jax.jit`."""
+"""Validators of operands, dtypes and precisions shared by every public entry point (the
+plain-Python ones for hyper-parameters are in `_args`): each returns the value in normal
+form or raises a `TypeError`/`ValueError` naming the argument, its value and the rule,
+before any tracing, so errors are the same eagerly and under `jax.jit`."""
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -13,83 +12,22 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = [
-    "ConvArgumentError",
-    "as_int",
-    "check_operand",
-    "check_operands",
-    "check_precision",
-    "check_preferred",
-    "int_tuple",
-    "is_intlike",
-    "listify",
-]
+__all__ = ["check_operand", "check_operands", "check_precision", "check_preferred"]
 
-
-class ConvArgumentError(ValueError, TypeError):
-    """A malformed structural argument (operand ranks, layout strings, padding pairs): both
-    a `ValueError` and a `TypeError`, since lax raises one or the other for these, so code
-    that catches lax's class catches jconv's (as NumPy's ``AxisError`` is both a
-    ``ValueError`` and an ``IndexError``)."""
-
-
-def as_int(name: str, value: Any, *, minimum: int | None = None) -> int:
-    """Return `value` as a Python int, or raise a TypeError/ValueError naming `name`."""
-    if isinstance(value, bool):
-        raise TypeError(f"`{name}` (={value!r}) must be an integer, not a bool.")
-    try:
-        out = operator.index(value)
-    except TypeError as e:
-        raise TypeError(
-            f"`{name}` (={value!r}) must be an integer, got {type(value).__name__}."
-        ) from e
-    if minimum is not None and out < minimum:
-        raise ValueError(f"`{name}` (={out}) must be >= {minimum}.")
-    return out
-
-def listify(value: Any) -> Any:
-    """A NumPy array of rank >= 1 as nested lists (lax accepts arrays as sequences)."""
-    return value.tolist() if isinstance(value, np.ndarray) and value.ndim >= 1 else value
-
-def int_tuple(name: str, value: Any, n: int, *, minimum: int, broadcast: bool) -> tuple[int, ...]:
-    """Normalise an int or a length-`n` sequence of ints to a tuple of ints."""
-    value = listify(value)
-    if value is None:
-        return (1,) * n
-    if broadcast and not isinstance(value, (Sequence,)) and is_intlike(value):
-        return (as_int(name, value, minimum=minimum),) * n
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise TypeError(
-            f"`{name}` (={value!r}) must be a sequence of {n} integers"
-            + (" or a single integer." if broadcast else ".")
-        )
-    if len(value) != n:
-        raise ValueError(
-            f"`{name}` (={tuple(value)!r}) must have one entry per spatial dimension "
-            f"(={n}), got {len(value)}."
-        )
-    return tuple(as_int(f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(value))
-
-def is_intlike(value: Any) -> bool:
-    try:
-        operator.index(value)
-    except TypeError:
-        return False
-    return True
 
 def check_operand(name: str, a: Any) -> jax.Array:
     """An array of a numeric (or bool) dtype, or a TypeError naming `name`. NumPy arrays
     become JAX arrays first, so their dtypes are canonicalised as lax's are (float64 is
     float32 while 64-bit types are off)."""
-    if isinstance(a, (np.ndarray, np.generic)) or not (hasattr(a, "shape") and hasattr(a, "dtype")):
+    if not (hasattr(a, "shape") and hasattr(a, "dtype")):
         try:
             a = jnp.asarray(a)
         except TypeError as e:
             raise TypeError(f"`{name}` (={a!r}) must be an array.") from e
-    dt = jnp.dtype(a.dtype)
+    dt = np.dtype(a.dtype) if isinstance(a, (np.ndarray, np.generic)) else jnp.dtype(a.dtype)
     if not (jnp.issubdtype(dt, jnp.number) or dt == jnp.dtype(bool)):
         raise TypeError(f"`{name}` has dtype {dt}; convolution needs a numeric or bool dtype.")
-    return a
+    return jnp.asarray(a) if isinstance(a, (np.ndarray, np.generic)) else a
 
 
 def check_operands(lhs: Any, rhs: Any) -> tuple[jax.Array, jax.Array]:

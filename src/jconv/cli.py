@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import models
-from ._explain import DEFAULT_NETWORKS, DTYPES, MAX_DEPTH, build_report
 from ._grammar import GRAMMAR_HELP, KINDS, GrammarError, parse_input, parse_layer
+from ._report import DTYPES, MAX_DEPTH
 
 __all__ = ["main"]
 
@@ -198,6 +198,8 @@ def _networks(args: argparse.Namespace) -> list[tuple[models.Network, str]]:
         if shape is not None:
             _fail(f"--input {args.input!r} needs --layer specs or --model; "
                   "example: --input 224x224x3 --layer conv:64,k=3")
+        from ._explain import DEFAULT_NETWORKS
+
         return DEFAULT_NETWORKS()
     layers: list[models.Layer] = []
     for text in args.layer:
@@ -238,10 +240,11 @@ def _validated(net: models.Network, texts: list[str]) -> models.Network:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    _options(args)  # before importing what computes: bad options answer at once
     from rich.console import Console
 
+    from ._explain import build_report
 
-    _options(args)
     if args.fn or args.torch:
         from ._user_code import user_report
 

@@ -29,8 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ._args import int_tuple
 from ._spec import ConvSpec, canonical_layouts
-from ._validate import int_tuple
 
 __all__ = [
     "MODELS",
