@@ -253,10 +253,10 @@ def network_hypotheses(
             "keep": (c_prev["keep"] * f, k_taps * c_prev["keep"] * f + b * c_prev["keep"] * f),
         }
         row: dict[str, Any] = {"L": depth_l}
-        for h, (channels, params) in new.items():
+        for h, (channels, added) in new.items():
             st = state[h]
             st["channels"] = channels
-            st["params"] += params
+            st["params"] += added
             st["activations"] += positions * channels
             row[h] = {"channels": channels, "params": st["params"],
                       "activations": st["activations"],

@@ -186,6 +186,7 @@ def program_report(program: TracedProgram, *, verify: bool = True, check_maps: i
                  if layer.spec is not None]
     conv_flops = 0
     for layer, _ in conv_rows:
+        assert layer.spec is not None  # conv rows only
         model = symbolic.layer_model(layer.spec, bias=False, dtype="float32")
         if "flops_xla" in model:
             conv_flops += int(model["flops_xla"].value) * layer.count
@@ -197,7 +198,8 @@ def program_report(program: TracedProgram, *, verify: bool = True, check_maps: i
     hyp = None
     if hypotheses:
         convs = [(layer.spec, bool(layer.biases)) for layer, _ in conv_rows
-                 if layer.kind in ("conv", "depthwise") and layer.count == 1]
+                 if layer.spec is not None and layer.kind in ("conv", "depthwise")
+                 and layer.count == 1]
         if convs:
             batch1 = [(_batch1(spec), b) for spec, b in convs]
             hyp = network_hypotheses(batch1, depth, itemsize)
@@ -324,7 +326,8 @@ def _xla_checks(program: TracedProgram, conv_rows: list[tuple[TracedLayer, Layer
             from jax._src.ad_checkpoint import saved_residuals
 
             res = saved_residuals(loss, ps, rest)
-            saved = sum(math.prod(a.shape) * a.dtype.itemsize for a, why in res
+            saved = sum(math.prod(a.shape) * a.dtype.itemsize  # type: ignore[attr-defined]
+                        for a, why in res
                         if hasattr(a, "shape") and "argument" not in str(why))
             totals["residual_bytes_saved"] = int(saved)
             formula = totals["activation_bytes"] + totals["input_bytes"]

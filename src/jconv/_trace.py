@@ -204,16 +204,16 @@ def _prepare(f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[
             collections[tuple(_key_str(k) for k in path)] = coll if name else "params"
         kind, title = "nnx", type(f).__name__
 
-        def call(st: Any, a: tuple[Any, ...], kw: dict[str, Any]) -> Any:
-            return nnx.merge(graphdef, st)(*a, **kw)
+        def call(variables: Any, a: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+            return nnx.merge(graphdef, variables)(*a, **kw)
 
         tree = (state, args, kwargs)
     elif linen is not None and isinstance(f, linen.Module):
         kind, title = "linen", type(f).__name__
         module = f
 
-        def call(v: Any, a: tuple[Any, ...], kw: dict[str, Any]) -> Any:
-            return module.apply(v, *a, **kw)
+        def call(variables: Any, a: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+            return module.apply(variables, *a, **kw)
 
         if not args:
             raise TraceError("a linen module needs its variables first: "
@@ -234,10 +234,10 @@ def _prepare(f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[
             arrays = [i for i, x in enumerate(leaves_f) if _is_array(x)]
             names = [".".join(_key_str(k) for k in paths_f[i][0]) or str(i) for i in arrays]
 
-            def call(fl: Any, a: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+            def call(variables: Any, a: tuple[Any, ...], kw: dict[str, Any]) -> Any:
                 full = list(leaves_f)
                 for i, name in zip(arrays, names, strict=True):
-                    full[i] = fl[name]
+                    full[i] = variables[name]
                 return jax.tree_util.tree_unflatten(tdef_f, full)(*a, **kw)
 
             tree = ({name: leaves_f[i] for i, name in zip(arrays, names, strict=True)},
@@ -245,7 +245,8 @@ def _prepare(f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[
         else:
             fn = f
 
-            def call(_: Any, a: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+            def call(variables: Any, a: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+                del variables  # a plain function holds none
                 return fn(*a, **kw)
 
             tree = ((), args, kwargs)
@@ -368,8 +369,8 @@ class _Walker:
                 continue
             if name == "cond":
                 for b, br in enumerate(eqn.params["branches"]):
-                    inner = {v: s(x) for v, x in zip(br.jaxpr.invars, ins[1:], strict=True)
-                             if s(x) is not None}
+                    inner = {v: i for v, x in zip(br.jaxpr.invars, ins[1:], strict=True)
+                             if (i := s(x)) is not None}
                     self.walk(br.jaxpr, inner, {}, count, _join(where, f"cond branch {b}"),
                               False)
                 continue
@@ -378,17 +379,17 @@ class _Walker:
                 nb = eqn.params["body_nconsts"]
                 nc = eqn.params["cond_nconsts"]
                 operands = list(ins[:nc + nb])[nc:] + list(ins[nc + nb:])
-                inner = {v: s(x) for v, x in zip(body.jaxpr.invars, operands, strict=True)
-                         if s(x) is not None}
+                inner = {v: i for v, x in zip(body.jaxpr.invars, operands, strict=True)
+                         if (i := s(x)) is not None}
                 self.walk(body.jaxpr, inner, {}, count, _join(where, "while loop"), False)
                 continue
             sub = _sub_jaxpr(eqn)
             if sub is not None:
                 inner_j = sub.jaxpr if hasattr(sub, "jaxpr") else sub
-                inner_src = {v: s(x) for v, x in zip(inner_j.invars, ins, strict=False)
-                             if s(x) is not None}
-                inner_origin = {v: o(x) for v, x in zip(inner_j.invars, ins, strict=False)
-                                if o(x) is not None}
+                inner_src = {v: i for v, x in zip(inner_j.invars, ins, strict=False)
+                             if (i := s(x)) is not None}
+                inner_origin = {v: t for v, x in zip(inner_j.invars, ins, strict=False)
+                                if (t := o(x)) is not None}
                 mult = count
                 label = where
                 if name == "shard_map":

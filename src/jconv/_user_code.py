@@ -17,7 +17,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from ._explain_report import ExplainReport
 
@@ -98,7 +98,7 @@ def user_report(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> Ex
         from ._explain_model import explain
 
         inputs = [jnp.ones(s, args.dtype) for s in shapes]
-        fn, extra = made, ()
+        fn, extra = made, cast(tuple[Any, ...], ())
         if isinstance(made, tuple) and len(made) == 2:
             fn, extra = made[0], (made[1],)
         return explain(fn, *extra, *inputs, verify=args.verify, check_maps=args.check_maps,
