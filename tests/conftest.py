@@ -18,6 +18,7 @@ subprocesses inherit) before JAX creates its CPU backend; a flag already there w
 from __future__ import annotations
 
 import os
+import tempfile
 
 import _profiles
 import jax
@@ -44,6 +45,8 @@ FAST_COMPILE = ("--xla_cpu_use_fusion_emitters=false", "--xla_backend_optimizati
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # plans come from the cost model, never from a tuning cache this machine happens to hold
+    os.environ["JCONV_TUNE_CACHE"] = os.path.join(tempfile.mkdtemp(), "tune.json")
     if config.getoption("--full"):
         _profiles.use("full")
     if _profiles.active != "full":
