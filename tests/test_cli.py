@@ -23,8 +23,11 @@ import pytest
 from jconv import models
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "JAX_NUMPY_DTYPE_PROMOTION": "strict", "JAX_NUMPY_RANK_PROMOTION": "raise",
+ENV = {**{k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")},
+       "JAX_NUMPY_DTYPE_PROMOTION": "strict", "JAX_NUMPY_RANK_PROMOTION": "raise",
        "JAX_PLATFORMS": "cpu"}
+"""The subprocesses' environment: no terminal size (pytest-xdist's workers set 80x24), so
+the output is the default plain-text layout unless a test asks for a width."""
 
 
 def run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:

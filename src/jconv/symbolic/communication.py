@@ -41,7 +41,7 @@ from typing import Any
 
 import sympy as sp
 
-from .geometry import Size, _sym, effective_window, output_size, same_padding
+from .geometry import Size, as_size, effective_window, output_size, same_padding
 
 __all__ = ["communication_bytes", "halo_widths", "per_device_bytes", "spatial_split_kept"]
 
@@ -56,7 +56,7 @@ def _pads(i: Size, k: Size, s: Size, d: Size, padding: Any) -> tuple[sp.Expr, sp
         raise ValueError(f"`padding` (={padding!r}) must be 'SAME', 'SAME_LOWER', 'VALID' "
                          "or a (lo, hi) pair.")
     lo, hi = padding
-    return _sym(lo, "padding[0]"), _sym(hi, "padding[1]")
+    return as_size(lo, "padding[0]"), as_size(hi, "padding[1]")
 
 
 def halo_widths(k: Size, s: Size = 1, d: Size = 1, padding: Any = (0, 0),
@@ -72,7 +72,7 @@ def halo_widths(k: Size, s: Size = 1, d: Size = 1, padding: Any = (0, 0),
     if isinstance(padding, str) and padding.upper() != "VALID" and i is None:
         raise ValueError(f"`padding` (={padding!r}) needs the dimension's size `i`.")
     lo, _ = _pads(i if i is not None else 1, k, s, d, padding)
-    hi = effective_window(k, d) - _sym(s, "s") - lo
+    hi = effective_window(k, d) - as_size(s, "s") - lo
     return sp.Max(lo, 0), sp.Max(hi, 0)
 
 
@@ -81,7 +81,7 @@ def spatial_split_kept(i: Size, k: Size, s: Size, d: Size, padding: Any, devices
     halos) rather than gathering it: the input and output sizes divide evenly, each
     device's output block starts where its input block does (``out/D * s == in/D``), and
     the halos are no wider than one block. A SymPy boolean (True/False for numbers)."""
-    i_, s_, n = _sym(i, "i"), _sym(s, "s"), _sym(devices, "devices")
+    i_, s_, n = as_size(i, "i"), as_size(s, "s"), as_size(devices, "devices")
     out = output_size(i_, k, s_, padding, d)
     lo, _ = _pads(i_, k, s_, d, padding)
     hi_h = effective_window(k, d) - s_ - lo
@@ -113,7 +113,7 @@ def _layout(n: Size, spatial: Sequence[Size], c: Size, f: Size, window: Sequence
     if len(pads) != ns:
         raise ValueError(f"`padding` (={padding!r}) must have {ns} (lo, hi) pairs.")
     ps = _seq(spatial_split, ns, "spatial_split")
-    pb, pf, pc = (_sym(v, name) for v, name in ((batch, "batch"), (features, "features"),
+    pb, pf, pc = (as_size(v, name) for v, name in ((batch, "batch"), (features, "features"),
                                                  (channels, "channels")))
     out = [output_size(i, k, si, p, di)
            for i, k, si, p, di in zip(spatial, window, s, pads, d, strict=True)]
@@ -121,7 +121,7 @@ def _layout(n: Size, spatial: Sequence[Size], c: Size, f: Size, window: Sequence
     for i, k, si, di, p, pi in zip(spatial, window, s, d, pads, ps, strict=True):
         split = not (isinstance(pi, int) and pi == 1)
         halos.append(halo_widths(k, si, di, p, i) if split else (sp.Integer(0), sp.Integer(0)))
-    return {"s": s, "d": d, "pads": pads, "ps": [_sym(p, "spatial_split") for p in ps],
+    return {"s": s, "d": d, "pads": pads, "ps": [as_size(p, "spatial_split") for p in ps],
             "pb": pb, "pf": pf, "pc": pc, "out": out, "halos": halos}
 
 
@@ -142,17 +142,17 @@ def per_device_bytes(n: Size, spatial: Sequence[Size], c: Size, f: Size,
     """
     lay = _layout(n, spatial, c, f, window, strides, dilation, padding, batch, spatial_split,
                   features, channels)
-    nb, cb = _sym(n, "n") / lay["pb"], _sym(c, "c") / lay["pc"]
-    fb = _sym(f, "f") / lay["pf"]
-    blocks = [_sym(i, "spatial") / p for i, p in zip(spatial, lay["ps"], strict=True)]
+    nb, cb = as_size(n, "n") / lay["pb"], as_size(c, "c") / lay["pc"]
+    fb = as_size(f, "f") / lay["pf"]
+    blocks = [as_size(i, "spatial") / p for i, p in zip(spatial, lay["ps"], strict=True)]
     halo = [b + lo + hi for b, (lo, hi) in zip(blocks, lay["halos"], strict=True)]
     outs = [o / p for o, p in zip(lay["out"], lay["ps"], strict=True)]
-    it = _sym(itemsize, "itemsize")
+    it = as_size(itemsize, "itemsize")
     mul = sp.Mul
     return {
         "input": mul(nb, *blocks, cb) * it,
         "halo_input": mul(nb, *halo, cb) * it,
-        "kernel": mul(*(_sym(k, "window") for k in window), cb, fb) * it,
+        "kernel": mul(*(as_size(k, "window") for k in window), cb, fb) * it,
         "output": mul(nb, *outs, fb) * it,
     }
 
@@ -188,10 +188,10 @@ def communication_bytes(n: Size, spatial: Sequence[Size], c: Size, f: Size,
     blocks = per_device_bytes(n, spatial, c, f, window, strides, dilation, padding,
                               batch=batch, spatial_split=spatial_split, features=features,
                               channels=channels, itemsize=itemsize)
-    it = _sym(itemsize, "itemsize")
-    nb = _sym(n, "n") / lay["pb"]
-    cb = _sym(c, "c") / lay["pc"]
-    extents = [_sym(i, "spatial") / p for i, p in zip(spatial, lay["ps"], strict=True)]
+    it = as_size(itemsize, "itemsize")
+    nb = as_size(n, "n") / lay["pb"]
+    cb = as_size(c, "c") / lay["pc"]
+    extents = [as_size(i, "spatial") / p for i, p in zip(spatial, lay["ps"], strict=True)]
     permute = sp.Integer(0)
     for dim, (lo, hi) in enumerate(lay["halos"]):
         rows = lo + hi

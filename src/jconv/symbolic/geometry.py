@@ -20,6 +20,7 @@ import sympy as sp
 
 __all__ = [
     "Size",
+    "as_size",
     "effective_window",
     "output_padding",
     "output_size",
@@ -37,7 +38,9 @@ def size_symbols(names: str) -> tuple[sp.Symbol, ...]:
     return tuple(out)
 
 
-def _sym(value: Any, name: str) -> sp.Expr:
+def as_size(value: Any, name: str) -> sp.Expr:
+    """`value` (an int or a SymPy expression) as a SymPy expression; TypeError naming `name`
+    otherwise."""
     if isinstance(value, bool):
         raise TypeError(f"`{name}` (={value!r}) must be an integer or a SymPy expression.")
     if isinstance(value, int):
@@ -49,13 +52,13 @@ def _sym(value: Any, name: str) -> sp.Expr:
 
 def effective_window(k: Size, d: Size = 1) -> sp.Expr:
     """Window size after dilation: ``d * (k - 1) + 1``."""
-    return _sym(d, "d") * (_sym(k, "k") - 1) + 1
+    return as_size(d, "d") * (as_size(k, "k") - 1) + 1
 
 
 def same_padding(i: Size, k: Size, s: Size = 1, d: Size = 1, *,
                  lower: bool = False) -> tuple[sp.Expr, sp.Expr]:
     """(lo, hi) pads of JAX's 'SAME' ('SAME_LOWER' with ``lower=True``)."""
-    i_, s_ = _sym(i, "i"), _sym(s, "s")
+    i_, s_ = as_size(i, "i"), as_size(s, "s")
     total = sp.Max((sp.ceiling(i_ / s_) - 1) * s_ + effective_window(k, d) - i_, 0)
     small, big = sp.floor(total / 2), total - sp.floor(total / 2)
     return (big, small) if lower else (small, big)
@@ -74,7 +77,7 @@ def output_size(
     >>> output_size(28, 3, 2, "SAME"), output_size(28, 3, 1, (1, 1), d=2)
     (14, 26)
     """
-    i_, s_, ld = _sym(i, "i"), _sym(s, "s"), _sym(lhs_d, "lhs_d")
+    i_, s_, ld = as_size(i, "i"), as_size(s, "s"), as_size(lhs_d, "lhs_d")
     if isinstance(padding, str):
         kind = padding.upper()
         if kind not in ("SAME", "SAME_LOWER", "VALID"):
@@ -91,7 +94,7 @@ def output_size(
         lo, hi = sp.Integer(0), sp.Integer(0)
     else:
         if isinstance(padding, Sequence) and len(padding) == 2:
-            lo, hi = _sym(padding[0], "padding[0]"), _sym(padding[1], "padding[1]")
+            lo, hi = as_size(padding[0], "padding[0]"), as_size(padding[1], "padding[1]")
         else:
             raise ValueError(f"`padding` (={padding!r}) must be a string or a (lo, hi) pair.")
     out = sp.floor(((i_ - 1) * ld + 1 + lo + hi - effective_window(k, d)) / s_) + 1
@@ -100,7 +103,7 @@ def output_size(
 
 def output_padding(i: Size, k: Size, s: Size, p: Size = 0, d: Size = 1) -> sp.Expr:
     """The ``a`` term of a transposed conv that restores size ``i``: ``(i + 2p - k_eff) mod s``."""
-    return sp.Mod(_sym(i, "i") + 2 * _sym(p, "p") - effective_window(k, d), _sym(s, "s"))
+    return sp.Mod(as_size(i, "i") + 2 * as_size(p, "p") - effective_window(k, d), as_size(s, "s"))
 
 
 def transposed_output_size(i: Size, k: Size, s: Size = 1, p: Size = 0, a: Size = 0,
@@ -110,5 +113,5 @@ def transposed_output_size(i: Size, k: Size, s: Size = 1, p: Size = 0, a: Size =
     Equal to `output_size` of the lhs-dilated conv it lowers to: ``lhs_d = s``, stride 1,
     padding ``(d*(k-1) - p, d*(k-1) - p + a)``.
     """
-    return ((_sym(i, "i") - 1) * _sym(s, "s") - 2 * _sym(p, "p") + effective_window(k, d) - 1
-            + _sym(a, "a") + 1)
+    return ((as_size(i, "i") - 1) * as_size(s, "s") - 2 * as_size(p, "p")
+            + effective_window(k, d) - 1 + as_size(a, "a") + 1)
