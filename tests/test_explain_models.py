@@ -149,6 +149,20 @@ def test_callable_pytree_module() -> None:
     assert net.totals["params"] == 135 and net.layers[0].name == "w"
 
 
+def test_equinox_module() -> None:
+    """A real Equinox model (unbatched, channels first): its convolutions found and named by
+    their place in the module tree, parameters equal to its array leaves."""
+    eqx = pytest.importorskip("equinox")
+    k1, k2 = jax.random.split(jax.random.key(0))
+    model = eqx.nn.Sequential([eqx.nn.Conv2d(3, 8, 3, padding=1, key=k1),
+                               eqx.nn.Lambda(jax.nn.relu), eqx.nn.Conv2d(8, 4, 3, key=k2)])
+    net = jconv.explain(model, jnp.ones((3, 16, 16)), verify=False).networks[0]
+    arrays = sum(a.size for a in jax.tree.leaves(eqx.filter(model, eqx.is_array)))
+    assert net.totals["params"] == arrays == 3 * 9 * 8 + 8 + 8 * 9 * 4 + 4
+    assert [(r.kind, r.name) for r in net.layers] == [("conv", "layers.0"), ("conv", "layers.2")]
+    assert net.checks[0].name == "params_vs_pytree" and net.checks[0].passed
+
+
 def test_torch_resnet18_parameters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     net = um.torch_resnet18()
     (tmp_path / "user_torch.py").write_text(textwrap.dedent(f"""
