@@ -103,38 +103,54 @@ def configs(draw: st.DrawFn, n: int) -> tuple[Case, str]:
     return case, draw(st.sampled_from(sorted(STRATEGIES)))
 
 
+PER_PROGRAM = 8
+"""Configurations compiled together, lax's and jconv's convolutions side by side in one
+program: each compilation has a fixed cost that small convolutions do not amortise."""
+
+
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_random_configurations_match_lax(n: int) -> None:
     """A third of `engine_vs_lax_configs()` distinct random configurations (500 in the ci
     profile, over the three ranks) with ``n`` spatial dims, each with its own operands, equal
     lax; where lax rejects one, jconv rejects it too, and where the drawn lowering declines
-    one, forcing it raises and ``"auto"`` runs it instead. lax and jconv are compiled
-    together, one program per configuration (the table above runs them eagerly)."""
+    one, forcing it raises and ``"auto"`` runs it instead. They are compiled `PER_PROGRAM` at a
+    time, lax and jconv in one program (the table above runs them eagerly, one by one)."""
     wanted = -(-engine_vs_lax_configs() // 3)
     checked: set[tuple[Case, str]] = set()
 
     # duplicates do not count: draw a margin more than needed
-    @settings(max_examples=wanted + wanted // 4)
-    @given(configs(n), st.integers(0, 2**16))
-    def check(config: tuple[Case, str], seed: int) -> None:
-        case, strategy = config
-        x, w = case.operands(seed=seed)
-        try:
-            jax.eval_shape(lambda a, b: run_lax(case, a, b), x, w)
-        except ValueError:  # e.g. negative padding larger than the input
-            with pytest.raises(ValueError, match="padding"):
-                run_jconv(case, x, w, strategy)
-            checked.add(config)
-            return
-        if not case.spec().empty and strategy_reason(case, strategy, x.dtype) is not None:
-            with pytest.raises(ValueError, match="cannot run this convolution"):
-                run_jconv(case, x, w, strategy)
-            strategy = "auto"
-        want, got = jax.jit(lambda a, b: (run_lax(case, a, b),
-                                          run_jconv(case, a, b, strategy)))(x, w)
-        assert got.shape == want.shape and got.dtype == want.dtype
-        assert rel_err(got, want) <= TOL
-        checked.add(config)
+    @settings(max_examples=-(-wanted * 5 // 4 // PER_PROGRAM))
+    @given(st.lists(st.tuples(configs(n), st.integers(0, 2**16)), min_size=PER_PROGRAM,
+                    max_size=PER_PROGRAM, unique_by=lambda d: d[0]))
+    def check(drawn: list[tuple[tuple[Case, str], int]]) -> None:
+        runs = []
+        for config, seed in drawn:
+            case, strategy = config
+            x, w = case.operands(seed=seed)
+            # rejections are raised while tracing: checked without compiling anything
+            try:
+                jax.eval_shape(lambda a, b, case=case: run_lax(case, a, b), x, w)
+            except ValueError:  # e.g. negative padding larger than the input
+                with pytest.raises(ValueError, match="padding"):
+                    jax.eval_shape(lambda a, b, c=config: run_jconv(c[0], a, b, c[1]), x, w)
+                checked.add(config)
+                continue
+            if not case.spec().empty and strategy_reason(case, strategy, x.dtype) is not None:
+                with pytest.raises(ValueError, match="cannot run this convolution"):
+                    jax.eval_shape(lambda a, b, c=config: run_jconv(c[0], a, b, c[1]), x, w)
+                strategy = "auto"
+            runs.append((case, strategy, x, w))
+
+        def both(*ops: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
+            return [(run_lax(case, ops[2 * i], ops[2 * i + 1]),
+                     run_jconv(case, ops[2 * i], ops[2 * i + 1], strategy))
+                    for i, (case, strategy, _, _) in enumerate(runs)]
+
+        results = jax.jit(both)(*(a for run in runs for a in run[2:]))
+        for (case, strategy, _, _), (want, got) in zip(runs, results, strict=True):
+            assert got.shape == want.shape and got.dtype == want.dtype, (case, strategy)
+            assert rel_err(got, want) <= TOL, (case, strategy)
+        checked.update((case, s) for (case, s), _ in drawn)
 
     check()
     assert len(checked) >= wanted, f"only {len(checked)} distinct configurations checked"
