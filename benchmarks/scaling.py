@@ -24,7 +24,6 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 import argparse
 import json
 import pathlib
-import re
 import time
 from typing import Any
 
@@ -36,16 +35,11 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jconv
+from jconv._hlo import collectives
 from jconv.symbolic import communication_bytes
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 D = 8
-KINDS = ("all-gather", "all-reduce", "collective-permute", "reduce-scatter", "all-to-all")
-_OP = re.compile(r"\b(" + "|".join(KINDS) + r")(-start)?\(")
-_ARRAY = re.compile(r"\b(pred|[a-z]+\d+)\[([\d,]*)\]")
-_DEF = re.compile(r"^\s*(?:ROOT\s+)?%(\S+)\s*=\s*")
-_NAME = re.compile(r"%([\w.\-]+)")
-
 # name: (x NHWC, w HWIO, strides, padding)
 LAYERS: dict[str, tuple] = {
     "3x3 64->64, 32x32": ((16, 32, 32, 64), (3, 3, 64, 64), (1, 1), "SAME"),
@@ -62,42 +56,9 @@ LAYOUTS: dict[str, tuple] = {
 }
 
 
-def _balanced(text: str, start: int) -> int:
-    depth = 0
-    for j in range(start, len(text)):
-        depth += {"(": 1, ")": -1}.get(text[j], 0)
-        if depth == 0:
-            return j + 1
-    raise ValueError("unbalanced HLO")
-
-
-def _shape_bytes(text: str) -> int:
-    total = 0
-    for dtype, dims in _ARRAY.findall(text):
-        bits = 8 if dtype == "pred" else int(re.sub(r"\D", "", dtype))
-        total += int(np.prod([int(d) for d in dims.split(",") if d])) * bits // 8
-    return total
-
-
-def collective_bytes(hlo: str) -> dict[str, int]:
-    """``{kind: operand bytes}`` of the collectives in compiled HLO text (operands looked
-    up where they are defined; an async pair once, by its ``-start``)."""
-    shapes: dict[str, str] = {}
-    ops = []
-    for line in hlo.splitlines():
-        d = _DEF.match(line)
-        if d is None:
-            continue
-        rest = line[d.end():]
-        end = _balanced(rest, 0) if rest.startswith("(") else rest.index(" ")
-        shapes[d.group(1)] = rest[:end]
-        m = _OP.search(rest, end)
-        if m is not None and rest[end:m.start()].strip() == "":
-            ops.append((m.group(1), _NAME.findall(rest[m.end() - 1:_balanced(rest, m.end() - 1)])))
-    out: dict[str, int] = {}
-    for kind, names in ops:
-        out[kind] = out.get(kind, 0) + sum(_shape_bytes(shapes[n]) for n in names)
-    return out
+def _collective_bytes(hlo: str) -> dict[str, int]:
+    """``{kind: operand bytes}`` of the collectives in compiled HLO text."""
+    return {kind: nbytes for kind, (_, nbytes) in collectives(hlo).items()}
 
 
 def measure(layer: str, layout: str, mode: str, impl: str) -> dict[str, Any]:
@@ -124,7 +85,7 @@ def measure(layer: str, layout: str, mode: str, impl: str) -> dict[str, Any]:
         except Exception as e:  # lax refuses some explicit layouts
             return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
         y = jax.eval_shape(fwd, xd, wd)
-        out["fwd"] = {"collectives": collective_bytes(compiled.as_text()),
+        out["fwd"] = {"collectives": _collective_bytes(compiled.as_text()),
                       "temp_bytes": int(compiled.memory_analysis().temp_size_in_bytes)}
         ct = jax.device_put(rng.standard_normal(y.shape, np.float32),
                             compiled.output_shardings)
@@ -133,7 +94,7 @@ def measure(layer: str, layout: str, mode: str, impl: str) -> dict[str, Any]:
         except Exception as e:
             out["grad"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
             return out
-        out["grad"] = {"collectives": collective_bytes(compiled.as_text()),
+        out["grad"] = {"collectives": _collective_bytes(compiled.as_text()),
                        "temp_bytes": int(compiled.memory_analysis().temp_size_in_bytes)}
     return out
 
