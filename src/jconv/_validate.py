@@ -27,7 +27,8 @@ def check_operand(name: str, a: Any) -> jax.Array:
     dt = np.dtype(a.dtype) if isinstance(a, (np.ndarray, np.generic)) else jnp.dtype(a.dtype)
     if not (jnp.issubdtype(dt, jnp.number) or dt == jnp.dtype(bool)):
         raise TypeError(f"`{name}` has dtype {dt}; convolution needs a numeric or bool dtype.")
-    return jnp.asarray(a) if isinstance(a, (np.ndarray, np.generic)) else a
+    # device_put canonicalises the dtype as jnp.asarray does, without compiling a program
+    return jax.device_put(a) if isinstance(a, (np.ndarray, np.generic)) else a
 
 
 def check_operands(lhs: Any, rhs: Any) -> tuple[jax.Array, jax.Array]:
