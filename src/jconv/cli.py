@@ -2,8 +2,10 @@
 
 ``jconv explain`` answers "when a conv layer gets C feature maps, are they merged, averaged or
 passed on?" for the question's own example or any network, with every number beside its
-formula and checked by running the einsum engine. Exit status: 0 all checks pass, 1 a check
-failed, 2 a malformed command line.
+formula and checked by running the einsum engine; with ``--mesh``/``--shard``, each
+convolution split over a device mesh (bytes per device, bytes sent forward and backward,
+checked against the compiled sharded programs; `jconv._explain_mesh`). Exit status: 0 all
+checks pass, 1 a check failed, 2 a malformed command line.
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ examples:
   jconv explain --torch mypkg.models:make_net --input 1x3x32x32
                 a torch.nn.Module traced with torch.fx (Conv1d/2d/3d, ConvTranspose,
                 Linear, BatchNorm), input NCHW
+  jconv explain --model resnet50 --batch 8 --mesh 8 --shard batch
+                each convolution split over 8 devices (simulated on the CPU when fewer):
+                bytes per device and bytes sent forward and backward, with formulas,
+                checked against the compiled sharded programs
+  jconv explain --input 32x32x16 --layer conv:32,k=3 --batch 4 --mesh 2x4 --shard batch,h
+                a 2-D mesh: the batch over 2 devices, the height over 4
 
 verification: every conv layer runs in full through the einsum engine on random data (shape,
 element count and bytes are measured); the check "each output map is the SUM of its per-channel
@@ -122,6 +130,14 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="omit the three-hypotheses table")
     run.add_argument("--seed", type=int, default=0,
                      help="random seed of the data, >= 0 (default 0)")
+    scale = ex.add_argument_group("scale out (each convolution split over a device mesh)")
+    scale.add_argument("--mesh", metavar="PxQ",
+                       help="device counts per mesh axis, e.g. 8 or 2x4 (each >= 2); without "
+                            "as many devices, that many CPU devices are simulated (at most "
+                            "1024); replaces the report by per-device bytes and communication")
+    scale.add_argument("--shard", metavar="SPLITS",
+                       help="what each mesh axis splits, comma-separated, one per axis: batch, "
+                            "h, w (d), features (output) or channels (input); e.g. batch,h")
     out = ex.add_argument_group("output")
     fmt = out.add_mutually_exclusive_group()
     fmt.add_argument("--json", dest="format", action="store_const", const="json",
@@ -241,6 +257,8 @@ def _validated(net: models.Network, texts: list[str]) -> models.Network:
 
 def _explain(args: argparse.Namespace) -> int:
     _options(args)  # before importing what computes: bad options answer at once
+    if args.mesh is not None or args.shard is not None:
+        return _explain_mesh(args)
     from rich.console import Console
 
     from ._explain import build_report
@@ -273,6 +291,112 @@ def _explain(args: argparse.Namespace) -> int:
                               check_maps=args.check_maps, depth=args.depth,
                               hypotheses=args.hypotheses, seed=args.seed)
     return _output(args, report, err)
+
+
+def _explain_mesh(args: argparse.Namespace) -> int:
+    """``--mesh``/``--shard``: every convolution split over the mesh, per device."""
+    from ._explain_mesh import Layout, MeshError, check_networks, parse_mesh, parse_shard
+
+    if args.mesh is None or args.shard is None:
+        given = "--mesh" if args.shard is None else "--shard"
+        value = args.mesh if args.shard is None else args.shard
+        _fail(f"{given} {value!r}: needs {'--shard' if args.shard is None else '--mesh'} "
+              "too (the mesh and what each of its axes splits); example: --mesh 8 --shard batch")
+    for flag, bad in (("--fn", args.fn), ("--torch", args.torch), ("--plot", args.plot),
+                      ("--latex", args.format == "latex")):
+        if bad:
+            _fail(f"--mesh {args.mesh!r}: not with {flag} (the mesh report covers --layer and "
+                  "--model networks, as text, --json or --markdown); example: "
+                  "--model resnet50 --batch 8 --mesh 8 --shard batch")
+    try:
+        shape = parse_mesh(args.mesh)
+        layout = Layout(shape, parse_shard(args.shard, shape, args.mesh))
+    except MeshError as e:
+        _fail(str(e))
+    if args.verify:
+        _simulate(layout.size)  # before anything below imports JAX
+    networks = _networks(args)
+    try:
+        count = check_networks(networks, layout, args.batch)
+    except MeshError as e:
+        _fail(str(e))
+    from rich.console import Console
+
+    from ._explain_mesh import build_mesh_report
+
+    err = Console(stderr=True)
+    devices, text = _mesh_devices(args.mesh, layout.size) if args.verify else (None, "")
+    if devices is not None and count > 8:
+        err.print(f"compiling {count} convolutions on {text} ...")
+    report = build_mesh_report(networks, layout, batch=args.batch, dtype=args.dtype,
+                               devices=devices, device_text=text)
+    return _output_mesh(args, report)
+
+
+_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def _simulate(size: int) -> None:
+    """Ask XLA for `size` CPU devices (appended to ``XLA_FLAGS``) unless JAX has started or
+    the flags already ask for as many."""
+    import re
+
+    from ._explain_mesh import MAX_SIMULATED_DEVICES
+
+    if "jax" in sys.modules or size > MAX_SIMULATED_DEVICES:
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    asked = re.findall(_COUNT_FLAG + r"=(\d+)", flags)
+    if asked and int(asked[-1]) >= size:
+        return
+    os.environ["XLA_FLAGS"] = f"{flags} {_COUNT_FLAG}={size}".strip()
+
+
+def _mesh_devices(text: str, size: int) -> tuple[list[Any], str]:
+    """`size` devices of the default backend, else of the CPU (simulated); exit 2 naming
+    the mesh when neither has that many."""
+    import jax
+
+    from ._explain_mesh import MAX_SIMULATED_DEVICES
+
+    have = jax.devices()
+    try:
+        cpu = have if have[0].platform == "cpu" else jax.devices("cpu")
+    except RuntimeError:  # JAX_PLATFORMS leaves the CPU out
+        cpu = []
+    for devices in (have, cpu):
+        if len(devices) >= size:
+            platform = devices[0].platform
+            simulated = platform == "cpu" and _COUNT_FLAG in os.environ.get("XLA_FLAGS", "")
+            return list(devices[:size]), (f"{size} {platform} devices"
+                                          + (" (simulated)" if simulated else ""))
+    here = f"{len(have)} {have[0].platform} device(s) here"
+    if size > MAX_SIMULATED_DEVICES:
+        rule = (f"needs {size} devices: {here}, and at most {MAX_SIMULATED_DEVICES} CPU "
+                "devices are simulated")
+    else:
+        rule = (f"needs {size} devices: {here}, and JAX started before the command could ask "
+                f"for simulated ones (set XLA_FLAGS={_COUNT_FLAG}={size} before JAX starts)")
+    _fail(f"--mesh {text!r}: {rule}; example: --mesh 8")
+
+
+def _output_mesh(args: argparse.Namespace, report: Any) -> int:
+    from rich.console import Console
+
+    from ._explain_mesh import render_mesh_json, render_mesh_markdown, render_mesh_rich
+
+    if args.format == "json":
+        sys.stdout.write(render_mesh_json(report) + "\n")
+    elif args.format == "markdown":
+        sys.stdout.write(render_mesh_markdown(report))
+    elif sys.stdout.isatty():
+        render_mesh_rich(report, Console())
+    else:  # plain text without trailing blanks, wide enough for the tables
+        buffer = io.StringIO()
+        width = int(os.environ.get("COLUMNS") or 160)
+        render_mesh_rich(report, Console(file=buffer, width=width))
+        sys.stdout.write("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()))
+    return 0 if report.ok else 1
 
 
 def _output(args: argparse.Namespace, report: Any, err: Any) -> int:
