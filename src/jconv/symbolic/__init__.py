@@ -5,6 +5,8 @@ measurement: array shapes and bytes from the engine, weight array sizes, XLA's c
 analysis, observed float32 rounding error, published network counts.
 """
 
+from .bounds import ErrorBound as ErrorBound
+from .bounds import error_bound as error_bound
 from .error import UNIT_ROUNDOFF as UNIT_ROUNDOFF
 from .error import gamma as gamma
 from .error import unit_roundoff as unit_roundoff
@@ -35,6 +37,7 @@ from .stacks import uniform_stack as uniform_stack
 
 __all__ = [
     "UNIT_ROUNDOFF",
+    "ErrorBound",
     "Formula",
     "asymptotic_order",
     "cost_analysis_flops",
@@ -42,6 +45,7 @@ __all__ = [
     "effective_padding",
     "effective_stride",
     "effective_window",
+    "error_bound",
     "gamma",
     "hypotheses",
     "layer_model",

@@ -5,6 +5,9 @@ floating point with unit roundoff ``u`` and any summation order (Higham, *Accura
 Stability of Numerical Algorithms*, 2nd ed., Sec. 3.1, eq. (3.5)):
 
     |fl(y) - y| <= gamma_K * sum_j |x_j| |w_j|,     gamma_K = K u / (1 - K u),   K u < 1.
+
+That is the bound of the lowerings that sum the products; `jconv.symbolic.bounds` states
+every lowering's own (transforms included) with `error_bound`.
 """
 
 from __future__ import annotations
