@@ -64,6 +64,8 @@ def test_predicted_temp_bytes_match_xla(row: tuple) -> None:
     for name, mod in STRATEGIES.items():
         if mod.applicable(spec, F32) is not None:
             continue
+        if name == "pallas" and jax.default_backend() == "cpu":
+            continue  # interpreted there: its buffers are the interpreter's (test_pallas.py)
         assert name != "polyphase"
         measured = _measure(
             lambda a, b, name=name: jconv.conv_general_dilated(

@@ -32,7 +32,19 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._spec import ConvSpec
-from . import dft, direct, fft, hybrid, patches, polyphase, scatter, shift, winograd, winograd4
+from . import (
+    dft,
+    direct,
+    fft,
+    hybrid,
+    pallas,
+    patches,
+    polyphase,
+    scatter,
+    shift,
+    winograd,
+    winograd4,
+)
 from ._common import Cost, Geometry
 from ._model import Prediction
 
@@ -68,6 +80,7 @@ STRATEGIES: dict[str, Lowering] = {
     "dft": dft,
     "polyphase": polyphase,
     "scatter": scatter,
+    "pallas": pallas,
 }
 
 __all__ = ["STRATEGIES", "Cost", "Geometry", "Lowering", "Prediction"]
