@@ -87,9 +87,9 @@ def _round_up(size: int, tile: int) -> int:
 
 def _row_tile(rows: int) -> int:
     """The largest power-of-2 tile of wide rows, `MIN_BLOCK` to `BLOCK`, that pads `rows` by
-    at most an eighth (else `MIN_BLOCK`)."""
+    at most a quarter (else `MIN_BLOCK`)."""
     return next((t for t in (BLOCK, BLOCK // 2, BLOCK // 4)
-                 if _round_up(rows, t) - rows <= rows // 8), MIN_BLOCK)
+                 if _round_up(rows, t) - rows <= rows // 4), MIN_BLOCK)
 
 
 @dataclasses.dataclass(frozen=True)
