@@ -1,9 +1,11 @@
 """Forward rounding-error bound of every lowering, as a formula and as numbers for given operands.
 
-`error_bound(lowering, spec, dtype)` states how far the lowering's result, computed in
-``dtype``'s arithmetic (unit roundoff ``u``, no underflow or overflow), may lie from the
-exact convolution. References: N. J. Higham, *Accuracy and Stability of Numerical
-Algorithms*, 2nd ed., SIAM 2002 (Lemma 3.1, eq. (3.5), Lemma 3.5, Theorem 24.2).
+`error_bound(lowering, spec, dtype)` states how far the lowering's result on operands of
+``dtype`` may lie from the exact convolution: the lowering computes in the accumulation
+dtype (`accumulation_dtype`, unit roundoff ``u``; no underflow or overflow) and a 16-bit
+result is rounded once more (``u_out``). References: N. J. Higham, *Accuracy and
+Stability of Numerical Algorithms*, 2nd ed., SIAM 2002 (Lemma 3.1, eq. (3.5), Lemma 3.5,
+Theorem 24.2).
 
 Componentwise bounds (every output element), from one lemma: a value computed by sums and
 products in which every term (monomial) of the exact result passes through at most ``D``
@@ -37,10 +39,12 @@ Normwise bound (``fft``, per output map, in the 2-norm over its positions): Theo
 (radix-2 Cooley-Tukey: ``||fl(FFT x) - FFT x|| <= (S eta / (1 - S eta)) ||FFT x||``,
 ``eta = mu + gamma_4 (sqrt 2 + mu)``, ``mu = u`` the twiddles' error, ``S = log2 n``
 stages) with the stages of a 2-3-5-smooth length counted as ``S = sum_p s_p`` over its
-prime factors, ``s_2 = 1``, ``s_3 = 2``, ``s_5 = 4`` (a radix-p pass computed as a p-point
-DFT has normwise error at most ``sqrt 2 gamma_{p+1} sqrt p <= s_p eta``), one transform
-per axis (``prod_i (1 + eps_i) - 1``), and the real transforms taken as accurate as the
-complex ones (an assumption about the FFT library). Composed: with
+prime factors, ``s_2 = 1``, ``s_3 = 3``, ``s_5 = 4`` (a radix-p pass computed as a p-point
+DFT, with its constants and twiddles stored to ``mu``, has normwise error at most
+``(sqrt 2 gamma_{p+1} + mu) sqrt p + mu + sqrt 2 gamma_2 <= s_p eta``, Lemma 3.5), one
+transform per axis (``prod_i (1 + eps_i) - 1``). This models the FFT library (mixed-radix
+real transforms) after the radix-2 analysis; the real transforms are taken to be as accurate
+as the complex ones. Composed: with
 ``eps`` the transforms' bound, ``eps_i = (1 + eps)(1 + u) - 1`` the inverse's (its
 ``1/L``), ``gamma = sqrt 2 gamma_{C_g + 2}`` the complex channel sum's (Lemma 3.5) and,
 over the channels ``c`` of each output feature, ``A1 = sum ||x_c||_2 ||w_c||_1``,
@@ -75,13 +79,13 @@ from ..strategies import STRATEGIES, dft, fft, polyphase, winograd, winograd4
 from .error import UNIT_ROUNDOFF, gamma
 from .layer import Formula
 
-__all__ = ["SUMMING", "ErrorBound", "error_bound"]
+__all__ = ["SUMMING", "ErrorBound", "accumulation_dtype", "error_bound"]
 
 SUMMING = ("shift", "patches", "hybrid", "direct", "scatter", "pallas")
 """Lowerings whose outputs are each a sum of the ``K = prod(window) C_g`` products."""
 SAFETY = 1 + 2.0**-30
 """Factor over the float64 evaluations, covering their own rounding."""
-FFT_STAGES = {2: 1, 3: 2, 5: 4}
+FFT_STAGES = {2: 1, 3: 3, 5: 4}
 """Radix-2 stages of Theorem 24.2 counted for a pass of each prime radix."""
 
 _U = sp.Symbol("u", positive=True)
@@ -92,6 +96,13 @@ _A1, _A2, _A3 = (sp.Symbol(f"A{j}", nonnegative=True) for j in (1, 2, 3))
 _L = sp.Symbol("L", positive=True, integer=True)
 _S = sp.Symbol("S", positive=True, integer=True)
 _EPS = sp.Symbol("epsilon", nonnegative=True)
+_U_OUT = sp.Symbol("u_out", positive=True)
+
+
+def accumulation_dtype(dtype: str) -> str:
+    """The dtype a lowering computes in for operands of ``dtype`` (the engine's: float32
+    for the 16-bit floats, whose results are rounded back to them)."""
+    return "float32" if dtype in ("float16", "bfloat16") else dtype
 
 
 @dataclass(frozen=True)
@@ -142,14 +153,15 @@ class ErrorBound:
             return _polyphase_evaluate(self, x, w)
         if self.lowering == "fft":
             return _fft_evaluate(self, x, w)
-        factor = float(sp.sympify(self.formula.value).subs(_Y_ABS, 1))  # gamma_D
+        factor = float(sp.sympify(self.formula.value).subs(_Y_ABS, 1))
+        acc = accumulation_dtype(self.dtype)
         if math.isinf(factor):  # D u >= 1: no a-priori bound
             return np.full(self.spec.canonical_out_shape, np.inf)
         if self.lowering in SUMMING:
             return factor * _sum_abs(self.spec, _padded(self.spec, np.abs(x)), np.abs(w))
         if self.lowering in ("winograd", "winograd4"):
             return factor * _winograd_abs(self.spec, np.abs(x), np.abs(w),
-                                          _winograd_matrices(self.lowering)[1])
+                                          _winograd_matrices(self.lowering, acc)[1])
         return _dft_evaluate(self, factor, np.abs(x), np.abs(w))
 
 
@@ -177,18 +189,19 @@ def error_bound(
     why = STRATEGIES[lowering].applicable(spec, dtype)
     if why is not None:
         raise ValueError(f"`lowering` (={lowering!r}) cannot run `spec`: {why}.")
-    u = UNIT_ROUNDOFF[name]
+    acc = accumulation_dtype(name)
+    u, v = UNIT_ROUNDOFF[acc], UNIT_ROUNDOFF[name] if acc != name else sp.Integer(0)
     cg = spec.group_in_features
-    fixed = {_C_IN: spec.in_features, _G: spec.feature_group_count, _U: u}
+    fixed = {_C_IN: spec.in_features, _G: spec.feature_group_count, _U: u, _U_OUT: v}
     if lowering in SUMMING:
         d_expr: sp.Expr = spec.taps * _C_IN / _G
         return _componentwise(lowering, spec, name, d_expr, fixed, "sum_j |x_j| |w_j|")
     if lowering in ("winograd", "winograd4"):
-        depth = _winograd_matrices(lowering)[0]
+        depth = _winograd_matrices(lowering, acc)[0]
         return _componentwise(lowering, spec, name, depth + _C_IN / _G, fixed,
                               "|A^T| [sum_c (|G| |w_c| |G^T|) (.) (|B^T| |d_c| |B|)] |A|")
     if lowering == "dft":
-        depth = _dft_depth(spec)
+        depth = _dft_depth(spec, acc)
         return _componentwise(lowering, spec, name, depth + 2 * _C_IN / _G, fixed,
                               "the DFT tiles on |x|, |w| and the matrices' moduli")
     if lowering == "fft":
@@ -198,11 +211,11 @@ def error_bound(
         if not all(float(_fft_eps(sp.Integer(s), u)) < 1 for s in stages) or (cg + 2) * u >= 1:
             value: sp.Expr = sp.oo
         else:
-            value = sp.N(_fft_expr(_EPS, _L).xreplace(
+            value = sp.N(_fft_expr(_EPS, _L, v != 0).xreplace(
                 {**fixed, _L: math.prod(lengths), _EPS: eps_value}), 20)
         eps = Formula("epsilon", _fft_eps(_S, _U), sp.N(eps_value, 20))
         return ErrorBound(lowering, "normwise", None,
-                          Formula("error_bound", _fft_expr(_EPS, _L), value),
+                          Formula("error_bound", _fft_expr(_EPS, _L, v != 0), value),
                           "A1, A2, A3: sums over channels of norms of x_c and w_c", spec, name,
                           parts=(eps,))
     return _polyphase_bound(spec, name)
@@ -210,12 +223,15 @@ def error_bound(
 
 # ------------------------------------------------------------------ shared pieces
 def _componentwise(lowering: str, spec: ConvSpec, dtype: str, d_expr: sp.Expr,
-                   fixed: dict[sp.Symbol, int | sp.Rational], scale: str) -> ErrorBound:
-    """``gamma_D * y_abs`` with ``D = d_expr`` (of ``C_in``, ``g``); oo when ``D u >= 1``."""
+                   fixed: dict[sp.Symbol, int | sp.Expr], scale: str) -> ErrorBound:
+    """``gamma_D y_abs`` with ``D = d_expr`` (of ``C_in``, ``g``), or ``(gamma_D (1 + u_out)
+    + u_out) y_abs`` when the result is rounded to a narrower dtype (``|y| <= y_abs``); oo
+    when ``D u >= 1``."""
     depth = int(d_expr.xreplace(fixed))
-    u = fixed[_U]
-    expr = d_expr * _U / (1 - d_expr * _U) * _Y_ABS
-    value = gamma(depth, u) * _Y_ABS if depth * u < 1 else sp.oo * _Y_ABS
+    u, v = fixed[_U], fixed[_U_OUT]
+    gam = d_expr * _U / (1 - d_expr * _U)
+    expr = (gam * (1 + _U_OUT) + _U_OUT if v else gam) * _Y_ABS
+    value = ((gamma(depth, u) * (1 + v) + v) * _Y_ABS if depth * u < 1 else sp.oo * _Y_ABS)
     return ErrorBound(lowering, "componentwise", depth, Formula("error_bound", expr, value),
                       scale, spec, dtype)
 
@@ -292,9 +308,9 @@ def _stage_depth(f: np.ndarray, roundings: np.ndarray, axes: tuple[int, ...]) ->
 
 # ------------------------------------------------------------------ winograd
 @functools.cache
-def _winograd_matrices(lowering: str) -> tuple[int, tuple[np.ndarray, ...]]:
-    """``D_B + D_G + D_A`` and the moduli of the exact Kronecker matrices
-    ``(B^T (x) B^T, G (x) G, A^T (x) A^T)`` (float64, with `SAFETY`)."""
+def _winograd_matrices(lowering: str, acc: str) -> tuple[int, tuple[np.ndarray, ...]]:
+    """``D_B + D_G + D_A`` in ``acc`` arithmetic and the moduli of the exact Kronecker
+    matrices ``(B^T (x) B^T, G (x) G, A^T (x) A^T)`` (float64, with `SAFETY`)."""
     mod: ModuleType = winograd if lowering == "winograd" else winograd4
     depth, mats = 0, []
     for m in (mod.BT, mod.G, mod.AT):
@@ -303,14 +319,14 @@ def _winograd_matrices(lowering: str) -> tuple[int, tuple[np.ndarray, ...]]:
                for v, e in zip(row, er, strict=True)):
             raise ValueError(f"`{lowering}` matrices are not small rationals.")
         exact = [[a * b for a in ra for b in rb] for ra in exact_1d for rb in exact_1d]
-        # the lowering stores np.kron of the float64 matrices at float32
-        f = np.kron(m, m).astype(np.float32).astype(np.float64)
+        # the lowering stores np.kron of the float64 matrices in the accumulation dtype
+        f = np.kron(m, m).astype(acc).astype(np.float64)
         rows, cols = f.shape
         e_flat = [[exact[r][c] for c in range(cols)] for r in range(rows)]
         e64 = np.array([[float(v) for v in row] for row in e_flat])
         err = np.array([[float(abs(Fraction(float(v)) - v)) * 2 for v in row]
                         for row in e_flat])
-        rnd = _coefficient_roundings(f, e64, err, float(UNIT_ROUNDOFF["float32"]))
+        rnd = _coefficient_roundings(f, e64, err, float(UNIT_ROUNDOFF[acc]))
         depth += _stage_depth(f, rnd, (1,))
         mats.append(np.abs(e64) * SAFETY)
     return depth, tuple(mats)
@@ -357,8 +373,9 @@ def _trig(m: np.ndarray, t: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=64)
-def _dft_parts(spec: ConvSpec) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per matrix of the `dft` lowering: (stored float32 values, exact values to within
+def _dft_parts(spec: ConvSpec,
+               acc: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per matrix of the `dft` lowering: (values stored in ``acc``, exact values to within
     ``err``, ``err``), for ``B (T, T/2, 2)``, ``A (T/2, 2, step)``, ``cos``/``-sin`` rows
     ``(T/2 + 1, k)`` (the stored ones built as the lowering builds them)."""
     t = dft.tile_length(spec)
@@ -388,16 +405,16 @@ def _dft_parts(spec: ConvSpec) -> dict[str, tuple[np.ndarray, np.ndarray, np.nda
     ang = 2 * np.pi * np.outer(np.arange(h + 1), np.arange(k) * dil) / t
     mw = np.outer(np.arange(h + 1), np.arange(k) * dil)
     (wce, wcerr), (wse, wserr) = _trig(mw, t, "cos"), _trig(mw, t, "sin")
-    b, a, wc, ws = (v.astype(np.float32).astype(np.float64)
+    b, a, wc, ws = (v.astype(acc).astype(np.float64)
                     for v in (b, a, np.cos(ang), -np.sin(ang)))
     return {"B": (b, be, berr), "A": (a, ae, aerr), "cos": (wc, wce, wcerr),
             "sin": (ws, wse, wserr)}
 
 
-def _dft_depth(spec: ConvSpec) -> int:
+def _dft_depth(spec: ConvSpec, acc: str) -> int:
     """``D_B + D_W + D_A`` of `dft` (the mixing's ``2 C_g`` is added symbolically)."""
-    u = float(UNIT_ROUNDOFF["float32"])
-    parts = _dft_parts(spec)
+    u = float(UNIT_ROUNDOFF[acc])
+    parts = _dft_parts(spec, acc)
     depth = 0
     for name, axes in (("B", (0,)), ("A", (0, 1)), ("cos", (1,))):
         f, e, err = parts[name]
@@ -442,7 +459,7 @@ def _dft_evaluate(bound: ErrorBound, factor: float, x: np.ndarray,
     """``gamma_D y_abs`` plus the terms of the exactly-zero entries stored nonzero: those
     terms' sum is at most ``y_abs(with them) - y_abs(without them)`` (float64, so plus
     ``2 * 2**-30 y_abs`` for the two evaluations' own rounding)."""
-    parts = _dft_parts(bound.spec)
+    parts = _dft_parts(bound.spec, accumulation_dtype(bound.dtype))
     full, zeroed = {}, {}
     for name, (f, e, err) in parts.items():
         modulus = (np.abs(e) + err) * SAFETY
@@ -463,13 +480,15 @@ def _fft_eps(stages: sp.Expr, u: sp.Expr) -> sp.Expr:
     return stages * eta / (1 - stages * eta)
 
 
-def _fft_expr(eps: sp.Expr, length: sp.Expr) -> sp.Expr:
-    """The composed normwise bound (module docstring) of ``A1``, ``A2``, ``A3``."""
+def _fft_expr(eps: sp.Expr, length: sp.Expr, rounded: bool) -> sp.Expr:
+    """The composed normwise bound (module docstring) of ``A1``, ``A2``, ``A3``; when the
+    result is ``rounded`` to a narrower dtype, ``B (1 + u_out) + u_out A1``."""
     cg = _C_IN / _G
     gam = sp.sqrt(2) * (cg + 2) * _U / (1 - (cg + 2) * _U)
     eps_i = (1 + eps) * (1 + _U) - 1
     e = (gam * (1 + eps) + eps) * (_A1 + eps * sp.sqrt(length) * _A2) + eps * _A3
-    return sp.sqrt(2) * (1 + eps_i) * e + eps_i * _A1
+    bound = sp.sqrt(2) * (1 + eps_i) * e + eps_i * _A1
+    return bound * (1 + _U_OUT) + _U_OUT * _A1 if rounded else bound
 
 
 def _fft_evaluate(bound: ErrorBound, x: np.ndarray, w: np.ndarray) -> np.ndarray:
