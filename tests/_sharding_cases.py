@@ -97,10 +97,27 @@ CASES: dict[str, tuple] = {
                       (3, 3, 16, 32), P(None, None, None, "d"), None, (1, 1), "SAME", None),
     "auto_mesh2d": ("auto", (2, 4), ("b", "f"), (8, 16, 16, 16), "NHWC", P("b"),
                     (3, 3, 16, 32), P(None, None, None, "f"), None, (1, 1), "SAME", None),
+    "auto_height_strided": ("auto", (8,), ("d",), (4, 64, 64, 8), "NHWC", P(None, "d"),
+                            (3, 3, 8, 8), P(), None, (2, 2), "SAME", None),
+    "auto_channels": ("auto", (8,), ("d",), (4, 16, 16, 32), "NHWC", P(None, None, None, "d"),
+                      (3, 3, 32, 16), P(None, None, "d", None), None, (1, 1), "SAME", None),
+    "auto_height_width": ("auto", (2, 4), ("a", "b"), (4, 32, 32, 8), "NHWC",
+                          P(None, "a", "b"), (3, 3, 8, 8), P(), None, (1, 1), "SAME", None),
+    "auto_batch_height": ("auto", (2, 4), ("a", "b"), (4, 32, 32, 8), "NHWC", P("a", "b"),
+                          (3, 3, 8, 8), P(), None, (1, 1), "SAME", None),
+    "auto_depthwise": ("auto", (8,), ("d",), (4, 16, 16, 32), "NHWC", P(None, None, None, "d"),
+                       (3, 3, 1, 32), P(None, None, None, "d"), None, (1, 1), "SAME", None),
     # shard_map: jconv on per-device shapes
     "shard_map_batch": ("shard_map", (8,), ("d",), (16, 32, 32, 16), "NHWC", P("d"),
                         (3, 3, 16, 16), P(), None, (1, 1), "SAME", None),
 }
+
+
+TRANSFORMS = ("auto_height", "auto_mesh2d", "auto_channels", "auto_depthwise")
+"""Cases whose `jax.jvp` and `jax.vmap` are checked too."""
+TEMPS = ("auto_batch_small", "auto_batch_nchw", "auto_features", "auto_mesh2d",
+         "auto_height_strided")
+"""Cases whose forward is compiled on one device's shard alone too (its temp bytes)."""
 
 
 def _layouts(layout: str) -> tuple[str, str, str]:
@@ -166,6 +183,8 @@ def run_case(name: str) -> dict[str, Any]:
                 if part == "fwd" and ctd is None:
                     ctd = jax.device_put(ct, out.sharding)
                 outs = out if isinstance(out, tuple) else (out,)
+                if which == "jconv" and part == "fwd" and name in TEMPS:
+                    result[f"shard_{part}_temp_bytes"] = _shard_temp(f, args)
                 result[key] = {
                     "collectives": collectives(compiled.as_text()),
                     "shardings": [_axes(o.sharding, o.ndim) for o in outs],
@@ -174,8 +193,29 @@ def run_case(name: str) -> dict[str, Any]:
                     "rel_err": max(float(jnp.max(jnp.abs(o - r)) / jnp.max(jnp.abs(r)))
                                    for o, r in zip(outs, want, strict=True)),
                 }
+        if name in TRANSFORMS:  # forward mode and batching (jconv's ops' rules)
+            def lin(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+                return jax.jvp(lambda a, b: conv(jconv.conv_general_dilated, a, b), (a, b),
+                               (a, b))
+            _, tangent = jax.jit(lin)(xd, wd)
+            ref_tangent = 2 * ref  # bilinear: d/dt conv((1+t) x, (1+t) w) at t = 0
+            batched = jax.jit(jax.vmap(lambda a: conv(jconv.conv_general_dilated, a, wd)))(
+                xd[:, None])
+            result["jvp_rel_err"] = float(jnp.max(jnp.abs(tangent - ref_tangent))
+                                          / jnp.max(jnp.abs(ref_tangent)))
+            result["vmap_rel_err"] = float(jnp.max(jnp.abs(batched[:, 0] - ref))
+                                           / jnp.max(jnp.abs(ref)))
     result["expected_fwd_sharding"] = expected
     return result
+
+
+def _shard_temp(f: Any, args: tuple[jax.Array, ...]) -> int:
+    """Per-device temp bytes of ``f`` compiled on one device's shard shapes, without
+    jconv's partitioning rules (the same lowering on the shard alone)."""
+    shards = [jax.ShapeDtypeStruct(a.sharding.shard_shape(a.shape), a.dtype) for a in args]
+    with jconv.plain_partitioning():
+        compiled = jax.jit(f).lower(*shards).compile()
+    return int(compiled.memory_analysis().temp_size_in_bytes)
 
 
 def main(names: list[str]) -> None:

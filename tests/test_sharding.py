@@ -106,27 +106,54 @@ def test_explicit_feature_split_and_out_sharding(cases: dict[str, Any], name: st
     _ok(case["jconv_grad"])
 
 
-@pytest.mark.parametrize("name", ["auto_features", "auto_mesh2d"])
-def test_auto_feature_split(cases: dict[str, Any], name: str) -> None:
-    """Auto partitioning, kernel features split (and batch on a 2-D mesh): no collective
-    forward, the output and the gradients sharded as lax's, the same kinds and number of
-    collectives backward (more bytes: see the report's notes on auto partitioning)."""
+AUTO = ("auto_batch_small", "auto_batch_nchw", "auto_height", "auto_height_strided",
+        "auto_features", "auto_mesh2d", "auto_channels", "auto_height_width",
+        "auto_batch_height", "auto_depthwise")
+
+
+@pytest.mark.parametrize("name", AUTO)
+def test_auto_partitioning_communicates_as_lax(cases: dict[str, Any], name: str) -> None:
+    """Auto partitioning (the operands' shardings reach jconv's partitioning rules): the
+    forward sends exactly lax's collectives (none for batch, features and groups; one halo
+    exchange per neighbour and split axis; the partial sums of split channels), the output
+    and the gradients are sharded as lax's, and the gradient sends no more collectives
+    than lax's, of no more bytes (the strided split's halos excepted: it sends the rows
+    of the stride's window, 16,384 B against lax's 12,288 B)."""
     case = cases[name]
-    fwd = _ok(case["jconv_fwd"])
-    assert fwd["collectives"] == {}
+    fwd, grad = _ok(case["jconv_fwd"]), _ok(case["jconv_grad"])
+    assert fwd["collectives"] == case["lax_fwd"]["collectives"]
     assert fwd["shardings"] == case["lax_fwd"]["shardings"]
-    grad = _ok(case["jconv_grad"])
+    if "lax_grad" not in case:  # big: lax's gradient not compiled
+        assert grad["collectives"] == {"all-reduce": [1, case["w_bytes"]]}
+        return
     assert grad["shardings"] == case["lax_grad"]["shardings"]
     lax_colls = case["lax_grad"]["collectives"]
-    assert {k: v[0] for k, v in grad["collectives"].items()} == {
-        k: v[0] for k, v in lax_colls.items()}
+    assert set(grad["collectives"]) <= set(lax_colls), grad["collectives"]
+    for kind, (count, nbytes) in grad["collectives"].items():
+        assert count <= lax_colls[kind][0]
+        slack = 4 / 3 if name == "auto_height_strided" else 1
+        assert nbytes <= lax_colls[kind][1] * slack, (kind, nbytes, lax_colls[kind])
 
 
-def test_auto_spatial_split_runs(cases: dict[str, Any]) -> None:
-    """Auto partitioning, height split: values equal lax's (the halos are XLA's)."""
-    case = cases["auto_height"]
-    _ok(case["jconv_fwd"])
-    _ok(case["jconv_grad"])
+@pytest.mark.parametrize("name", ["auto_height", "auto_mesh2d", "auto_channels",
+                                  "auto_depthwise"])
+def test_auto_partitioning_forward_mode_and_batching(cases: dict[str, Any], name: str) -> None:
+    """Under auto partitioning, `jax.jvp` and `jax.vmap` of the sharded call (the ops'
+    forward-mode and batching rules) equal single-device lax."""
+    case = cases[name]
+    assert case["jvp_rel_err"] <= TOL
+    assert case["vmap_rel_err"] <= TOL
+
+
+@pytest.mark.parametrize("name", ["auto_batch_small", "auto_batch_nchw", "auto_features",
+                                  "auto_mesh2d", "auto_height_strided"])
+def test_auto_partitioning_temporaries_as_on_the_shard(cases: dict[str, Any],
+                                                       name: str) -> None:
+    """Per-device temporaries of the sharded forward within 10% of the same convolution
+    compiled on one device's shard alone (batch, feature and strided spatial splits; an
+    unstrided spatial split holds its halo rows beside the block: about 1.5x)."""
+    case = cases[name]
+    assert case["jconv_fwd"]["temp_bytes"] <= 1.1 * case["shard_fwd_temp_bytes"]
 
 
 def test_shard_map(cases: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from . import planner as planner
     from . import strategies as strategies
     from ._args import ConvArgumentError as ConvArgumentError
+    from ._autopart import plain_partitioning as plain_partitioning
     from ._engine import conv as conv
     from ._engine import conv_general_dilated as conv_general_dilated
     from ._explain_model import explain as explain
@@ -52,6 +53,7 @@ _WHERE = {
     "lax": None,
     "local_conv": "._layers",
     "masked_conv": "._layers",
+    "plain_partitioning": "._autopart",
     "planner": None,
     "separable_conv": "._layers",
     "set_memory_budget": ".planner",

@@ -9,7 +9,7 @@ No convolution primitive is used anywhere.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -20,8 +20,9 @@ from jax.custom_derivatives import SymbolicZero
 
 from . import planner
 from ._args import as_int, int_tuple
+from ._autopart import partitioned, uses_rules
 from ._padding import apply_padding_mode
-from ._sharding import Split, explicit_split
+from ._sharding import Split, explicit_split, may_partition
 from ._spec import ConvSpec, Padding, normalize_layout
 from ._validate import check_operands, check_precision, check_preferred
 from .strategies import STRATEGIES
@@ -93,32 +94,46 @@ def _lower_by(
     return _lower(x, w, spec, lowerings, precision, acc_dtype)
 
 
-@functools.partial(jax.jit,
-                   static_argnames=("spec", "lowerings", "precision", "out_dtype", "split"))
+@functools.partial(jax.jit, static_argnames=("spec", "strategy", "lowerings", "precision",
+                                             "out_dtype", "split", "rules"))
 def _run(
     lhs: jax.Array,
     rhs: jax.Array,
     *,
     spec: ConvSpec,
+    strategy: str,
     lowerings: tuple[str, str],
     precision: lax.PrecisionLike,
     out_dtype: np.dtype,
     split: Split | None = None,
+    rules: bool = True,
 ) -> jax.Array:
     """The user's ``lhs``, ``rhs`` -> output in the user's layout, by ``lowerings`` =
-    (for values, when differentiated): `planner.resolve`'s pair; on explicitly sharded
-    operands per device, as ``split`` says (`jconv._sharding.explicit_split`)."""
+    (for values, when differentiated): `planner.resolve`'s pair for `strategy`; on
+    explicitly sharded operands per device, as ``split`` says
+    (`jconv._sharding.explicit_split`); where XLA may partition the program (and
+    `rules`), per device as the operands' shardings say, planned on the shard
+    (`jconv._autopart`)."""
     acc_dtype = jnp.float32 if out_dtype in _LOW_PRECISION else out_dtype
     x = jnp.transpose(lhs, spec.lhs_to_canonical)
     w = jnp.transpose(rhs, spec.rhs_to_canonical)
     if spec.empty:
-        y = jnp.zeros(spec.canonical_out_shape, out_dtype)
+        return jnp.transpose(jnp.zeros(spec.canonical_out_shape, out_dtype),
+                             spec.canonical_to_out)
+
+    def plan(local: ConvSpec) -> Callable[[ConvSpec, jax.Array, jax.Array], jax.Array]:
+        pair = lowerings if local == spec else planner.resolve(strategy, local, out_dtype,
+                                                               precision)
+        return functools.partial(_lower_by, lowerings=pair, precision=precision,
+                                 acc_dtype=acc_dtype)
+
+    if split is not None:
+        y = split.run(plan(split.local), x, w)
+    elif rules and may_partition():
+        y = partitioned(spec, plan, x, w, acc_dtype)
     else:
-        lower = functools.partial(_lower_by, lowerings=lowerings, precision=precision,
-                                  acc_dtype=acc_dtype)
-        y = split.run(lower, x, w) if split is not None else lower(spec, x, w)
-        y = y.astype(out_dtype)
-    return jnp.transpose(y, spec.canonical_to_out)
+        y = plan(spec)(spec, x, w)
+    return jnp.transpose(y.astype(out_dtype), spec.canonical_to_out)
 
 
 def conv_general_dilated(
@@ -161,8 +176,8 @@ def conv_general_dilated(
                                                    out_sharding)
     local = spec if split is None else split.local
     lowerings = planner.resolve(strategy, local, out_dtype, prec)  # planned as accumulated
-    y = _run(lhs, rhs, spec=spec, lowerings=lowerings, precision=prec, out_dtype=out_dtype,
-             split=split)
+    y = _run(lhs, rhs, spec=spec, strategy=strategy, lowerings=lowerings, precision=prec,
+             out_dtype=out_dtype, split=split, rules=uses_rules())
     # `out_sharding` as in lax (Flax's nnx.Conv always passes it, usually None)
     return y if out_sharding is None else _with_sharding(y, out_sharding)
 

@@ -13,27 +13,44 @@ jconv runs on sharded arrays as `jax.lax.conv_general_dilated` does, in JAX's th
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.sharding import AbstractMesh, AxisType, NamedSharding
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ._spec import ConvSpec
 
-__all__ = ["Split", "exchange_halo", "explicit_split", "may_partition", "out_axes",
-           "partition_factor", "vary_like"]
+__all__ = ["Split", "exchange_halo", "explicit_split", "may_partition", "named_axes",
+           "out_axes", "partition_factor", "per_device", "plan_split", "vary_like"]
+
+
+_PER_DEVICE: contextvars.ContextVar[bool] = contextvars.ContextVar("per_device", default=False)
+
+
+@contextlib.contextmanager
+def per_device() -> Iterator[None]:
+    """Trace per-device code (a `custom_partitioning` rule's body): `may_partition` is
+    False inside."""
+    token = _PER_DEVICE.set(True)
+    try:
+        yield
+    finally:
+        _PER_DEVICE.reset(token)
 
 
 def may_partition() -> bool:
     """True if XLA's partitioner may split what is being traced now: more than one device,
-    and the mesh in context (if any) has an axis that is not manual (`shard_map`)."""
-    if jax.device_count() == 1:
+    not per-device code (`per_device`), and the mesh in context (if any) has an axis that
+    is not manual (`shard_map`)."""
+    if jax.device_count() == 1 or _PER_DEVICE.get():
         return False
     mesh = jax.sharding.get_abstract_mesh()
     return mesh.empty or any(t != AxisType.Manual for t in mesh.axis_types)
@@ -65,7 +82,7 @@ class Split:
     ``local``: the convolution each device runs (the planner plans on it).
     """
 
-    mesh: AbstractMesh
+    mesh: AbstractMesh | Mesh
     x: tuple[Axes | None, ...]
     w: tuple[Axes | None, ...]
     y: tuple[Axes | None, ...]
@@ -80,24 +97,36 @@ class Split:
         x = _reshard(x, self.mesh, self.x)
         w = _reshard(w, self.mesh, self.w)
 
-        split = tuple(sorted({a for axes in (*self.x, *self.w) if axes for a in axes}))
+        split = self.axes
 
         def per_device(xb: jax.Array, wb: jax.Array) -> jax.Array:
             # both blocks vary over every split axis: their cotangents are summed over the
             # axes each was replicated on once, at the boundary (the kernel's gradient over
             # the batch's devices, not a transformed kernel's inside the lowering)
             xb, wb = (_vary(a, split) for a in (xb, wb))
-            for dim, (lo, hi) in enumerate(self.halos):
-                axes = self.x[1 + dim]
-                if axes is not None and (lo or hi):
-                    xb = exchange_halo(xb, 1 + dim, axes, self.mesh, lo, hi)
-            yb = fn(self.local, xb, wb)
+            yb = self.partial(fn, xb, wb)
             return lax.psum(yb, self.reduce) if self.reduce else yb
 
         return jax.shard_map(
             per_device, mesh=self.mesh, in_specs=(_spec(self.x), _spec(self.w)),
             out_specs=_spec(self.y), axis_names=frozenset(self.mesh.axis_names),
         )(x, w)
+
+    @property
+    def axes(self) -> Axes:
+        """Every mesh axis the split uses (sorted)."""
+        return tuple(sorted({a for axes in (*self.x, *self.w, *self.y) if axes for a in axes}))
+
+    def partial(self, fn: Callable[[ConvSpec, jax.Array, jax.Array], jax.Array],
+                xb: jax.Array, wb: jax.Array) -> jax.Array:
+        """One device's output block before the partial sums over ``reduce`` are added:
+        the halo exchanges, then ``fn(local, xb, wb)`` (per-device code: inside
+        `shard_map` or a `custom_partitioning` rule)."""
+        for dim, (lo, hi) in enumerate(self.halos):
+            axes = self.x[1 + dim]
+            if axes is not None and (lo or hi):
+                xb = exchange_halo(xb, 1 + dim, axes, self.mesh, lo, hi)
+        return fn(self.local, xb, wb)
 
 
 def _vary(x: jax.Array, axes: Axes) -> jax.Array:
@@ -113,7 +142,7 @@ def vary_like(x: jax.Array, *refs: jax.Array) -> jax.Array:
     return _vary(x, tuple(axes)) if axes else x
 
 
-def exchange_halo(x: jax.Array, axis: int, axes: Axes, mesh: AbstractMesh, lo: int,
+def exchange_halo(x: jax.Array, axis: int, axes: Axes, mesh: AbstractMesh | Mesh, lo: int,
                   hi: int) -> jax.Array:
     """``x`` (one device's block) extended along `axis` by the last `lo` rows of the
     previous device's block and the first `hi` rows of the next one's (zeros at the ends),
@@ -135,7 +164,7 @@ def _spec(axes: tuple[Axes | None, ...]) -> P:
     return P(*(None if a is None else a[0] if len(a) == 1 else a for a in axes))
 
 
-def _reshard(x: jax.Array, mesh: AbstractMesh, axes: tuple[Axes | None, ...]) -> jax.Array:
+def _reshard(x: jax.Array, mesh: AbstractMesh | Mesh, axes: tuple[Axes | None, ...]) -> jax.Array:
     target = _spec(axes)
     if _axes_of(jax.typeof(x), x.ndim, mesh) == axes:
         return x
@@ -149,16 +178,25 @@ def _norm(entry: Any) -> Axes | None:
     return axes or None
 
 
-def _axes_of(aval: Any, ndim: int, mesh: AbstractMesh | None) -> tuple[Axes | None, ...]:
+def _axes_of(aval: Any, ndim: int, mesh: AbstractMesh | Mesh | None) -> tuple[Axes | None, ...]:
     """The explicit mesh axes of each dimension of an abstract value (None: replicated)."""
     sharding = getattr(aval, "sharding", None)
     if not isinstance(sharding, NamedSharding) or sharding.mesh.empty:
         return (None,) * ndim
-    explicit = set(sharding.mesh.explicit_axes)
+    return named_axes(sharding, ndim, set(sharding.mesh.explicit_axes))
+
+
+def named_axes(sharding: Any, ndim: int,
+               among: set[str] | None = None) -> tuple[Axes | None, ...]:
+    """The mesh axes (those in `among`, default all) each of the `ndim` dimensions of an
+    array placed with `sharding` is split over; None: whole (not a `NamedSharding`:
+    every dimension whole)."""
+    if not isinstance(sharding, NamedSharding):
+        return (None,) * ndim
     spec = tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec))
     out = []
     for entry in spec[:ndim]:
-        axes = tuple(a for a in (_norm(entry) or ()) if a in explicit)
+        axes = tuple(a for a in (_norm(entry) or ()) if among is None or a in among)
         out.append(axes or None)
     return tuple(out)
 
@@ -213,7 +251,6 @@ def explicit_split(lhs: Any, rhs: Any, spec: ConvSpec, out_sharding: Any = None)
         mesh = out_mesh
     if mesh is None:
         return None
-    ns = spec.num_spatial
     xa = _axes_of(lhs, len(spec.lhs_shape), mesh)
     wa = _axes_of(rhs, len(spec.rhs_shape), mesh)
     xa = tuple(xa[i] for i in spec.lhs_to_canonical)
@@ -222,6 +259,15 @@ def explicit_split(lhs: Any, rhs: Any, spec: ConvSpec, out_sharding: Any = None)
     want = tuple(a if a and set(a) <= explicit else None for a in want)
     if not any(xa) and not any(wa) and not any(want):
         return None
+    return plan_split(spec, mesh, xa, wa, want)
+
+
+def plan_split(spec: ConvSpec, mesh: AbstractMesh | Mesh, xa: tuple[Axes | None, ...],
+               wa: tuple[Axes | None, ...], want: tuple[Axes | None, ...]) -> Split:
+    """The `Split` of `spec` for operands split over the mesh axes ``xa``, ``wa`` (per
+    dimension of the canonical input and kernel) and an output asked to be split as
+    ``want`` (see `explicit_split` for which splits are kept)."""
+    ns = spec.num_spatial
     used: set[str] = set()
 
     def size(axes: Axes) -> int:

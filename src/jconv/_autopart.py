@@ -1,0 +1,280 @@
+"""Auto partitioning: the convolution as ops whose shardings XLA's partitioner hands jconv.
+
+Under jit over arrays placed with a `NamedSharding` on ``Auto`` mesh axes the shardings are
+unknown while tracing. `partitioned` computes the canonical convolution with three bilinear
+ops, each a `jax.experimental.custom_partitioning` op:
+
+- ``y(x, w)``: the convolution, ``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)``;
+- ``dx(ct, w)``: its transpose in ``x`` (the input gradient), ``y``-shaped -> ``x``-shaped;
+- ``dw(x, ct)``: its transpose in ``w`` (the kernel gradient) -> ``w``-shaped.
+
+Once the partitioner has propagated shardings, each op's rule sees its operands' and plans
+the per-device convolution as explicit sharding does (`jconv._sharding.plan_split`: batch,
+spatial with halo exchanges, output features, groups, input channels with a sum); each
+device runs the lowering planned on its shard's shape, and the only communication is the
+halos, the partial sums and the gradients' sums over the devices that shared an operand.
+
+Differentiation: each op is `jax.custom_jvp` with tangents through `linear_call`, whose
+transposes are the other two ops (``y``'s in ``x`` is ``dx``, in ``w`` is ``dw``; ``dx``'s
+in ``ct`` is ``y``, ...), so forward and reverse mode compose to any order. Batching: each
+op's `custom_vmap` rule runs its single-device program vmapped (XLA partitions that).
+`jax.vmap` of a gradient (and `jax.jacfwd`) reaches `linear_call`, which has no batching
+rule: `plain_partitioning` turns these ops off for such programs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.custom_batching import custom_vmap
+from jax.custom_derivatives import SymbolicZero, linear_call
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ._sharding import Axes, Split, named_axes, per_device, plan_split
+from ._spec import ConvSpec
+
+__all__ = ["Local", "Plan", "partitioned", "plain_partitioning", "uses_rules"]
+
+Local = Callable[[ConvSpec, jax.Array, jax.Array], jax.Array]
+Plan = Callable[[ConvSpec], Local]
+"""``plan(spec)`` -> the function computing that spec, ``fn(spec, x, w)`` (its output in
+the accumulation dtype)."""
+
+Op = Callable[[jax.Array, jax.Array], jax.Array]
+
+_RULES: contextvars.ContextVar[bool] = contextvars.ContextVar("partition_rules", default=True)
+
+
+@contextlib.contextmanager
+def plain_partitioning() -> Iterator[None]:
+    """Trace convolutions without jconv's partitioning rules: XLA partitions the lowerings'
+    own ops (it may gather operands). Needed around `jax.vmap` of a gradient or
+    `jax.jacfwd` of programs partitioned over several devices.
+
+    >>> import jconv
+    >>> with jconv.plain_partitioning():
+    ...     y = jconv.conv(jnp.ones((1, 8, 8, 1)), jnp.ones((3, 3, 1, 2)))
+    >>> y.shape
+    (1, 8, 8, 2)
+    """
+    token = _RULES.set(False)
+    try:
+        yield
+    finally:
+        _RULES.reset(token)
+
+
+def uses_rules() -> bool:
+    """False inside `plain_partitioning`."""
+    return _RULES.get()
+
+
+def partitioned(spec: ConvSpec, plan: Plan, x: jax.Array, w: jax.Array,
+                acc_dtype: jnp.dtype) -> jax.Array:
+    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` in ``acc_dtype``, partitioned by
+    the operands' shardings (see the module docstring)."""
+    return _Bilinear(spec, plan, x, w, acc_dtype).ops["y"](x, w)
+
+
+class _Bilinear:
+    """The three ops of one convolution (`partitioned`), differentiable and batchable."""
+
+    def __init__(self, spec: ConvSpec, plan: Plan, x: jax.Array, w: jax.Array,
+                 acc_dtype: jnp.dtype) -> None:
+        self.spec, self.plan = spec, plan
+        self.avals = {"x": jax.ShapeDtypeStruct(x.shape, x.dtype),
+                      "w": jax.ShapeDtypeStruct(w.shape, w.dtype),
+                      "y": jax.ShapeDtypeStruct(spec.canonical_out_shape, acc_dtype)}
+        self.rule, self.factor_sizes = _sharding_rule(spec)
+        raw = {k: self._batchable(k) for k in ("y", "dx", "dw")}
+        self.ops: dict[str, Op] = {k: self._differentiable(k, raw[k]) for k in raw}
+
+    # single-device programs ------------------------------------------------------------
+    def plain(self, kind: str) -> Op:
+        """The op's single-device program: the planned lowering, or its transposes."""
+        fn, spec = self.plan(self.spec), self.spec
+        if kind == "y":
+            return lambda x, w: fn(spec, x, w).astype(self.avals["y"].dtype)
+        if kind == "dx":
+            return lambda ct, w: _transpose(lambda x: fn(spec, x, w), self.avals["x"], ct)
+        return lambda x, ct: _transpose(lambda w: fn(spec, x, w), self.avals["w"], ct)
+
+    # partitioning -----------------------------------------------------------------------
+    def _split(self, kind: str, mesh: Mesh, arg_shapes: Any) -> Split:
+        """The split of the convolution for the op's operands' shardings (the operand not
+        given, ``x`` for ``dx`` or ``w`` for ``dw``, split as the given ones imply)."""
+        a, b = (named_axes(s.sharding, s.ndim) for s in arg_shapes)
+        spec, ns = self.spec, self.spec.num_spatial
+        one_group = spec.feature_group_count == 1
+        if kind == "y":
+            return plan_split(spec, mesh, a, b, (None,) * (ns + 2))
+        if kind == "dx":  # (ct, w): x as the output's batch and spatial blocks
+            channels = b[-2] if one_group else a[-1]
+            return plan_split(spec, mesh, (a[0], *a[1:-1], channels), b, a)
+        # dw (x, ct): w as the input's channels and the output's features
+        w_axes = (*(None,) * ns, a[-1] if one_group else None, b[-1])
+        return plan_split(spec, mesh, a, w_axes, b)
+
+    def _partitionable(self, kind: str) -> Op:
+        op = custom_partitioning(jax.jit(self.plain(kind)))
+        x, w, y = self.rule
+        ins, out = {"y": ((x, w), y), "dx": ((y, w), x), "dw": ((x, y), w)}[kind]
+        roles = {"y": ("x", "w", "y"), "dx": ("y", "w", "x"), "dw": ("x", "y", "w")}[kind]
+
+        def shardings(mesh: Mesh, split: Split) -> tuple[NamedSharding, ...]:
+            return tuple(_named(mesh, getattr(split, r)) for r in roles)
+
+        def rule(mesh: Mesh, arg_shapes: Any, result_shape: Any) -> Any:
+            split = self._split(kind, mesh, arg_shapes)
+            lower = self._per_device(kind, split)
+            *args, result = shardings(mesh, split)
+            return mesh, lower, result, tuple(args)
+
+        op.def_partition(
+            rule,
+            infer_sharding_from_operands=lambda mesh, args, _: shardings(
+                mesh, self._split(kind, mesh, args))[-1],
+            sharding_rule=f"{ins[0]}, {ins[1]} -> {out}", **self.factor_sizes)
+        return op
+
+    def _per_device(self, kind: str, split: Split) -> Op:
+        """One device's program of the op, on its blocks, for `split`."""
+        fn = self.plan(split.local)
+        dtype = self.avals["y"].dtype
+
+        def partial(xb: jax.Array, wb: jax.Array) -> jax.Array:
+            return split.partial(fn, xb, wb).astype(dtype)
+
+        def block(role: str) -> jax.ShapeDtypeStruct:
+            aval, axes = self.avals[role], getattr(split, role)
+            shape = tuple(n // math.prod(split.mesh.shape[a] for a in ax or ())
+                          for n, ax in zip(aval.shape, axes, strict=True))
+            return jax.ShapeDtypeStruct(shape, aval.dtype)
+
+        def lower(a: jax.Array, b: jax.Array) -> jax.Array:
+            # each device's output block sums its partial (the sum's cotangent is the
+            # block's), and each operand's cotangent sums over the devices that shared it:
+            # the axes the split uses and the operand is not split over
+            with per_device():
+                if kind == "y":
+                    yb = partial(a, b)
+                    return lax.psum(yb, split.reduce) if split.reduce else yb
+                if kind == "dx":
+                    dx = _transpose(lambda xb: partial(xb, b), block("x"), a)
+                    return _sum_over(dx, split, split.x)
+                dw = _transpose(lambda wb: partial(a, wb), block("w"), b)
+                return _sum_over(dw, split, split.w)
+
+        return lower
+
+    # transformations --------------------------------------------------------------------
+    def _batchable(self, kind: str) -> Op:
+        op = self._partitionable(kind)
+        batchable = custom_vmap(lambda a, b: op(a, b))
+
+        def batched(axis_size: int, in_batched: list[bool], a: jax.Array,
+                    b: jax.Array) -> tuple[jax.Array, bool]:
+            axes = tuple(0 if t else None for t in in_batched)
+            return jax.vmap(self.plain(kind), in_axes=axes)(a, b), True
+
+        batchable.def_vmap(batched)
+        return batchable
+
+    def _differentiable(self, kind: str, raw: Op) -> Op:
+        op = jax.custom_jvp(lambda a, b: raw(a, b))
+
+        def ops(k: str) -> Op:  # the three ops, once built
+            return self.ops[k]
+
+        # transposes, in the first and the second operand, as ops (so they differentiate)
+        def transpose_first(b: jax.Array, ct: jax.Array) -> jax.Array:
+            return {"y": lambda: ops("dx")(ct, b), "dx": lambda: ops("y")(ct, b),
+                    "dw": lambda: ops("dx")(b, ct)}[kind]()
+
+        def transpose_second(a: jax.Array, ct: jax.Array) -> jax.Array:
+            return {"y": lambda: ops("dw")(a, ct), "dx": lambda: ops("dw")(ct, a),
+                    "dw": lambda: ops("y")(a, ct)}[kind]()
+
+        def jvp(primals: tuple[jax.Array, jax.Array],
+                tangents: tuple[Any, Any]) -> tuple[jax.Array, jax.Array]:
+            a, b = primals
+            ta, tb = tangents
+            out = op(a, b)
+            terms = []
+            if not isinstance(ta, SymbolicZero):
+                terms.append(linear_call(lambda b_, t: ops(kind)(t, b_), transpose_first,
+                                         b, ta))
+            if not isinstance(tb, SymbolicZero):
+                terms.append(linear_call(lambda a_, t: ops(kind)(a_, t), transpose_second,
+                                         a, tb))
+            tangent = terms[0] if len(terms) == 1 else terms[0] + terms[1] if terms else (
+                jnp.zeros_like(out))
+            return out, tangent
+
+        op.defjvp(jvp, symbolic_zeros=True)
+        return op
+
+
+def _transpose(f: Callable[[jax.Array], jax.Array], aval: jax.ShapeDtypeStruct,
+               ct: jax.Array) -> jax.Array:
+    """The transpose of the linear ``f`` (on ``aval``) applied to ``ct``."""
+    (out,) = jax.linear_transpose(f, aval)(ct.astype(jax.eval_shape(f, aval).dtype))
+    return out
+
+
+def _named(mesh: Mesh, axes: tuple[Axes | None, ...]) -> NamedSharding:
+    return NamedSharding(mesh, P(*(None if a is None else a[0] if len(a) == 1 else a
+                                   for a in axes)))
+
+
+def _sum_over(g: jax.Array, split: Split, own: tuple[Axes | None, ...]) -> jax.Array:
+    """``g`` summed over the split's mesh axes that ``own`` (the operand's) does not use."""
+    mine = {a for axes in own if axes for a in axes}
+    axes = tuple(a for a in split.axes if a not in mine)
+    return lax.psum(g, axes) if axes else g
+
+
+def _sharding_rule(spec: ConvSpec) -> tuple[tuple[str, str, str], dict[str, int]]:
+    """Shardy factors of the canonical input, kernel and output, and the sizes of those
+    only a compound names: the batch, the channels and the features are shared (with
+    groups, the group is the major factor of the channels and the features); a spatial
+    dimension the output keeps the size of is one factor, one it divides
+    by the stride (``in = out * stride``) is ``(o t)`` in the input, the output's ``o``
+    major (a split of the input's rows splits the output's); every other dimension is its
+    own factor."""
+    ns = spec.num_spatial
+    xs, ys, sizes = [], [], {}
+    for i in range(ns):
+        n_in, n_out, s = spec.in_spatial[i], spec.out_spatial[i], spec.window_strides[i]
+        if n_in == n_out:
+            xs.append(f"s{i}")
+            ys.append(f"s{i}")
+        elif s > 1 and n_in == n_out * s:
+            xs.append(f"(o{i} t{i})")
+            ys.append(f"o{i}")
+            sizes[f"t{i}"] = s
+        else:
+            xs.append(f"i{i}")
+            ys.append(f"o{i}")
+    ks = [f"k{i}" for i in range(ns)]
+    g = spec.feature_group_count
+    if g == 1:
+        c, cg, f = "c", "c", "f"
+    else:  # the groups, major in the channels and the features (a compound names no
+        # factor of size one: depthwise channels are the groups)
+        per_c, per_f = spec.in_features // g, spec.out_features // g
+        c, cg, f = "(g c)" if per_c > 1 else "g", "c", "(g f)" if per_f > 1 else "g"
+        if per_f > 1:  # sizes of the factors named in compounds only
+            sizes.update(f=per_f, **({"g": g} if per_c > 1 else {}))
+    one = spec.batch_group_count == 1
+    return ((" ".join(["n" if one else "m", *xs, c]), " ".join([*ks, cg, f]),
+             " ".join(["n", *ys, f])), sizes)
