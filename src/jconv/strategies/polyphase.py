@@ -38,8 +38,10 @@ BACKWARD = 2.0
 """Gradients over the forward's predicted arithmetic."""
 BACKWARD_COPY = 0.2
 """Gradients over the forward's predicted copies."""
-PHASE_LOWERINGS = (shift, patches, hybrid, scatter, winograd, direct, fft, dft)
-"""The lowerings a phase (a VALID stride-1 convolution) may run with."""
+PHASE_LOWERINGS = tuple(m for m in (shift, patches, hybrid, scatter, winograd, direct, fft, dft)
+                        if m.ACCURACY == ACCURACY)
+"""The lowerings a phase (a VALID stride-1 convolution) may run with: those of its own
+accuracy class, so that polyphase's error is the summation error it states."""
 
 
 def applicable(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> str | None:
