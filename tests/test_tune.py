@@ -80,6 +80,25 @@ def test_auto_follows_the_cache_and_ignores_picks_it_may_not_run(
         planner.set_memory_budget(None)
 
 
+def test_opted_in_lowerings_are_tuned_where_their_platform_runs_them(
+        _cache: pathlib.Path) -> None:
+    """`tune` also times the lowerings auto never predicts (``AUTO = False``) whose
+    prediction here is finite, and auto runs a stored pick among them: F(4x4, 3x3)
+    Winograd where the precision asks for speed; never the Pallas kernel on the CPU
+    (interpreted there)."""
+    fast = planner.candidates(SPEC, F32, "fastest", opt_in=True)
+    assert "winograd4" in fast and "winograd4" not in planner.candidates(SPEC, F32, "fastest")
+    assert "winograd4" not in planner.candidates(SPEC, F32, opt_in=True)  # summation class
+    assert "pallas" not in fast and "pallas" not in planner.candidates(SPEC, F32, opt_in=True)
+    assert STRATEGIES["pallas"].applicable(SPEC, F32) is None  # refused for its platform
+    _tune_cache.store({_tune_cache.key(SPEC, F32, True):
+                       {"forward": "winograd4", "differentiated": "winograd4"}})
+    assert planner.plan(SPEC, F32, precision="fastest") == "winograd4"
+    _tune_cache.store({_tune_cache.key(SPEC, F32, False):
+                       {"forward": "pallas", "differentiated": "pallas"}})
+    assert planner.plan(SPEC, F32) != "pallas"
+
+
 def test_tuning_a_function_tunes_every_convolution_it_traces() -> None:
     """Tracing finds the convolutions of values and gradients alike; layouts do not matter
     (the lowerings run in canonical order), so the same problem in NCHW shares the entry."""

@@ -1,7 +1,8 @@
 """`jconv.tune`: measure the lowerings on this machine and keep the fastest for `auto`.
 
 The planner's cost model was fitted on one CPU; its picks move with the machine. `tune`
-times every lowering `auto` may run (`planner.candidates`) for each convolution of a program,
+times every lowering `auto` may run or that is opted in on this platform
+(`planner.candidates` with ``opt_in``) for each convolution of a program,
 forward and forward plus both gradients, alternating the candidates rep by rep, and stores
 the fastest in the persistent cache (`_tune_cache`) that `strategy="auto"` reads first.
 """
@@ -140,7 +141,7 @@ def _tune_one(spec: ConvSpec, dtype: jnp.dtype, precision: Any, reps: int, retun
         conv = TunedConv(spec, str(dtype), cached["forward"], cached["differentiated"],
                          *model, {}, True)
         return _Row(key, conv)
-    names = planner.candidates(spec, dtype, precision)
+    names = planner.candidates(spec, dtype, precision, opt_in=True)
     seconds = _measure(spec, dtype, precision, names, reps)
     advance(str(spec.lhs_shape))
     conv = TunedConv(spec, str(dtype), min(names, key=lambda n: seconds[n][0]),

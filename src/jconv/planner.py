@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -145,17 +146,24 @@ def _why_not(name: str, spec: ConvSpec, dtype: jnp.dtype, budget: int) -> str | 
     return None
 
 
-def candidates(spec: ConvSpec, dtype: jax.typing.DTypeLike, precision: Any = None) -> list[str]:
+def candidates(spec: ConvSpec, dtype: jax.typing.DTypeLike, precision: Any = None, *,
+               opt_in: bool = False) -> list[str]:
     """The lowerings `strategy="auto"` may run for `spec` accumulating in `dtype`: those that
     can run it, that auto may pick, whose accuracy class `precision` allows and whose temp
-    bytes fit the budget."""
-    return _candidates(spec, jnp.dtype(dtype), get_memory_budget(), allows_normwise(precision))
+    bytes fit the budget. With `opt_in`, also the lowerings auto does not predict its way
+    to (``AUTO = False``) whose prediction on this platform is finite: `jconv.tune` times
+    them, and a tuned pick among them is used (the Pallas kernel on GPU and TPU, not on
+    the CPU where it is interpreted; F(4x4, 3x3) Winograd where speed is asked for)."""
+    return _candidates(spec, jnp.dtype(dtype), get_memory_budget(), allows_normwise(precision),
+                       opt_in)
 
 
-def _candidates(spec: ConvSpec, dtype: jnp.dtype, budget: int, normwise: bool) -> list[str]:
+def _candidates(spec: ConvSpec, dtype: jnp.dtype, budget: int, normwise: bool,
+                opt_in: bool = False) -> list[str]:
     return [n for n, m in STRATEGIES.items()
-            if m.AUTO and (normwise or m.ACCURACY == "summation")
-            and _why_not(n, spec, dtype, budget) is None]
+            if (normwise or m.ACCURACY == "summation")
+            and _why_not(n, spec, dtype, budget) is None
+            and (m.AUTO or (opt_in and math.isfinite(m.predict(spec, dtype).forward)))]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -165,7 +173,7 @@ def _plan(spec: ConvSpec, dtype: jnp.dtype, budget: int, differentiated: bool,
     options = _candidates(spec, dtype, budget, normwise)
     tuned = None if tuned_generation < 0 else _tune_cache.lookup(
         spec, dtype, normwise, differentiated)
-    if tuned in options:
+    if tuned is not None and tuned in _candidates(spec, dtype, budget, normwise, opt_in=True):
         return tuned
     if not options:
         shift = float(STRATEGIES["shift"].cost(spec, dtype).temp_bytes)
