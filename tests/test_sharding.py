@@ -156,6 +156,19 @@ def test_auto_partitioning_temporaries_as_on_the_shard(cases: dict[str, Any],
     assert case["jconv_fwd"]["temp_bytes"] <= 1.1 * case["shard_fwd_temp_bytes"]
 
 
+def test_a_volume_no_lowering_fits_on_one_device_runs_split_over_eight(
+        cases: dict[str, Any]) -> None:
+    """1 x 32^3 x 8, 3x3x3, under a budget half the least any lowering needs on one device:
+    the planner refuses it on one device; split over a 2x2x2 mesh (explicit sharding and
+    auto partitioning) each device plans its 18^3 block (with halos) within the budget
+    and the values equal lax's."""
+    case = cases["volume"]
+    assert "No lowering fits the memory budget" in case["one_device_error"]
+    assert case["local_temp"] <= case["budget"] < case["least_one_device"]
+    assert case["AxisType.Explicit"] <= TOL
+    assert case["AxisType.Auto"] <= TOL
+
+
 def test_shard_map(cases: dict[str, Any]) -> None:
     """Inside `shard_map` jconv sees per-device shapes: no collective, and the kernel
     gradient's all-reduce (from `shard_map`'s transpose) only."""

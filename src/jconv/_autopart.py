@@ -78,19 +78,20 @@ def uses_rules() -> bool:
     return _RULES.get()
 
 
-def partitioned(spec: ConvSpec, plan: Plan, x: jax.Array, w: jax.Array,
+def partitioned(spec: ConvSpec, plan: Plan, whole: Local, x: jax.Array, w: jax.Array,
                 acc_dtype: jnp.dtype) -> jax.Array:
     """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` in ``acc_dtype``, partitioned by
-    the operands' shardings (see the module docstring)."""
-    return _Bilinear(spec, plan, x, w, acc_dtype).ops["y"](x, w)
+    the operands' shardings (see the module docstring): each device runs ``plan(local)``
+    on its shard; ``whole`` computes `spec` where the program is not partitioned."""
+    return _Bilinear(spec, plan, whole, x, w, acc_dtype).ops["y"](x, w)
 
 
 class _Bilinear:
     """The three ops of one convolution (`partitioned`), differentiable and batchable."""
 
-    def __init__(self, spec: ConvSpec, plan: Plan, x: jax.Array, w: jax.Array,
+    def __init__(self, spec: ConvSpec, plan: Plan, whole: Local, x: jax.Array, w: jax.Array,
                  acc_dtype: jnp.dtype) -> None:
-        self.spec, self.plan = spec, plan
+        self.spec, self.plan, self.whole = spec, plan, whole
         self.avals = {"x": jax.ShapeDtypeStruct(x.shape, x.dtype),
                       "w": jax.ShapeDtypeStruct(w.shape, w.dtype),
                       "y": jax.ShapeDtypeStruct(spec.canonical_out_shape, acc_dtype)}
@@ -100,8 +101,8 @@ class _Bilinear:
 
     # single-device programs ------------------------------------------------------------
     def plain(self, kind: str) -> Op:
-        """The op's single-device program: the planned lowering, or its transposes."""
-        fn, spec = self.plan(self.spec), self.spec
+        """The op's single-device program: the lowering, or its transposes."""
+        fn, spec = self.whole, self.spec
         if kind == "y":
             return lambda x, w: fn(spec, x, w).astype(self.avals["y"].dtype)
         if kind == "dx":

@@ -122,17 +122,19 @@ def _run(
                              spec.canonical_to_out)
 
     def plan(local: ConvSpec) -> Callable[[ConvSpec, jax.Array, jax.Array], jax.Array]:
-        pair = lowerings if local == spec else planner.resolve(strategy, local, out_dtype,
-                                                               precision)
+        """The function computing one device's `local` convolution (planned on it)."""
+        pair = planner.resolve(strategy, local, out_dtype, precision)
         return functools.partial(_lower_by, lowerings=pair, precision=precision,
                                  acc_dtype=acc_dtype)
 
+    whole = functools.partial(_lower_by, lowerings=lowerings, precision=precision,
+                              acc_dtype=acc_dtype)
     if split is not None:
         y = split.run(plan(split.local), x, w)
     elif rules and may_partition():
-        y = partitioned(spec, plan, x, w, acc_dtype)
+        y = partitioned(spec, plan, whole, x, w, acc_dtype)
     else:
-        y = plan(spec)(spec, x, w)
+        y = whole(spec, x, w)
     return jnp.transpose(y.astype(out_dtype), spec.canonical_to_out)
 
 
@@ -175,7 +177,10 @@ def conv_general_dilated(
     split = None if spec.empty else explicit_split(jax.typeof(lhs), jax.typeof(rhs), spec,
                                                    out_sharding)
     local = spec if split is None else split.local
-    lowerings = planner.resolve(strategy, local, out_dtype, prec)  # planned as accumulated
+    # planned as accumulated; a call XLA may partition is budgeted per device (`_autopart`)
+    lowerings = planner.resolve(strategy, local, out_dtype, prec,
+                                budgeted=split is not None or not (uses_rules()
+                                                                   and may_partition()))
     y = _run(lhs, rhs, spec=spec, strategy=strategy, lowerings=lowerings, precision=prec,
              out_dtype=out_dtype, split=split, rules=uses_rules())
     # `out_sharding` as in lax (Flax's nnx.Conv always passes it, usually None)

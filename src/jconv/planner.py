@@ -31,6 +31,7 @@ import contextlib
 import functools
 import math
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -188,14 +189,15 @@ def _plan(spec: ConvSpec, dtype: jnp.dtype, budget: int, differentiated: bool,
 
 
 def plan(spec: ConvSpec, dtype: jax.typing.DTypeLike, *, differentiated: bool = False,
-         precision: Any = None, tuned: bool = True) -> str:
+         precision: Any = None, tuned: bool = True, budget: int | None = None) -> str:
     """The lowering `strategy="auto"` runs for `spec`, accumulating in `dtype`: the pick
     `jconv.tune` measured here if any (and ``tuned``), else the least predicted forward time,
     or with ``differentiated`` the least forward plus backward, among the candidates
-    (`candidates`: the accuracy classes `precision` allows, within the budget; cached)."""
+    (`candidates`: the accuracy classes `precision` allows, within `budget` (default: the
+    memory budget); cached)."""
     generation = _tune_cache.generation() if tuned else -1
-    return _plan(spec, jnp.dtype(dtype), get_memory_budget(), differentiated,
-                 allows_normwise(precision), generation, _model.rates())
+    return _plan(spec, jnp.dtype(dtype), get_memory_budget() if budget is None else budget,
+                 differentiated, allows_normwise(precision), generation, _model.rates())
 
 
 @contextlib.contextmanager
@@ -218,10 +220,11 @@ def check_budget(name: str, spec: ConvSpec, dtype: jax.typing.DTypeLike) -> None
 
 
 def resolve(strategy: str, spec: ConvSpec, dtype: jax.typing.DTypeLike,
-            precision: Any = None) -> tuple[str, str]:
+            precision: Any = None, *, budgeted: bool = True) -> tuple[str, str]:
     """Validate `strategy` ("auto" or a lowering name) and return the lowerings to run for
     a call accumulating in `dtype` with `precision`: ``(values, differentiated)``, the same
-    one unless "auto"."""
+    one unless "auto". Without `budgeted`, the memory budget does not bound the choice (a
+    call XLA may partition is budgeted per device, once its shardings are known)."""
     if not isinstance(strategy, str) or (strategy != "auto" and strategy not in STRATEGIES):
         raise ValueError(
             f"`strategy` (={strategy!r}) must be 'auto' or one of {sorted(STRATEGIES)}."
@@ -232,7 +235,9 @@ def resolve(strategy: str, spec: ConvSpec, dtype: jax.typing.DTypeLike,
     if strategy == "auto":
         for calls in _recorders:
             calls.append((spec, jnp.dtype(dtype), precision))
-        return (plan(spec, dtype, precision=precision),
-                plan(spec, dtype, differentiated=True, precision=precision))
-    check_budget(strategy, spec, dtype)
+        budget = None if budgeted else sys.maxsize
+        return (plan(spec, dtype, precision=precision, budget=budget),
+                plan(spec, dtype, differentiated=True, precision=precision, budget=budget))
+    if budgeted:
+        check_budget(strategy, spec, dtype)
     return strategy, strategy

@@ -33,6 +33,7 @@ from jax import lax
 
 from .._spec import ConvSpec
 from . import (
+    accumulate,
     dft,
     direct,
     fft,
@@ -71,6 +72,7 @@ class Lowering(Protocol):
 
 STRATEGIES: dict[str, Lowering] = {
     "shift": shift,
+    "accumulate": accumulate,
     "patches": patches,
     "hybrid": hybrid,
     "direct": direct,

@@ -81,7 +81,7 @@ from .layer import Formula
 
 __all__ = ["SUMMING", "ErrorBound", "accumulation_dtype", "error_bound"]
 
-SUMMING = ("shift", "patches", "hybrid", "direct", "scatter", "pallas")
+SUMMING = ("shift", "accumulate", "patches", "hybrid", "direct", "scatter", "pallas")
 """Lowerings whose outputs are each a sum of the ``K = prod(window) C_g`` products."""
 SAFETY = 1 + 2.0**-30
 """Factor over the float64 evaluations, covering their own rounding."""
