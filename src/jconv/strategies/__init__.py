@@ -20,7 +20,7 @@ pad, slice, reshape and einsum/`dot_general` (FFTs for `fft`). Each module state
 modules' interface above is stable for those who study or extend the lowerings.
 
 >>> sorted(STRATEGIES)[:3]
-['dft', 'direct', 'fft']
+['accumulate', 'dft', 'direct']
 """
 
 from __future__ import annotations
