@@ -263,12 +263,50 @@ def run_volume() -> dict[str, Any]:
     return result
 
 
+SAME_LOWERING = {
+    "batch": ((16, 16, 16, 8), P("d"), (1, 1), (2, 16, 16, 8)),
+    "height": ((8, 32, 32, 16), P(None, "d"), (1, 1), (8, 4, 32, 16)),
+    "height_strided": ((4, 64, 64, 8), P(None, "d"), (2, 2), (4, 8, 64, 8)),
+}
+"""Layouts (input, its split over 8 devices, strides, one device's shard) whose per-device
+temporaries are compared with the same lowering's on the shard alone."""
+
+
+def run_same_lowering() -> dict[str, Any]:
+    """Per-device temp bytes of the sharded forward (auto partitioning) and of the same
+    lowering compiled on one device's shard alone, for each of `SAME_LOWERING`'s layouts and
+    the lowerings `shift`, `accumulate`, `patches`, `hybrid` (3x3 SAME, 8 features)."""
+    mesh = jax.make_mesh((8,), ("d",), axis_types=(AxisType.Auto,))
+    out: dict[str, Any] = {}
+    for layout, (xs, spec, strides, shard) in SAME_LOWERING.items():
+        ws = (3, 3, xs[-1], 8)
+        x = jax.ShapeDtypeStruct(xs, jnp.float32, sharding=NamedSharding(mesh, spec))
+        w = jax.ShapeDtypeStruct(ws, jnp.float32, sharding=NamedSharding(mesh, P()))
+        for name in ("shift", "accumulate", "patches", "hybrid"):
+            def f(a: jax.Array, b: jax.Array, name: str = name,
+                  strides: tuple[int, int] = strides) -> jax.Array:
+                return jconv.conv_general_dilated(a, b, strides, "SAME",
+                                                  dimension_numbers=_layouts("NHWC"),
+                                                  strategy=name)
+            sharded = jax.jit(f).lower(x, w).compile().memory_analysis().temp_size_in_bytes
+            with jconv.plain_partitioning():
+                alone = jax.jit(f).lower(jax.ShapeDtypeStruct(shard, jnp.float32),
+                                         jax.ShapeDtypeStruct(ws, jnp.float32)).compile()
+            out[f"{layout}/{name}"] = [int(sharded),
+                                       int(alone.memory_analysis().temp_size_in_bytes)]
+    return out
+
+
+EXTRA = {"volume": run_volume, "same_lowering": run_same_lowering}
+"""Named measurements other than `CASES`."""
+
+
 def main(names: list[str]) -> None:
     start = time.perf_counter()
     out = {}
-    for name in names or [*CASES, "volume"]:
+    for name in names or [*CASES, *EXTRA]:
         t = time.perf_counter()
-        out[name] = run_volume() if name == "volume" else run_case(name)
+        out[name] = EXTRA[name]() if name in EXTRA else run_case(name)
         out[name]["seconds"] = time.perf_counter() - t
     out["_seconds"] = time.perf_counter() - start
     print(json.dumps(out))

@@ -149,11 +149,22 @@ def test_auto_partitioning_forward_mode_and_batching(cases: dict[str, Any], name
                                   "auto_mesh2d", "auto_height_strided"])
 def test_auto_partitioning_temporaries_as_on_the_shard(cases: dict[str, Any],
                                                        name: str) -> None:
-    """Per-device temporaries of the sharded forward within 10% of the same convolution
-    compiled on one device's shard alone (batch, feature and strided spatial splits; an
-    unstrided spatial split holds its halo rows beside the block: about 1.5x)."""
+    """Per-device temporaries of the sharded forward (auto) within 10% of jconv's on one
+    device's shard alone, where both plans agree."""
     case = cases[name]
     assert case["jconv_fwd"]["temp_bytes"] <= 1.1 * case["shard_fwd_temp_bytes"]
+
+
+def test_temporaries_of_each_lowering_as_on_the_shard(cases: dict[str, Any]) -> None:
+    """The same lowering (shift, accumulate, patches, hybrid) sharded over the batch, the
+    height and the height with stride 2: per-device temporaries within 10% of that
+    lowering's on one device's shard alone (halo rows included)."""
+    rows = cases["same_lowering"]
+    assert len([k for k in rows if "/" in k]) == 12
+    for key, value in rows.items():
+        if "/" in key:
+            sharded, alone = value
+            assert sharded <= 1.1 * alone, (key, sharded, alone)
 
 
 def test_a_volume_no_lowering_fits_on_one_device_runs_split_over_eight(
