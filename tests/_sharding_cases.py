@@ -297,7 +297,49 @@ def run_same_lowering() -> dict[str, Any]:
     return out
 
 
-EXTRA = {"volume": run_volume, "same_lowering": run_same_lowering}
+def run_transpose() -> dict[str, Any]:
+    """`jconv.conv_transpose` (stride 2, SAME: an lhs-dilated convolution) of an input split
+    over its height, in both sharding modes, against lax's: collectives of the forward
+    and the gradient, output sharding, largest errors."""
+    dn = _layouts("NHWC")
+    kx, kw = jax.random.split(jax.random.key(2))
+    x = jax.random.normal(kx, (8, 16, 16, 8), jnp.float32)
+    w = jax.random.normal(kw, (3, 3, 8, 4), jnp.float32) / np.sqrt(72)
+    out: dict[str, Any] = {}
+    for mode in (AxisType.Explicit, AxisType.Auto):
+        mesh = jax.make_mesh((8,), ("d",), axis_types=(mode,))
+        with jax.set_mesh(mesh):
+            xd = jax.device_put(x, NamedSharding(mesh, P(None, "d")))
+            wd = jax.device_put(w, NamedSharding(mesh, P()))
+            for which, fn in (("lax", lax.conv_transpose), ("jconv", jconv.conv_transpose)):
+                def fwd(a: jax.Array, b: jax.Array, fn: Any = fn) -> jax.Array:
+                    return fn(a, b, (2, 2), "SAME", dimension_numbers=dn)
+
+                def loss(a: jax.Array, b: jax.Array, fwd: Any = fwd) -> jax.Array:
+                    return jnp.sum(fwd(a, b) ** 2)
+
+                grad = jax.grad(loss, argnums=(0, 1))
+                key = f"{mode}/{which}"
+                try:
+                    f, g = jax.jit(fwd).lower(xd, wd).compile(), jax.jit(grad).lower(
+                        xd, wd).compile()
+                except Exception as e:  # lax refuses explicit sharding here
+                    out[key] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+                    continue
+                y, gs = f(xd, wd), g(xd, wd)
+                out[key] = {"error": None, "fwd": collectives(f.as_text()),
+                            "grad": collectives(g.as_text()),
+                            "sharding": _axes(y.sharding, y.ndim), "y": np.asarray(y),
+                            "gx": np.asarray(gs[0]), "gw": np.asarray(gs[1])}
+    ref = {k: out[f"{AxisType.Auto}/lax"][k] for k in ("y", "gx", "gw")}
+    for entry in out.values():
+        if entry["error"] is None:
+            entry["rel_err"] = max(float(np.max(np.abs(entry.pop(k) - r)) / np.max(np.abs(r)))
+                                   for k, r in ref.items())
+    return {str(k): v for k, v in out.items()}
+
+
+EXTRA = {"volume": run_volume, "same_lowering": run_same_lowering, "transpose": run_transpose}
 """Named measurements other than `CASES`."""
 
 

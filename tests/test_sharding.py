@@ -180,6 +180,21 @@ def test_a_volume_no_lowering_fits_on_one_device_runs_split_over_eight(
     assert case["AxisType.Auto"] <= TOL
 
 
+def test_transposed_convolution_split_over_its_height(cases: dict[str, Any]) -> None:
+    """`conv_transpose` (stride 2: an lhs-dilated convolution) of a height-split input, in
+    both modes: the output stays split as lax's, the forward sends lax's one halo
+    exchange, the gradient no all-gather (lax gathers 196,608 B) and at most one more
+    halo exchange than lax's, and the kernel gradient's all-reduce."""
+    for mode in ("AxisType.Explicit", "AxisType.Auto"):
+        ours, theirs = cases["transpose"][f"{mode}/jconv"], cases["transpose"][f"{mode}/lax"]
+        assert ours["error"] is None and ours["rel_err"] <= TOL
+        assert ours["sharding"] == theirs["sharding"] == [None, ["d"], None, None]
+        assert ours["fwd"] == theirs["fwd"] == {"collective-permute": [1, 4096]}
+        assert "all-gather" not in ours["grad"]
+        assert ours["grad"]["collective-permute"][0] <= theirs["grad"]["collective-permute"][0] + 1
+        assert ours["grad"]["all-reduce"] == [1, 3 * 3 * 8 * 4 * 4]
+
+
 def test_shard_map(cases: dict[str, Any]) -> None:
     """Inside `shard_map` jconv sees per-device shapes: no collective, and the kernel
     gradient's all-reduce (from `shard_map`'s transpose) only."""

@@ -263,6 +263,10 @@ def _sharding_rule(spec: ConvSpec) -> tuple[tuple[str, str, str], dict[str, int]
             xs.append(f"(o{i} t{i})")
             ys.append(f"o{i}")
             sizes[f"t{i}"] = s
+        elif (up := spec.lhs_dilation[i]) > 1 and n_out == n_in * up:
+            xs.append(f"s{i}")
+            ys.append(f"(s{i} t{i})")
+            sizes[f"t{i}"] = up
         else:
             xs.append(f"i{i}")
             ys.append(f"o{i}")

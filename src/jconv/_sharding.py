@@ -332,12 +332,22 @@ def plan_split(spec: ConvSpec, mesh: AbstractMesh | Mesh, xa: tuple[Axes | None,
 def _halos(spec: ConvSpec, i: int, d: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
     """For spatial dimension `i` split over `d` devices: the rows each device receives
     from its previous and next neighbour and the padding left for its own convolution
-    (negative: crop), or None if the blocks do not line up (see `explicit_split`)."""
+    (negative: crop), or None if the blocks do not line up (see `explicit_split`).
+
+    With lhs dilation ``l`` (a transposed convolution), input row ``r`` sits at position
+    ``p_lo + r*l`` of the padded, dilated input. A device's output block (``c`` rows,
+    stride ``s``) starts where its input block does when ``c*s == b*l`` (``b`` rows a
+    block); it needs the previous block's last ``floor(p_lo / l)`` rows, and the next
+    block's first rows up to its last window's end."""
     size, out, s = spec.in_spatial[i], spec.out_spatial[i], spec.window_strides[i]
-    if spec.lhs_dilation[i] != 1 or size % d or out % d or (out // d) * s != size // d:
+    dil = spec.lhs_dilation[i]
+    if size % d or out % d or (out // d) * s != (size // d) * dil:
         return None
-    lo = spec.padding[i][0]
-    hi = spec.effective_window[i] - s - lo
-    if max(abs(lo), abs(hi)) > size // d:
+    b, c = size // d, out // d
+    p_lo = spec.padding[i][0]
+    # past the last own row's position: the block's last window's end (negative: crop)
+    reach = (c - 1) * s + spec.effective_window[i] - 1 - p_lo - (b - 1) * dil
+    lo, hi = max(p_lo, 0) // dil, max(reach, 0) // dil
+    if max(lo, hi) > b or min(p_lo, reach) < -b:
         return None
-    return (max(lo, 0), max(hi, 0)), (min(lo, 0), min(hi, 0))
+    return (lo, hi), (p_lo - lo * dil, reach - hi * dil)
