@@ -37,9 +37,8 @@ from jax.custom_batching import custom_vmap
 from jax.custom_derivatives import SymbolicZero, linear_call
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from ._sharding import Axes, Split, named_axes, per_device, plan_split
+from ._sharding import Axes, Split, named_axes, partition_spec, per_device, plan_split
 from ._spec import ConvSpec
 
 __all__ = ["Local", "Plan", "partitioned", "plain_partitioning", "uses_rules"]
@@ -233,8 +232,7 @@ def _transpose(f: Callable[[jax.Array], jax.Array], aval: jax.ShapeDtypeStruct,
 
 
 def _named(mesh: Mesh, axes: tuple[Axes | None, ...]) -> NamedSharding:
-    return NamedSharding(mesh, P(*(None if a is None else a[0] if len(a) == 1 else a
-                                   for a in axes)))
+    return NamedSharding(mesh, partition_spec(axes))
 
 
 def _sum_over(g: jax.Array, split: Split, own: tuple[Axes | None, ...]) -> jax.Array:

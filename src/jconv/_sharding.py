@@ -29,7 +29,8 @@ from jax.sharding import PartitionSpec as P
 from ._spec import ConvSpec
 
 __all__ = ["Split", "exchange_halo", "explicit_split", "may_partition", "named_axes",
-           "out_axes", "partition_factor", "per_device", "plan_split", "vary_like"]
+           "out_axes", "partition_factor", "partition_spec", "per_device", "plan_split",
+           "vary_like"]
 
 
 _PER_DEVICE: contextvars.ContextVar[bool] = contextvars.ContextVar("per_device", default=False)
@@ -108,8 +109,8 @@ class Split:
             return lax.psum(yb, self.reduce) if self.reduce else yb
 
         return jax.shard_map(
-            per_device, mesh=self.mesh, in_specs=(_spec(self.x), _spec(self.w)),
-            out_specs=_spec(self.y), axis_names=frozenset(self.mesh.axis_names),
+            per_device, mesh=self.mesh, in_specs=(partition_spec(self.x), partition_spec(self.w)),
+            out_specs=partition_spec(self.y), axis_names=frozenset(self.mesh.axis_names),
         )(x, w)
 
     @property
@@ -160,12 +161,13 @@ def exchange_halo(x: jax.Array, axis: int, axes: Axes, mesh: AbstractMesh | Mesh
     return jnp.concatenate(parts, axis=axis)
 
 
-def _spec(axes: tuple[Axes | None, ...]) -> P:
+def partition_spec(axes: tuple[Axes | None, ...]) -> P:
+    """The `PartitionSpec` of per-dimension mesh axes (None: whole)."""
     return P(*(None if a is None else a[0] if len(a) == 1 else a for a in axes))
 
 
 def _reshard(x: jax.Array, mesh: AbstractMesh | Mesh, axes: tuple[Axes | None, ...]) -> jax.Array:
-    target = _spec(axes)
+    target = partition_spec(axes)
     if _axes_of(jax.typeof(x), x.ndim, mesh) == axes:
         return x
     return jax.sharding.reshard(x, NamedSharding(mesh, target))

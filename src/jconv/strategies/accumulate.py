@@ -85,8 +85,7 @@ def _lower_all(
     def step(acc: jax.Array, kw: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
         k, wk = kw
         xs = group_input(spec, window_slice(spec, xp, k))
-        return acc + contract(spec, xs, wk, "", precision=precision,
-                              acc_dtype=acc_dtype).astype(acc_dtype), None
+        return acc + contract(spec, xs, wk, "", precision=precision, acc_dtype=acc_dtype), None
 
     return ungroup_output(spec, lax.scan(step, out, (ks, wg))[0])
 
