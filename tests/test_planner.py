@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ import pytest
 from jax import lax
 
 import jconv
-from jconv import ConvSpec, planner
+from jconv import ConvSpec, _engine, _gradients, planner
 from jconv.strategies import STRATEGIES, Prediction
 
 F32 = jnp.dtype(jnp.float32)
@@ -278,62 +279,68 @@ def test_depthwise_means_one_input_channel_per_feature_group() -> None:
     assert batch_grouped.groups == 2 and not batch_grouped.depthwise
 
 
-def test_scatter_is_not_differentiated_for_thin_inputs() -> None:
-    """Below `scatter.BACKWARD_MIN_CG` input channels per group scatter may run forward but
-    is never the backward pick; from there on its backward time is finite."""
-    scatter = STRATEGIES["scatter"]
-    thin = _spec((8, 56, 56, 16), (3, 3), 16)
-    wide = _spec((8, 56, 56, scatter.BACKWARD_MIN_CG), (3, 3), 64)
-    assert math.isinf(scatter.predict(thin).backward)
-    assert math.isfinite(scatter.predict(wide).backward)
-    assert planner.plan(thin, F32, differentiated=True) != "scatter"
+def test_dense_gradients_do_not_move_the_pick() -> None:
+    """A dense convolution's gradients are the engine's own, whatever computes the values:
+    its differentiated pick is the forward one. Scatter's own transpose (single-channel
+    inputs) is never planned."""
+    for dense in (_spec((8, 56, 56, 16), (3, 3), 16), _spec((8, 28, 28, 64), (3, 3), 64),
+                  _spec((8, 28, 28, 64), (1, 1), 128, window_strides=(2, 2))):
+        assert _gradients.applies(dense)
+        assert planner.plan(dense, F32, differentiated=True) == planner.plan(dense, F32)
+    single = _spec((8, 56, 56, 1), (3, 3), 64)
+    assert not _gradients.applies(single)
+    assert math.isinf(STRATEGIES["scatter"].predict(single).backward)
+    assert planner.plan(single, F32, differentiated=True) != "scatter"
 
 
-SPLIT_CANDIDATES = [((2, 12, 12, 16), (3, 3), 16, 1), ((4, 16, 16, 32), (3, 3), 32, 1),
-                    ((2, 9, 9, 3), (5, 5), 4, 2), ((2, 8, 8, 16), (3, 3), 16, 1)]
+DENSE_CASES = [((2, 12, 12, 16), (3, 3), 16, 1), ((2, 9, 9, 3), (5, 5), 4, 2)]
 
 
-def _split_case(dtype: jnp.dtype = F32) -> tuple[tuple[int, ...], ConvSpec, dict]:
-    """A small conv whose auto lowering differentiates through another lowering than it runs:
-    the first candidate that splits (the planner's constants decide which)."""
-    for xs, k, f, stride in SPLIT_CANDIDATES:
-        kw = dict(window_strides=(stride, stride), padding="SAME",
-                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        spec = ConvSpec.from_lax(xs, (*k, xs[-1], f), **kw)
-        if planner.plan(spec, dtype) != planner.plan(spec, dtype, differentiated=True):
-            return xs, spec, kw
-    raise AssertionError("no candidate convolution differentiates through another lowering")
+def _dense_case(i: int = 1) -> tuple[tuple[int, ...], ConvSpec, dict]:
+    """A small dense convolution (`DENSE_CASES[i]`), its gradients the engine's own."""
+    xs, k, f, stride = DENSE_CASES[i]
+    kw = dict(window_strides=(stride, stride), padding="SAME",
+              dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    spec = ConvSpec.from_lax(xs, (*k, xs[-1], f), **kw)
+    assert _gradients.applies(spec)
+    return xs, spec, kw
 
 
-def test_resolve_gives_values_and_gradients_lowerings() -> None:
-    """A forced strategy runs itself, differentiated or not; "auto" may split."""
-    _, spec, _ = _split_case()
-    assert planner.resolve("patches", spec, F32) == ("patches", "patches")
-    auto = planner.resolve("auto", spec, F32)
-    assert auto == (planner.plan(spec, F32), planner.plan(spec, F32, differentiated=True))
-    assert auto[0] != auto[1]
+@pytest.mark.parametrize("i", range(len(DENSE_CASES)))
+def test_resolve_gives_values_and_gradients_lowerings(i: int) -> None:
+    """A forced strategy runs everything it can (the input gradient by the planner's pick
+    where it cannot); "auto" plans the values, the differentiated values and the input
+    gradient's convolution each."""
+    _, spec, _ = _dense_case(i)
+    grad = spec.input_gradient()
+    for name, mod in STRATEGIES.items():
+        if mod.applicable(spec, F32) is None and name != "pallas":
+            want = name if mod.applicable(grad, F32) is None else planner.plan(grad, F32)
+            assert planner.resolve(name, spec, F32) == (name, name, want)
+    assert planner.resolve("auto", spec, F32) == (
+        planner.plan(spec, F32), planner.plan(spec, F32, differentiated=True),
+        planner.plan(grad, F32))
+    depthwise = _spec((2, 8, 8, 4), (3, 3), 4, feature_group_count=4)
+    assert planner.resolve("auto", depthwise, F32).input_gradient is None
 
 
-def test_auto_split_lowerings_differentiate_like_lax() -> None:
-    """One lowering undifferentiated, another differentiated: orders 1 and 2, forward and
-    reverse mode, and values and VJP equal to lax's (float64)."""
+@pytest.mark.parametrize("i", range(len(DENSE_CASES)))
+def test_dense_gradients_differentiate_like_lax(i: int) -> None:
+    """The engine's gradients of a dense convolution: orders 1 and 2, forward and reverse
+    mode, and values and VJP equal to lax's (float64)."""
     from jax.test_util import check_grads
 
-    f64 = jnp.dtype(jnp.float64)
-    xs, spec, kw = _split_case(f64)
+    xs, spec, kw = _dense_case(i)
     rng = np.random.default_rng(5)
     with jax.enable_x64(True):
         x = jnp.asarray(rng.standard_normal(xs))
         w = jnp.asarray(rng.standard_normal(spec.rhs_shape))
         ct = jnp.asarray(rng.standard_normal(spec.out_shape))
-        names = planner.resolve("auto", spec, f64)
-        assert names[0] != names[1]
-
         def ours(a, b):
             return jconv.conv_general_dilated(a, b, **kw)
 
         check_grads(ours, (x, w), order=2, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
-        y, pullback = jax.vjp(ours, x, w)  # values by the backward pick here
+        y, pullback = jax.vjp(ours, x, w)  # values by the differentiated pick here
         y_lax, pullback_lax = jax.vjp(lambda a, b: lax.conv_general_dilated(a, b, **kw), x, w)
         got, want = (y, *pullback(ct)), (y_lax, *pullback_lax(ct))
         for g, r in zip(got, want, strict=True):
@@ -341,42 +348,47 @@ def test_auto_split_lowerings_differentiate_like_lax() -> None:
 
 
 def test_derivatives_run_the_backward_lowering(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Differentiated, the backward pick computes the values and every tangent; otherwise the
-    forward pick runs alone: a record of which lowering traced what."""
+    """Differentiated, a dense convolution's values run by the differentiated pick and its two
+    tangents by `_gradients` (the input's by the pick for `ConvSpec.input_gradient`);
+    otherwise the values' pick runs alone: a record of which lowering traced what."""
     jax.clear_caches()  # trace afresh, with the recording lowerings
-    xs, spec, kw = _split_case()
-    fwd, bwd = planner.resolve("auto", spec, F32)
+    xs, spec, kw = _dense_case()
+    picks = planner.resolve("auto", spec, F32)
+    assert picks.input_gradient == planner.plan(spec.input_gradient(), F32)
     calls: list[str] = []
-    for name in (fwd, bwd):
-        orig = STRATEGIES[name].lower
 
-        def record(*a, name=name, orig=orig, **k):
+    def recording(name: str, orig: Any) -> Any:
+        def record(*a: Any, **k: Any) -> Any:
             calls.append(name)
             return orig(*a, **k)
+        return record
 
-        monkeypatch.setattr(STRATEGIES[name], "lower", record)
+    for name in {picks.values, picks.differentiated, picks.input_gradient}:
+        monkeypatch.setattr(STRATEGIES[name], "lower", recording(name, STRATEGIES[name].lower))
+    for term in ("input_tangent", "kernel_tangent"):
+        monkeypatch.setattr(_engine, term, recording(term, getattr(_engine, term)))
     x, w = jnp.ones(xs), jnp.ones(spec.rhs_shape)
 
     def loss(a, b):
         return jnp.sum(jconv.conv_general_dilated(a, b, **kw) ** 2)
 
     jax.grad(loss, (0, 1))(x, w)
-    # the primal is traced (once, then cached) but only the JVP rule is evaluated: the
-    # values, conv(dx, w) and conv(x, dw)
-    assert set(calls[:-3]) <= {fwd} and calls[-3:] == [bwd, bwd, bwd], calls
+    # the primal is traced (once, then cached) but only the JVP rule is evaluated
+    tangents = [picks.differentiated, "input_tangent", picks.input_gradient, "kernel_tangent"]
+    assert set(calls[:-4]) <= {picks.values} and calls[-4:] == tangents, calls
     calls.clear()
-    jax.grad(loss, 1)(x, w)  # x is not differentiated: its tangent is a symbolic zero
-    assert set(calls[:-2]) <= {fwd} and calls[-2:] == [bwd, bwd], calls
+    jax.grad(loss, 0)(x, w)  # w is not differentiated: its tangent is a symbolic zero
+    assert set(calls[:-3]) <= {picks.values} and calls[-3:] == tangents[:3], calls
     jax.clear_caches()
     calls.clear()
     loss(x, w)
-    assert calls == [fwd], calls
+    assert calls == [picks.values], calls
 
 
-def test_split_lowerings_under_vmap_checkpoint_and_bfloat16() -> None:
-    """The split path (another lowering when differentiated) composes with vmap,
-    checkpoint and a bfloat16 input (gradients in bfloat16, like lax's)."""
-    xs, spec, kw = _split_case()
+def test_dense_gradients_under_vmap_checkpoint_and_bfloat16() -> None:
+    """The engine's gradients of a dense convolution compose with vmap, checkpoint and a
+    bfloat16 input (gradients in bfloat16, like lax's)."""
+    xs, spec, kw = _dense_case()
     kw = dict(kw, precision=lax.Precision.HIGHEST)
     rng = np.random.default_rng(6)
     xb = jnp.asarray(rng.standard_normal((3, *xs)), jnp.float32)  # a vmapped axis

@@ -21,6 +21,7 @@ from jax.custom_derivatives import SymbolicZero
 from . import planner
 from ._args import as_int, int_tuple
 from ._autopart import partitioned, uses_rules
+from ._gradients import applies, input_tangent, kernel_tangent
 from ._padding import apply_padding_mode
 from ._sharding import Split, explicit_split, may_partition
 from ._spec import ConvSpec, Padding, normalize_layout
@@ -32,46 +33,61 @@ __all__ = ["conv", "conv_general_dilated"]
 _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
-
-
-
-
-
-
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
 def _lower(
     x: jax.Array,
     w: jax.Array,
     spec: ConvSpec,
-    lowerings: tuple[str, str],
+    lowerings: planner.Lowerings,
     precision: lax.PrecisionLike,
     acc_dtype: np.dtype,
 ) -> jax.Array:
-    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` by lowering ``lowerings[0]``;
-    when differentiated, by lowering ``lowerings[1]`` throughout (`_lower_jvp`)."""
-    return STRATEGIES[lowerings[0]].lower(spec, x, w, precision=precision, acc_dtype=acc_dtype)
+    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` by ``lowerings.values``;
+    differentiated, as `_lower_jvp` says."""
+    return STRATEGIES[lowerings.values].lower(spec, x, w, precision=precision,
+                                              acc_dtype=acc_dtype)
 
 
 def _lower_jvp(
     spec: ConvSpec,
-    lowerings: tuple[str, str],
+    lowerings: planner.Lowerings,
     precision: lax.PrecisionLike,
     acc_dtype: np.dtype,
     primals: tuple[jax.Array, jax.Array],
     tangents: tuple[Any, Any],
 ) -> tuple[jax.Array, jax.Array]:
-    """Values and tangent by lowering ``lowerings[1]``, the one fastest forward and backward
-    together: the convolution is bilinear, its tangent ``conv(dx, w) + conv(x, dw)``, and
-    reverse mode transposes those. Computing the values with the same lowering lets XLA
-    share the work on ``x`` (padding, patches) between them. Symbolic-zero tangents are
-    skipped."""
+    """Values and tangent ``conv(dx, w) + conv(x, dw)``, which reverse mode transposes
+    into the gradients. Values by ``lowerings.differentiated``, the lowering fastest forward
+    and backward together; the tangent of a dense convolution by `jconv._gradients`, whose
+    transposes are the fast ones, any other by the same lowering (its own JVP).
+    Symbolic-zero tangents are skipped."""
     x, w = primals
     dx, dw = tangents
-    lowering = STRATEGIES[lowerings[1]]
-    y = lowering.lower(spec, x, w, precision=precision, acc_dtype=acc_dtype)
-    terms = [lowering.lower(spec, a, b, precision=precision, acc_dtype=acc_dtype)
-             for a, b, t in ((dx, w, dx), (x, dw, dw)) if not isinstance(t, SymbolicZero)]
-    return y, functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(y)
+    if applies(spec):
+        y = STRATEGIES[lowerings.differentiated].lower(spec, x, w, precision=precision,
+                                                       acc_dtype=acc_dtype)
+        terms = []
+        if not isinstance(dx, SymbolicZero):
+            terms.append(input_tangent(spec, lowerings.input_gradient, w, dx,
+                                       precision=precision, acc_dtype=acc_dtype))
+        if not isinstance(dw, SymbolicZero):
+            terms.append(kernel_tangent(spec, x, dw, precision=precision, acc_dtype=acc_dtype))
+        return y, functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(y)
+    by = functools.partial(STRATEGIES[lowerings.differentiated].lower, spec,
+                           precision=precision, acc_dtype=acc_dtype)
+    varying = [i for i, t in enumerate(tangents) if not isinstance(t, SymbolicZero)]
+
+    def by_varying(*args: jax.Array) -> jax.Array:
+        operands = list(primals)
+        for i, a in zip(varying, args, strict=True):
+            operands[i] = a
+        return by(*operands)
+
+    if not varying:
+        y = by(x, w)
+        return y, jnp.zeros_like(y)
+    return jax.jvp(by_varying, tuple(primals[i] for i in varying),
+                   tuple(tangents[i] for i in varying))
 
 
 _lower.defjvp(_lower_jvp, symbolic_zeros=True)
@@ -82,15 +98,15 @@ def _lower_by(
     x: jax.Array,
     w: jax.Array,
     *,
-    lowerings: tuple[str, str],
+    lowerings: planner.Lowerings,
     precision: lax.PrecisionLike,
     acc_dtype: np.dtype,
 ) -> jax.Array:
-    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` by ``lowerings`` = (for values,
-    when differentiated)."""
-    if lowerings[0] == lowerings[1]:  # plain autodiff of the one lowering
-        return STRATEGIES[lowerings[0]].lower(spec, x, w, precision=precision,
-                                              acc_dtype=acc_dtype)
+    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` by `lowerings`."""
+    if lowerings.values == lowerings.differentiated and not applies(spec):
+        # plain autodiff of the one lowering
+        return STRATEGIES[lowerings.values].lower(spec, x, w, precision=precision,
+                                                  acc_dtype=acc_dtype)
     return _lower(x, w, spec, lowerings, precision, acc_dtype)
 
 
@@ -102,14 +118,14 @@ def _run(
     *,
     spec: ConvSpec,
     strategy: str,
-    lowerings: tuple[str, str],
+    lowerings: planner.Lowerings,
     precision: lax.PrecisionLike,
     out_dtype: np.dtype,
     split: Split | None = None,
     rules: bool = True,
 ) -> jax.Array:
-    """The user's ``lhs``, ``rhs`` -> output in the user's layout, by ``lowerings`` =
-    (for values, when differentiated): `planner.resolve`'s pair for `strategy`; on
+    """The user's ``lhs``, ``rhs`` -> output in the user's layout, by ``lowerings``
+    (`planner.resolve`'s for `strategy`); on
     explicitly sharded operands per device, as ``split`` says
     (`jconv._sharding.explicit_split`); where XLA may partition the program (and
     `rules`), per device as the operands' shardings say, planned on the shard
@@ -123,8 +139,9 @@ def _run(
 
     def plan(local: ConvSpec) -> Callable[[ConvSpec, jax.Array, jax.Array], jax.Array]:
         """The function computing one device's `local` convolution (planned on it)."""
-        pair = planner.resolve(strategy, local, out_dtype, precision)
-        return functools.partial(_lower_by, lowerings=pair, precision=precision,
+        return functools.partial(_lower_by,
+                                 lowerings=planner.resolve(strategy, local, out_dtype, precision),
+                                 precision=precision,
                                  acc_dtype=acc_dtype)
 
     whole = functools.partial(_lower_by, lowerings=lowerings, precision=precision,

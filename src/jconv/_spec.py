@@ -455,6 +455,41 @@ class ConvSpec:
         lax_of_user = {axis: k for k, axis in enumerate(self.perms.out)}
         return tuple(canon_of_lax[lax_of_user[a]] for a in range(ndim))
 
+    def input_gradient(self) -> ConvSpec:
+        """The convolution of this one's output cotangent ``(N, *out, F)`` with the kernel
+        flipped, its I and O swapped per group (`flip_kernel`), that gives the input
+        gradient ``(N, *in, C)``: the cotangent dilated by the stride and padded by the
+        dilated window less the forward padding (plus the rows the stride left unread),
+        strided by the lhs dilation. For specs without batch groups.
+
+        >>> spec = ConvSpec.from_lax((8, 28, 28, 16), (3, 3, 16, 32), (2, 2), "SAME",
+        ...                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        >>> g = spec.input_gradient()
+        >>> g.lhs_shape, g.rhs_shape, g.lhs_dilation, g.padding, g.canonical_out_shape
+        ((8, 14, 14, 32), (3, 3, 32, 16), (2, 2), ((1, 2), (1, 2)), (8, 28, 28, 16))
+        """
+        pads = []
+        for k, p, o, s, (lo, hi) in zip(self.effective_window, self.padded_in, self.out_spatial,
+                                        self.window_strides, self.padding, strict=True):
+            unread = p - ((o - 1) * s + k)  # rows past the last window
+            pads.append((k - 1 - lo, k - 1 - hi + unread))
+        g = self.feature_group_count
+        return ConvSpec.from_lax(
+            self.canonical_out_shape,
+            (*self.window, self.group_out_features, g * self.group_in_features),
+            self.lhs_dilation, pads, self.window_strides, self.rhs_dilation,
+            canonical_layouts(self.num_spatial), g,
+        )
+
+    def flip_kernel(self, w: Any) -> Any:
+        """``(*window, Cg, G*Fq) -> (*window, Fq, G*Cg)``: the kernel of `input_gradient`,
+        flipped in space, its input and output channels swapped within each group."""
+        ns, g = self.num_spatial, self.feature_group_count
+        wg = w.reshape(*self.window, self.group_in_features, g, self.group_out_features)
+        wg = wg[(slice(None, None, -1),) * ns]
+        wg = wg.transpose(*range(ns), ns + 2, ns + 1, ns)
+        return wg.reshape(*self.window, self.group_out_features, g * self.group_in_features)
+
     @property
     def macs(self) -> int:
         """Multiply-accumulates of the dense definition (every tap, padding included)."""

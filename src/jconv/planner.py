@@ -33,13 +33,13 @@ import math
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import _tune_cache
+from . import _gradients, _tune_cache
 from ._spec import ConvSpec
 from .strategies import STRATEGIES, _model
 from .strategies._model import Rates
@@ -47,6 +47,7 @@ from .strategies._model import Rates
 __all__ = [
     "BUDGET_FRACTION",
     "FAST_PRECISIONS",
+    "Lowerings",
     "allows_normwise",
     "available_memory",
     "candidates",
@@ -183,8 +184,10 @@ def _plan(spec: ConvSpec, dtype: jnp.dtype, budget: int, differentiated: bool,
             f"(shift needs {shift:.4g}); raise it with jconv.set_memory_budget."
         )
     predictions = {n: STRATEGIES[n].predict(spec, dtype) for n in options}
-    if differentiated:
+    if differentiated and not _gradients.applies(spec):
         return min(options, key=lambda n: predictions[n].total)
+    # a dense convolution's gradients are the engine's own two convolutions (`_gradients`),
+    # the same whatever computes the values
     return min(options, key=lambda n: predictions[n].forward)
 
 
@@ -219,25 +222,45 @@ def check_budget(name: str, spec: ConvSpec, dtype: jax.typing.DTypeLike) -> None
         raise ValueError(f"`strategy` (={name!r}) cannot run this convolution: {reason}.")
 
 
+class Lowerings(NamedTuple):
+    """What the engine runs for one call: ``values`` undifferentiated; differentiated, the
+    values and tangents by ``differentiated``, except a dense convolution's tangents
+    (`jconv._gradients`), whose input gradient (the convolution `ConvSpec.input_gradient`)
+    runs by ``input_gradient`` (None for the others)."""
+
+    values: str
+    differentiated: str
+    input_gradient: str | None
+
+
 def resolve(strategy: str, spec: ConvSpec, dtype: jax.typing.DTypeLike,
-            precision: Any = None, *, budgeted: bool = True) -> tuple[str, str]:
-    """Validate `strategy` ("auto" or a lowering name) and return the lowerings to run for
-    a call accumulating in `dtype` with `precision`: ``(values, differentiated)``, the same
-    one unless "auto". Without `budgeted`, the memory budget does not bound the choice (a
-    call XLA may partition is budgeted per device, once its shardings are known)."""
+            precision: Any = None, *, budgeted: bool = True) -> Lowerings:
+    """Validate `strategy` ("auto" or a lowering name) and return the `Lowerings` to run
+    for a call accumulating in `dtype` with `precision`: a forced strategy runs everything
+    it can run (a dense convolution's input gradient by the planner's pick where it
+    cannot). Without `budgeted`, the memory budget does not bound the choice (a call XLA
+    may partition is budgeted per device, once its shardings are known)."""
     if not isinstance(strategy, str) or (strategy != "auto" and strategy not in STRATEGIES):
         raise ValueError(
             f"`strategy` (={strategy!r}) must be 'auto' or one of {sorted(STRATEGIES)}."
         )
     if spec.empty:
         name = "shift" if strategy == "auto" else strategy  # the engine returns zeros
-        return name, name
+        return Lowerings(name, name, None)
+    budget = None if budgeted else sys.maxsize
+
+    def planned(s: ConvSpec, differentiated: bool = False) -> str:
+        return plan(s, dtype, differentiated=differentiated, precision=precision, budget=budget)
+
+    grad_spec = spec.input_gradient() if _gradients.applies(spec) else None
     if strategy == "auto":
         for calls in _recorders:
             calls.append((spec, jnp.dtype(dtype), precision))
-        budget = None if budgeted else sys.maxsize
-        return (plan(spec, dtype, precision=precision, budget=budget),
-                plan(spec, dtype, differentiated=True, precision=precision, budget=budget))
+        return Lowerings(planned(spec), planned(spec, True),
+                         planned(grad_spec) if grad_spec else None)
     if budgeted:
         check_budget(strategy, spec, dtype)
-    return strategy, strategy
+    if grad_spec is None:
+        return Lowerings(strategy, strategy, None)
+    runs = _why_not(strategy, grad_spec, jnp.dtype(dtype), budget or get_memory_budget())
+    return Lowerings(strategy, strategy, strategy if runs is None else planned(grad_spec))

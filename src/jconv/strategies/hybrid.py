@@ -62,11 +62,11 @@ def lower(
     acc_dtype: jnp.dtype,
 ) -> jax.Array:
     """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)``: row patches, shifted."""
-    return lower_chunked(spec, x, w, cost_of, _lower_all, precision=precision,
+    return lower_chunked(spec, x, w, cost_of, lower_padded, precision=precision,
                          acc_dtype=acc_dtype)
 
 
-def _lower_all(
+def lower_padded(
     spec: ConvSpec,
     xp: jax.Array,
     w: jax.Array,

@@ -49,13 +49,6 @@ BACKWARD = 0.8
 """Gradients over the forward's predicted arithmetic."""
 BACKWARD_COPY = 0.6
 """Gradients over the forward's predicted copies."""
-BACKWARD_SPREAD = 2.0
-"""Extra backward factor where it spreads products (`spreads`): the gradient turns every
-tap's spread back into a strided slice of the cotangent."""
-BACKWARD_MIN_CG = 64
-"""Not planned differentiated below this many input channels per group: its gradients
-measured 1.3-3.2x the best lowering's at C = 8-48 (3x3, 28x28 and 56x56, batch 8), while it
-is the fastest at C = 64."""
 SLOW_TAPS = 9
 """Slows with the square root of its taps past this many: its fused sum reads one strided
 row of the products per tap for every output (fitted on 1-D k = 15, 31 and 3-D 3x3x3)."""
@@ -206,8 +199,10 @@ def formula(num_spatial: int) -> Cost:
 
 def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Prediction:
     """One GEMM of depth ``C_g`` and width ``prod(window) * F_g`` and the fused sum, slower
-    past `SLOW_TAPS` taps; `NEVER` with groups. Never differentiated below
-    `BACKWARD_MIN_CG` channels per group; `BACKWARD_SPREAD` where it `spreads`."""
+    past `SLOW_TAPS` taps; `NEVER` with groups. Its own transpose runs only on
+    single-channel inputs (the engine computes the gradients of the others itself,
+    `jconv._gradients`), where it measured 1.3-3.2x the best lowering's gradients at few
+    channels: never planned differentiated there."""
     if spec.groups > 1:
         return NEVER
     flops, _, moved = cost(spec, dtype).evaluate()
@@ -215,8 +210,6 @@ def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Predic
     rate = gemm_rate(spec.group_in_features, spec.taps * spec.group_out_features)
     p = Prediction.scaled(scale * flops / rate, scale * copy_seconds(moved),
                           BACKWARD, BACKWARD_COPY)
-    if spec.group_in_features < BACKWARD_MIN_CG:
+    if spec.group_in_features == 1:
         return Prediction(p.arithmetic, p.copies, math.inf)
-    if spreads(spec):
-        return Prediction(p.arithmetic, p.copies, BACKWARD_SPREAD * p.backward)
     return p

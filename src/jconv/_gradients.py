@@ -1,0 +1,102 @@
+"""The gradients of a dense convolution as two convolutions, as lax computes them.
+
+Reverse mode transposes the tangent ``conv(dx, w) + conv(x, dw)``. A lowering's own
+transpose is mechanical: each tap's product padded back into the input's gradient, or a
+Winograd transform's adjoint over overlapping tiles; each kernel offset's GEMM of depth
+``N * out`` over residuals the forward kept (row patches, window slices, tiles), read back
+from memory. Measured on the benchmark's dense cases (2-core x86), that made the
+gradients 1-6x lax's. For a dense convolution (`applies`) the engine computes each term
+so that its transpose is the fast one:
+
+- ``conv(dx, w)`` (`input_tangent`) is the transpose of the input gradient written as a
+  convolution of the cotangent with the flipped kernel (`ConvSpec.input_gradient`), by a
+  lowering the planner picks for that convolution: reverse mode transposes it back.
+- ``conv(x, dw)`` (`kernel_tangent`) is the hybrid lowering (`jconv.strategies.hybrid`)
+  over chunks of `CHUNK` images, each chunk rematerialised (`jax.checkpoint`): its
+  transpose, the kernel gradient, is a loop that pads one chunk, builds its row patches
+  while they are in cache and adds one GEMM per leading offset (measured 0.5-1.2x lax's
+  kernel gradient).
+
+Forward mode computes the same two convolutions by the transposes of those loops. Both
+terms are exact-class (sums of products), whatever lowering computes the values.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ._sharding import partition_factor, vary_like
+from ._spec import ConvSpec
+from .strategies import STRATEGIES, hybrid
+from .strategies._common import in_batch_chunks, pad_input
+
+__all__ = ["CHUNK", "applies", "chunk", "input_tangent", "kernel_tangent"]
+
+CHUNK = 2
+"""Images per chunk of the kernel gradient (measured best of 1, 2 and 8 on dense 3x3
+C = 16-256, 1x1, a 3x3 stride-2 and the 7x7/2 stem)."""
+
+
+def applies(spec: ConvSpec) -> bool:
+    """Whether the engine computes `spec`'s gradients here: at least one spatial
+    dimension, more than one input channel per group, no batch groups. The others
+    (depthwise, products, batch groups) keep their lowering's own transpose: a per-channel
+    reduction."""
+    return (spec.num_spatial > 0 and spec.batch_group_count == 1
+            and spec.group_in_features > 1 and not spec.empty)
+
+
+def chunk(spec: ConvSpec) -> int:
+    """Images per chunk of the kernel gradient: at most `CHUNK` (or the batch's split over
+    devices, a multiple of which every chunk must be) and dividing the batch."""
+    n, p = spec.batch, partition_factor(spec.batch)
+    return max(c for c in range(p, n + 1, p) if n % c == 0 and c <= max(CHUNK, p))
+
+
+def input_tangent(
+    spec: ConvSpec,
+    lowering: str | None,
+    w: jax.Array,
+    dx: jax.Array,
+    *,
+    precision: lax.PrecisionLike,
+    acc_dtype: jnp.dtype,
+) -> jax.Array:
+    """``(*window, Cg, F), (N, *in, C) -> (N_out, *out, F)``: ``conv(dx, w)``, as the
+    transpose of the input gradient computed by `lowering` on `ConvSpec.input_gradient`
+    (`planner.Lowerings.input_gradient`, set for every spec this module `applies` to)."""
+    assert lowering is not None, spec
+    grad_spec = spec.input_gradient()
+    kernel = spec.flip_kernel(w)
+
+    def gradient(ct: jax.Array) -> jax.Array:
+        return STRATEGIES[lowering].lower(grad_spec, ct, kernel, precision=precision,
+                                          acc_dtype=acc_dtype).astype(dx.dtype)
+
+    # its transpose, by reverse mode (a lowering with its own JVP rule, such as `pallas`,
+    # transposes through that); the values at zero are never used, and the zeros vary
+    # over the `shard_map` axes `dx` does (else the transpose would sum over them)
+    zeros = vary_like(jnp.zeros(spec.canonical_out_shape, dx.dtype), dx)
+    _, transpose = jax.vjp(gradient, zeros)
+    (tangent,) = transpose(dx)
+    return tangent.astype(acc_dtype)
+
+
+def kernel_tangent(
+    spec: ConvSpec,
+    x: jax.Array,
+    dw: jax.Array,
+    *,
+    precision: lax.PrecisionLike,
+    acc_dtype: jnp.dtype,
+) -> jax.Array:
+    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)``: ``conv(x, dw)`` by the hybrid
+    lowering over rematerialised chunks of images (`chunk`)."""
+
+    def step(sub: ConvSpec, xc: jax.Array, wc: jax.Array) -> jax.Array:
+        return jax.checkpoint(lambda a, b: hybrid.lower_padded(
+            sub, pad_input(sub, a), b, precision=precision, acc_dtype=acc_dtype))(xc, wc)
+
+    return in_batch_chunks(spec, x, dw, chunk(spec), step)
