@@ -100,8 +100,10 @@ def test_opted_in_lowerings_are_tuned_where_their_platform_runs_them(
 
 
 def test_tuning_a_function_tunes_every_convolution_it_traces() -> None:
-    """Tracing finds the convolutions of values and gradients alike; layouts do not matter
-    (the lowerings run in canonical order), so the same problem in NCHW shares the entry."""
+    """Tracing finds the convolutions of values and gradients alike, and each dense
+    convolution's input gradient (a convolution of its own; a stride-1 SAME one with as
+    many filters as channels is its own); layouts do not matter (the lowerings run in
+    canonical order), so the same problem in NCHW shares the entry."""
     x, w = jnp.ones((2, 10, 10, 4)), jnp.ones((3, 3, 4, 4))
 
     def loss(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -109,8 +111,11 @@ def test_tuning_a_function_tunes_every_convolution_it_traces() -> None:
         return jnp.sum(jconv.conv(y, w, stride=2) ** 2)
 
     report = jconv.tune(jax.grad(loss, 1), x, w, reps=1, progress=False)
-    assert len(report.convs) == 2
-    assert [c.spec.window_strides for c in report.convs] == [(1, 1), (2, 2)]
+    assert len(report.convs) == 3
+    assert [c.spec.window_strides for c in report.convs] == [(1, 1), (2, 2), (1, 1)]
+    assert report.convs[0].spec.input_gradient() == report.convs[0].spec
+    assert report.convs[2].spec == report.convs[1].spec.input_gradient()
+    assert report.convs[2].spec.lhs_dilation == (2, 2)
     nchw = ConvSpec.from_lax((2, 4, 10, 10), (4, 4, 3, 3), (1, 1), "SAME")
     assert _tune_cache.key(nchw, F32, False) == _tune_cache.key(SPEC, F32, False)
     assert planner.plan(nchw, F32) == report.convs[0].forward

@@ -5,6 +5,9 @@ times every lowering `auto` may run or that is opted in on this platform
 (`planner.candidates` with ``opt_in``) for each convolution of a program,
 forward and forward plus both gradients, alternating the candidates rep by rep, and stores
 the fastest in the persistent cache (`_tune_cache`) that `strategy="auto"` reads first.
+A dense convolution's gradients are the engine's own whatever the lowering
+(`jconv._gradients`): it is timed forward only, and its input gradient's convolution
+(`ConvSpec.input_gradient`) is tuned beside it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from . import _tune_cache, planner
+from . import _gradients, _tune_cache, planner
 from ._spec import ConvSpec
 from .strategies import STRATEGIES
 
@@ -109,7 +112,11 @@ def tune(
             jax.make_jaxpr(lambda *a: target(*a, **kwargs))(*args)
     else:
         raise TypeError(f"`target` (={target!r}) must be a jconv.ConvSpec or a function.")
-    unique = list(dict.fromkeys((s, d, _hashable(p)) for s, d, p in calls))
+    # a dense convolution's input gradient is a convolution of its own, planned as one
+    # (`jconv._gradients`): tuned beside it
+    unique = list(dict.fromkeys(
+        (t, d, _hashable(p)) for s, d, p in calls
+        for t in ((s, s.input_gradient()) if _gradients.applies(s) else (s,))))
     with _progress(progress, len(unique)) as advance:
         rows = [_tune_one(spec, dt, prec, reps, retune, advance) for spec, dt, prec in unique]
     fresh = {r.key: {"forward": r.conv.forward, "differentiated": r.conv.differentiated}
@@ -151,8 +158,10 @@ def _tune_one(spec: ConvSpec, dtype: jnp.dtype, precision: Any, reps: int, retun
 
 def _measure(spec: ConvSpec, dtype: jnp.dtype, precision: Any, names: Sequence[str],
              reps: int) -> dict[str, tuple[float, float]]:
-    """Median seconds of each lowering's forward and forward plus gradients, on random
-    operands in canonical layout, the lowerings alternating within every rep."""
+    """Median seconds of each lowering's forward and forward plus gradients (the forward
+    again for a dense convolution, whose gradients are the engine's own whatever the
+    lowering, `jconv._gradients`), on random operands in canonical layout, the lowerings
+    alternating within every rep."""
     acc = jnp.dtype(jnp.float32) if dtype in _LOW_PRECISION else dtype
     rng = np.random.default_rng(0)
 
@@ -171,7 +180,7 @@ def _measure(spec: ConvSpec, dtype: jnp.dtype, precision: Any, names: Sequence[s
         def loss(a: jax.Array, b: jax.Array, fwd: Callable[..., jax.Array] = fwd) -> jax.Array:
             return jnp.sum(fwd(a, b) * ct)
 
-        differentiable = jnp.issubdtype(dtype, jnp.inexact)
+        differentiable = jnp.issubdtype(dtype, jnp.inexact) and not _gradients.applies(spec)
         fns.append((jax.jit(fwd), jax.jit(jax.grad(loss, (0, 1))) if differentiable else None))
     times: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in names}
     for rep in range(reps + 1):  # rep 0 compiles and warms up
