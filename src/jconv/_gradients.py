@@ -23,6 +23,9 @@ terms are exact-class (sums of products), whatever lowering computes the values.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -30,7 +33,7 @@ from jax import lax
 from ._sharding import partition_factor, vary_like
 from ._spec import ConvSpec
 from .strategies import STRATEGIES, hybrid
-from .strategies._common import in_batch_chunks, pad_input
+from .strategies._common import Geometry, in_batch_chunks, pad_input
 
 __all__ = ["CHUNK", "applies", "chunk", "input_tangent", "kernel_tangent"]
 
@@ -50,9 +53,20 @@ def applies(spec: ConvSpec) -> bool:
 
 def chunk(spec: ConvSpec) -> int:
     """Images per chunk of the kernel gradient: at most `CHUNK` (or the batch's split over
-    devices, a multiple of which every chunk must be) and dividing the batch."""
+    devices, a multiple of which every chunk must be) and dividing the batch; the whole
+    batch where the loop would hold more temporary bytes than the hybrid over the whole
+    batch (it carries the kernel's gradient and adds a chunk's to it: two kernel-sized
+    buffers, which late layers' kernels make larger than their row patches)."""
     n, p = spec.batch, partition_factor(spec.batch)
-    return max(c for c in range(p, n + 1, p) if n % c == 0 and c <= max(CHUNK, p))
+    c = max(c for c in range(p, n + 1, p) if n % c == 0 and c <= max(CHUNK, p))
+    if c == n:
+        return n
+    sub = dataclasses.replace(spec, lhs_shape=(c, *spec.lhs_shape[1:]))
+
+    def temp(s: ConvSpec) -> float:  # the hybrid's, unchunked, in float32 elements
+        return float(hybrid.cost_of(Geometry.from_spec(s, jnp.float32)).temp_bytes) / 4
+
+    return c if temp(sub) + 2 * math.prod(spec.rhs_shape) < temp(spec) else n
 
 
 def input_tangent(
