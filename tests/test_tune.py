@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import pytest
 
 import jconv
-from jconv import ConvSpec, _tune_cache, planner
+from jconv import ConvSpec, _tune, _tune_cache, planner
 from jconv.strategies import STRATEGIES
 
 F32 = jnp.dtype(jnp.float32)
@@ -153,3 +153,20 @@ def test_the_default_budget_is_read_once(monkeypatch: pytest.MonkeyPatch) -> Non
     planner.set_memory_budget(None)
     assert planner.get_memory_budget() == 10_000_000
     planner.set_memory_budget(None)
+
+
+def test_temporaries_are_priced(_cache: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU each lowering's time includes the first touch of its temporaries: priced
+    high enough, the pick is the candidate whose compiled program has the fewest."""
+    monkeypatch.setattr(_tune, "FIRST_TOUCH_SECONDS_PER_BYTE", 1.0)
+    (conv,) = jconv.tune(SPEC, reps=1, progress=False).convs
+    x, w = jnp.ones(SPEC.lhs_shape), jnp.ones(SPEC.rhs_shape)
+
+    def temps(name: str) -> int:
+        def fwd(a: jax.Array, b: jax.Array) -> jax.Array:
+            return STRATEGIES[name].lower(SPEC, a, b, precision=None, acc_dtype=F32)
+        return jax.jit(fwd).lower(x, w).compile().memory_analysis().temp_size_in_bytes
+
+    fewest = min(temps(n) for n in conv.seconds)
+    assert temps(conv.forward) == fewest
+    assert conv.seconds[conv.forward][0] >= fewest

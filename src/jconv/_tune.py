@@ -7,7 +7,9 @@ forward and forward plus both gradients, alternating the candidates rep by rep, 
 the fastest in the persistent cache (`_tune_cache`) that `strategy="auto"` reads first.
 A dense convolution's gradients are the engine's own whatever the lowering
 (`jconv._gradients`): it is timed forward only, and its input gradient's convolution
-(`ConvSpec.input_gradient`) is tuned beside it.
+(`ConvSpec.input_gradient`) is tuned beside it. On the CPU each time includes the first
+touch of the program's temporaries (`FIRST_TOUCH_SECONDS_PER_BYTE`), which a network's step
+pays on every call and a convolution timed alone does not.
 """
 
 from __future__ import annotations
@@ -156,12 +158,21 @@ def _tune_one(spec: ConvSpec, dtype: jnp.dtype, precision: Any, reps: int, retun
     return _Row(key, conv)
 
 
+FIRST_TOUCH_SECONDS_PER_BYTE = 0.5e-6 / 4096
+"""What each byte of a program's temporaries costs on the CPU, on top of its measured time:
+XLA's CPU runtime allocates a program's temporaries afresh on every call, and in a
+network's step (far above glibc's 32 MB mmap threshold) each 4 KiB page is a minor fault
+of about 0.5 us (measured with getrusage). Timed alone, a convolution's temporaries stay
+below the threshold and are reused, so the timing misses this cost; `tune` adds it."""
+
+
 def _measure(spec: ConvSpec, dtype: jnp.dtype, precision: Any, names: Sequence[str],
              reps: int) -> dict[str, tuple[float, float]]:
     """Median seconds of each lowering's forward and forward plus gradients (the forward
     again for a dense convolution, whose gradients are the engine's own whatever the
     lowering, `jconv._gradients`), on random operands in canonical layout, the lowerings
-    alternating within every rep."""
+    alternating within every rep; on the CPU plus the first touch of each program's
+    temporaries (`FIRST_TOUCH_SECONDS_PER_BYTE`)."""
     acc = jnp.dtype(jnp.float32) if dtype in _LOW_PRECISION else dtype
     rng = np.random.default_rng(0)
 
@@ -172,7 +183,8 @@ def _measure(spec: ConvSpec, dtype: jnp.dtype, precision: Any, names: Sequence[s
 
     x, w = operand(spec.lhs_shape), operand(spec.rhs_shape)
     ct = operand(spec.canonical_out_shape).astype(acc)
-    fns = []
+    touch = FIRST_TOUCH_SECONDS_PER_BYTE if jax.default_backend() == "cpu" else 0.0
+    fns, extra = [], []
     for name in names:
         def fwd(a: jax.Array, b: jax.Array, name: str = name) -> jax.Array:
             return STRATEGIES[name].lower(spec, a, b, precision=precision, acc_dtype=acc)
@@ -181,19 +193,29 @@ def _measure(spec: ConvSpec, dtype: jnp.dtype, precision: Any, names: Sequence[s
             return jnp.sum(fwd(a, b) * ct)
 
         differentiable = jnp.issubdtype(dtype, jnp.inexact) and not _gradients.applies(spec)
-        fns.append((jax.jit(fwd), jax.jit(jax.grad(loss, (0, 1))) if differentiable else None))
-    times: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in names}
-    for rep in range(reps + 1):  # rep 0 compiles and warms up
-        for name, (f, g) in zip(names, fns, strict=True):
-            for mode, fn in enumerate((f, g)):
-                if fn is None:
-                    continue
+        compiled = [jax.jit(f).lower(x, w).compile()
+                    for f in ((fwd, jax.grad(loss, (0, 1))) if differentiable else (fwd,))]
+        fns.append(compiled)
+        extra.append([touch * _temp_bytes(c) for c in compiled])
+    times: dict[str, list[list[float]]] = {n: [[], []] for n in names}
+    for rep in range(reps + 1):  # rep 0 warms up
+        for name, compiled in zip(names, fns, strict=True):
+            for mode, fn in enumerate(compiled):
                 start = time.perf_counter()
                 jax.block_until_ready(fn(x, w))
                 if rep:
                     times[name][mode].append(time.perf_counter() - start)
-    return {n: (statistics.median(f), statistics.median(g) if g else statistics.median(f))
-            for n, (f, g) in times.items()}
+    seconds = {}
+    for (name, (f, g)), e in zip(times.items(), extra, strict=True):
+        forward = statistics.median(f) + e[0]
+        seconds[name] = (forward, statistics.median(g) + e[1] if g else forward)
+    return seconds
+
+
+def _temp_bytes(compiled: Any) -> int:
+    """A compiled program's temporary bytes (0 where the backend does not say)."""
+    analysis = compiled.memory_analysis()
+    return 0 if analysis is None else analysis.temp_size_in_bytes
 
 
 class _progress:
