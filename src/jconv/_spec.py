@@ -466,7 +466,7 @@ class ConvSpec:
         ...                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
         >>> g = spec.input_gradient()
         >>> g.lhs_shape, g.rhs_shape, g.lhs_dilation, g.padding, g.canonical_out_shape
-        ((8, 14, 14, 32), (3, 3, 32, 16), (2, 2), ((1, 2), (1, 2)), (8, 28, 28, 16))
+        ((8, 14, 14, 32), (3, 3, 32, 16), (2, 2), ((2, 1), (2, 1)), (8, 28, 28, 16))
         """
         pads = []
         for k, p, o, s, (lo, hi) in zip(self.effective_window, self.padded_in, self.out_spatial,
