@@ -11,8 +11,10 @@ pad, slice, reshape and einsum/`dot_general` (FFTs for `fft`). Each module state
 - ``cost(spec, dtype)``: its `Cost` (SymPy FLOPs, temp bytes and bytes moved), and
   ``formula(num_spatial)``: the same over the symbols of `Geometry.symbols`.
 - ``predict(spec, dtype)``: its predicted time (`Prediction`, from the rates of `_model`
-  and its own factors), ``BACKWARD``/``BACKWARD_COPY``: how its gradients scale with the
-  forward's arithmetic and copies, ``AUTO``: whether ``strategy="auto"`` may pick it, and
+  and its own factors), ``BACKWARD``/``BACKWARD_COPY``: how its own gradients (its
+  transposes, which run where the engine does not compute the gradients itself:
+  depthwise, single-channel and batch-grouped convolutions, `jconv._gradients`) scale with
+  the forward's arithmetic and copies, ``AUTO``: whether ``strategy="auto"`` may pick it, and
   ``ACCURACY``: ``"summation"`` (the error of summing the taps, lax's class) or
   ``"normwise"`` (planned only when the caller asks for speed, `jconv.planner`).
 
