@@ -609,6 +609,7 @@ def bench_net(net: Net, reps: int, budget_s: float, tune: bool, torch_col: bool,
         report = jconv.tune(train_step(net, jconv_conv), params, opt_state, x, y,
                             reps=tune_reps, progress=False)
         rec["tune_s"] = time.perf_counter() - t0
+        rec["tune_kept"] = report.kept  # tuned picks kept, or the cost model's stored
         picks = {conv_label(c.spec): c for c in report.convs}
         for row in rec["convs"]:
             c = picks[row["conv"]]
@@ -711,7 +712,8 @@ def markdown(meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join([
             r["network"], r["input"], f"{r['params_m']:.2f}", str(len(r["convs"])),
             "/".join(f"{s:.0f}" for s in r["compile_s"].values()),
-            f"{r['tune_s']:.0f}" if "tune_s" in r else "-",
+            (f"{r['tune_s']:.0f}" + ("" if r["tune_kept"] else " (model's kept)"))
+            if "tune_s" in r else "-",
             err.get("auto", "-"), err.get("tuned", "-"),
             f"{torch_err['loss']:.1e}" if torch_err else "-",
             f"{torch_err['grad']:.1e}" if torch_err else "-",

@@ -170,3 +170,30 @@ def test_temporaries_are_priced(_cache: pathlib.Path, monkeypatch: pytest.Monkey
     fewest = min(temps(n) for n in conv.seconds)
     assert temps(conv.forward) == fewest
     assert conv.seconds[conv.forward][0] >= fewest
+
+
+@pytest.mark.parametrize("tuned_faster", [True, False])
+def test_a_program_slower_with_the_tuned_picks_keeps_the_models(
+        _cache: pathlib.Path, monkeypatch: pytest.MonkeyPatch, tuned_faster: bool) -> None:
+    """Tuning a function times the whole program with the cost model's picks and with the
+    tuned ones; where the tuned program is slower, the cost model's picks are stored."""
+    model = planner.plan(SPEC, F32, tuned=False)
+    other = next(n for n in planner.candidates(SPEC, F32) if n != model)
+
+    def measure(spec, dtype, precision, names, reps):  # `other` measured fastest
+        return {n: (1.0, 1.0) if n == other else (2.0, 2.0) for n in names}
+
+    timed: list[int] = []
+
+    def alternating(programs, args, reps):
+        timed.append(len(programs))
+        return (2.0, 1.0) if tuned_faster else (1.0, 2.0)
+
+    monkeypatch.setattr(_tune, "_measure", measure)
+    monkeypatch.setattr(_tune, "_alternating", alternating)
+    x, w = jnp.ones(SPEC.lhs_shape), jnp.ones(SPEC.rhs_shape)
+    report = jconv.tune(lambda a, b: jconv.conv(a, b), x, w, reps=1, progress=False)
+    assert timed == [2] and report.program_seconds is not None
+    assert report.kept == tuned_faster and report.convs[0].forward == other
+    assert planner.plan(SPEC, F32) == (other if tuned_faster else model)
+    assert ("kept the tuned picks" in str(report)) == tuned_faster

@@ -15,6 +15,7 @@ pays on every call and a convolution timed alone does not.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -62,9 +63,14 @@ class TunedConv:
 
 @dataclasses.dataclass(frozen=True)
 class TuneReport:
-    """What `tune` chose for each distinct convolution, in the order the program runs them."""
+    """What `tune` chose for each distinct convolution, in the order the program runs them;
+    for a function, ``program_seconds``: the whole program's median seconds with the cost
+    model's picks and with the tuned ones (None if it was not timed), and whether the
+    tuned picks were ``kept`` (else the cost model's were stored in their place)."""
 
     convs: tuple[TunedConv, ...]
+    program_seconds: tuple[float, float] | None = None
+    kept: bool = True
 
     def __str__(self) -> str:
         lines = [f"{'convolution':<48} {'forward':>10} {'(model)':>10} "
@@ -73,6 +79,11 @@ class TuneReport:
             lines.append(f"{c.label:<48} {c.forward:>10} {c.model_forward:>10} "
                          f"{c.differentiated:>10} {c.model_differentiated:>10}"
                          + ("  (cached)" if c.cached else ""))
+        if self.program_seconds is not None:
+            model, tuned = self.program_seconds
+            lines.append(f"whole program: {1e3 * model:.1f} ms with the cost model's picks, "
+                         f"{1e3 * tuned:.1f} ms tuned: kept the "
+                         + ("tuned picks" if self.kept else "cost model's picks"))
         return "\n".join(lines)
 
 
@@ -84,6 +95,7 @@ def tune(
     reps: int = 5,
     retune: bool = False,
     progress: bool = True,
+    whole: bool = True,
     **kwargs: Any,
 ) -> TuneReport:
     """Time the lowerings for `target`'s convolutions here and store the fastest for `auto`.
@@ -95,6 +107,10 @@ def tune(
       reps: timed runs per lowering and mode (after one warm-up), alternating lowerings.
       retune: time specs already in the cache again (else they are reported as cached).
       progress: show a progress bar (rich) while timing.
+      whole: for a function, also time the whole program (compiled, on ``*args``) with the
+        cost model's picks and with the tuned ones, alternating `reps` times, and store
+        the cost model's picks instead where the tuned program is slower: each convolution
+        is timed alone, and a program's schedule and temporaries are not their sum.
 
     Returns a `TuneReport`; ``str()`` of it is a summary table.
 
@@ -123,9 +139,45 @@ def tune(
         rows = [_tune_one(spec, dt, prec, reps, retune, advance) for spec, dt, prec in unique]
     fresh = {r.key: {"forward": r.conv.forward, "differentiated": r.conv.differentiated}
              for r in rows if not r.conv.cached}
-    if fresh:
-        _tune_cache.store(fresh)
-    return TuneReport(tuple(r.conv for r in rows))
+    convs = tuple(r.conv for r in rows)
+    moved = any((c.forward, c.differentiated) != (c.model_forward, c.model_differentiated)
+                for c in convs if not c.cached)
+    if not (fresh and whole and moved and not isinstance(target, ConvSpec)):
+        if fresh:
+            _tune_cache.store(fresh)
+        return TuneReport(convs)
+    program = functools.partial(_compiled, target, args, kwargs)
+    model = program()  # traced before the fresh picks are stored: the cost model's
+    _tune_cache.store(fresh)
+    seconds = _alternating((model, program()), args, reps)
+    kept = seconds[1] <= seconds[0]
+    if not kept:
+        _tune_cache.store({
+            r.key: {"forward": r.conv.model_forward,
+                    "differentiated": r.conv.model_differentiated}
+            for r in rows if not r.conv.cached})
+    return TuneReport(convs, seconds, kept)
+
+
+def _compiled(target: Callable[..., Any], args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> Any:
+    """`target` on ``*args, **kwargs``, traced afresh (the tuning cache as it is now) and
+    compiled."""
+    return jax.jit(lambda *a: target(*a, **kwargs)).lower(*args).compile()
+
+
+def _alternating(programs: Sequence[Any], args: tuple[Any, ...],
+                 reps: int) -> tuple[float, float]:
+    """Median seconds of each compiled program on ``*args``, alternating, after a warm-up."""
+    times: list[list[float]] = [[] for _ in programs]
+    for rep in range(reps + 1):
+        for fn, ts in zip(programs, times, strict=True):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            if rep:
+                ts.append(time.perf_counter() - start)
+    first, second = (statistics.median(ts) for ts in times)
+    return first, second
 
 
 @dataclasses.dataclass(frozen=True)
