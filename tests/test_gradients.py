@@ -13,7 +13,7 @@ import pytest
 from jax import lax
 
 import jconv
-from jconv import ConvSpec, _gradients
+from jconv import ConvSpec, _gradients, planner
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -57,3 +57,31 @@ def test_late_layer_gradient_temporaries_within_lax(x: tuple[int, ...], k: tuple
         return compiled.memory_analysis().temp_size_in_bytes
 
     assert temps(jconv.conv_general_dilated) <= temps(lax.conv_general_dilated)
+
+
+def test_a_kernel_gradient_over_the_budget_keeps_the_lowerings_own() -> None:
+    """Under a budget the kernel gradient's chunk would exceed (a 3-D volume, where only
+    the loop over offsets fits), the planner leaves the gradients to the lowering, whose
+    own transposes it budgeted, and they still match lax's."""
+    spec = ConvSpec.from_lax((2, 12, 12, 12, 8), (3, 3, 3, 8, 8), (1, 1, 1), "SAME",
+                             dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+    need = _gradients.temp_bytes(spec, jnp.float32)
+    assert planner.engine_gradients(spec, jnp.float32, budget=int(need))
+    jconv.set_memory_budget(int(need) - 1)
+    try:
+        assert not planner.engine_gradients(spec, jnp.float32)
+        picks = planner.resolve("auto", spec, jnp.float32)
+        assert picks.input_gradient is None
+        x = jax.random.normal(jax.random.key(0), spec.lhs_shape)
+        w = jax.random.normal(jax.random.key(1), spec.rhs_shape)
+        kw = dict(window_strides=(1, 1, 1), padding="SAME",
+                  dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+
+        def grads(conv):
+            return jax.grad(lambda a, b: jnp.sum(conv(a, b, **kw) ** 2), (0, 1))(x, w)
+
+        for got, want in zip(grads(jconv.conv_general_dilated),
+                             grads(lax.conv_general_dilated), strict=True):
+            assert float(jnp.max(jnp.abs(got - want))) <= 1e-4 * float(jnp.max(jnp.abs(want)))
+    finally:
+        jconv.set_memory_budget(None)

@@ -21,7 +21,7 @@ from jax.custom_derivatives import SymbolicZero
 from . import planner
 from ._args import as_int, int_tuple
 from ._autopart import partitioned, uses_rules
-from ._gradients import applies, input_tangent, kernel_tangent
+from ._gradients import input_tangent, kernel_tangent
 from ._padding import apply_padding_mode
 from ._sharding import Split, explicit_split, may_partition
 from ._spec import ConvSpec, Padding, normalize_layout
@@ -59,11 +59,12 @@ def _lower_jvp(
     """Values and tangent ``conv(dx, w) + conv(x, dw)``, which reverse mode transposes
     into the gradients. Values by ``lowerings.differentiated``, the lowering fastest forward
     and backward together; the tangent of a dense convolution by `jconv._gradients`, whose
-    transposes are the fast ones, any other by the same lowering (its own JVP).
+    transposes are the fast ones (where `planner.resolve` set ``lowerings.input_gradient``),
+    any other by the same lowering (its own JVP).
     Symbolic-zero tangents are skipped."""
     x, w = primals
     dx, dw = tangents
-    if applies(spec):
+    if lowerings.input_gradient is not None:
         y = STRATEGIES[lowerings.differentiated].lower(spec, x, w, precision=precision,
                                                        acc_dtype=acc_dtype)
         terms = []
@@ -103,7 +104,7 @@ def _lower_by(
     acc_dtype: np.dtype,
 ) -> jax.Array:
     """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` by `lowerings`."""
-    if lowerings.values == lowerings.differentiated and not applies(spec):
+    if lowerings.values == lowerings.differentiated and lowerings.input_gradient is None:
         # plain autodiff of the one lowering
         return STRATEGIES[lowerings.values].lower(spec, x, w, precision=precision,
                                                   acc_dtype=acc_dtype)

@@ -35,7 +35,7 @@ from ._spec import ConvSpec
 from .strategies import STRATEGIES, hybrid
 from .strategies._common import Geometry, in_batch_chunks, pad_input
 
-__all__ = ["CHUNK", "applies", "chunk", "input_tangent", "kernel_tangent"]
+__all__ = ["CHUNK", "applies", "chunk", "input_tangent", "kernel_tangent", "temp_bytes"]
 
 CHUNK = 2
 """Images per chunk of the kernel gradient (measured best of 1, 2 and 8 on dense 3x3
@@ -43,10 +43,11 @@ C = 16-256, 1x1, a 3x3 stride-2 and the 7x7/2 stem)."""
 
 
 def applies(spec: ConvSpec) -> bool:
-    """Whether the engine computes `spec`'s gradients here: at least one spatial
+    """Whether the engine may compute `spec`'s gradients here: at least one spatial
     dimension, more than one input channel per group, no batch groups. The others
     (depthwise, products, batch groups) keep their lowering's own transpose: a per-channel
-    reduction."""
+    reduction. The planner decides (`planner.Lowerings.input_gradient`), within the memory
+    budget (`temp_bytes`)."""
     return (spec.num_spatial > 0 and spec.batch_group_count == 1
             and spec.group_in_features > 1 and not spec.empty)
 
@@ -61,12 +62,25 @@ def chunk(spec: ConvSpec) -> int:
     c = max(c for c in range(p, n + 1, p) if n % c == 0 and c <= max(CHUNK, p))
     if c == n:
         return n
-    sub = dataclasses.replace(spec, lhs_shape=(c, *spec.lhs_shape[1:]))
+    loop = _hybrid_temp(_chunk_of(spec, c), jnp.float32) + 2 * 4 * math.prod(spec.rhs_shape)
+    return c if loop < _hybrid_temp(spec, jnp.float32) else n
 
-    def temp(s: ConvSpec) -> float:  # the hybrid's, unchunked, in float32 elements
-        return float(hybrid.cost_of(Geometry.from_spec(s, jnp.float32)).temp_bytes) / 4
 
-    return c if temp(sub) + 2 * math.prod(spec.rhs_shape) < temp(spec) else n
+def temp_bytes(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> float:
+    """Temporary bytes of the kernel gradient (`kernel_tangent` transposed): the hybrid's
+    on one chunk and, where it loops, the two kernel-sized buffers it carries."""
+    c = chunk(spec)
+    carried = 0 if c == spec.batch else 2 * jnp.dtype(dtype).itemsize * math.prod(spec.rhs_shape)
+    return _hybrid_temp(_chunk_of(spec, c), dtype) + carried
+
+
+def _chunk_of(spec: ConvSpec, images: int) -> ConvSpec:
+    return dataclasses.replace(spec, lhs_shape=(images, *spec.lhs_shape[1:]))
+
+
+def _hybrid_temp(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> float:
+    """The hybrid's temporary bytes on `spec`, unchunked (as `kernel_tangent` runs it)."""
+    return float(hybrid.cost_of(Geometry.from_spec(spec, dtype)).temp_bytes)
 
 
 def input_tangent(

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from . import _gradients, _tune_cache, planner
+from . import _tune_cache, planner
 from ._spec import ConvSpec
 from .strategies import STRATEGIES
 
@@ -134,7 +134,7 @@ def tune(
     # (`jconv._gradients`): tuned beside it
     unique = list(dict.fromkeys(
         (t, d, _hashable(p)) for s, d, p in calls
-        for t in ((s, s.input_gradient()) if _gradients.applies(s) else (s,))))
+        for t in ((s, s.input_gradient()) if planner.engine_gradients(s, d, p) else (s,))))
     with _progress(progress, len(unique)) as advance:
         rows = [_tune_one(spec, dt, prec, reps, retune, advance) for spec, dt, prec in unique]
     fresh = {r.key: {"forward": r.conv.forward, "differentiated": r.conv.differentiated}
@@ -244,7 +244,8 @@ def _measure(spec: ConvSpec, dtype: jnp.dtype, precision: Any, names: Sequence[s
         def loss(a: jax.Array, b: jax.Array, fwd: Callable[..., jax.Array] = fwd) -> jax.Array:
             return jnp.sum(fwd(a, b) * ct)
 
-        differentiable = jnp.issubdtype(dtype, jnp.inexact) and not _gradients.applies(spec)
+        differentiable = (jnp.issubdtype(dtype, jnp.inexact)
+                          and not planner.engine_gradients(spec, dtype, precision))
         compiled = [jax.jit(f).lower(x, w).compile()
                     for f in ((fwd, jax.grad(loss, (0, 1))) if differentiable else (fwd,))]
         fns.append(compiled)

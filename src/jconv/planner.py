@@ -52,6 +52,7 @@ __all__ = [
     "available_memory",
     "candidates",
     "check_budget",
+    "engine_gradients",
     "get_memory_budget",
     "plan",
     "recording",
@@ -184,11 +185,29 @@ def _plan(spec: ConvSpec, dtype: jnp.dtype, budget: int, differentiated: bool,
             f"(shift needs {shift:.4g}); raise it with jconv.set_memory_budget."
         )
     predictions = {n: STRATEGIES[n].predict(spec, dtype) for n in options}
-    if differentiated and not _gradients.applies(spec):
+    if differentiated and not _engine_gradients(spec, dtype, budget, normwise):
         return min(options, key=lambda n: predictions[n].total)
     # a dense convolution's gradients are the engine's own two convolutions (`_gradients`),
     # the same whatever computes the values
     return min(options, key=lambda n: predictions[n].forward)
+
+
+def _engine_gradients(spec: ConvSpec, dtype: jnp.dtype, budget: int, normwise: bool) -> bool:
+    """Whether the engine computes `spec`'s gradients itself (`jconv._gradients`): a dense
+    convolution whose kernel gradient and input gradient's convolution fit the budget
+    (else its lowering's own transposes run, planned with it)."""
+    return (_gradients.applies(spec) and _gradients.temp_bytes(spec, dtype) <= budget
+            and bool(_candidates(spec.input_gradient(), dtype, budget, normwise)))
+
+
+def engine_gradients(spec: ConvSpec, dtype: jax.typing.DTypeLike, precision: Any = None, *,
+                     budget: int | None = None) -> bool:
+    """Whether the engine computes `spec`'s gradients itself (`jconv._gradients`) for a call
+    accumulating in `dtype` with `precision`, within `budget` (default: the memory
+    budget)."""
+    return _engine_gradients(spec, jnp.dtype(dtype),
+                             get_memory_budget() if budget is None else budget,
+                             allows_normwise(precision))
 
 
 def plan(spec: ConvSpec, dtype: jax.typing.DTypeLike, *, differentiated: bool = False,
@@ -224,9 +243,10 @@ def check_budget(name: str, spec: ConvSpec, dtype: jax.typing.DTypeLike) -> None
 
 class Lowerings(NamedTuple):
     """What the engine runs for one call: ``values`` undifferentiated; differentiated, the
-    values and tangents by ``differentiated``, except a dense convolution's tangents
-    (`jconv._gradients`), whose input gradient (the convolution `ConvSpec.input_gradient`)
-    runs by ``input_gradient`` (None for the others)."""
+    values and tangents by ``differentiated``, except where the engine computes the
+    gradients itself (`jconv._gradients`: a dense convolution within the budget), whose
+    input gradient (the convolution `ConvSpec.input_gradient`) runs by ``input_gradient``
+    (None where the lowering's own transposes run)."""
 
     values: str
     differentiated: str
@@ -252,7 +272,8 @@ def resolve(strategy: str, spec: ConvSpec, dtype: jax.typing.DTypeLike,
     def planned(s: ConvSpec, differentiated: bool = False) -> str:
         return plan(s, dtype, differentiated=differentiated, precision=precision, budget=budget)
 
-    grad_spec = spec.input_gradient() if _gradients.applies(spec) else None
+    own = engine_gradients(spec, dtype, precision, budget=budget)
+    grad_spec = spec.input_gradient() if own else None
     if strategy == "auto":
         for calls in _recorders:
             calls.append((spec, jnp.dtype(dtype), precision))
@@ -262,5 +283,6 @@ def resolve(strategy: str, spec: ConvSpec, dtype: jax.typing.DTypeLike,
         check_budget(strategy, spec, dtype)
     if grad_spec is None:
         return Lowerings(strategy, strategy, None)
-    runs = _why_not(strategy, grad_spec, jnp.dtype(dtype), budget or get_memory_budget())
+    runs = _why_not(strategy, grad_spec, jnp.dtype(dtype),
+                    get_memory_budget() if budget is None else budget)
     return Lowerings(strategy, strategy, strategy if runs is None else planned(grad_spec))
