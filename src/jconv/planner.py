@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from . import _gradients, _tune_cache
+from ._sharding import partition_factor
 from ._spec import ConvSpec
 from .strategies import STRATEGIES, _model
 from .strategies._model import Rates
@@ -196,7 +197,15 @@ def _engine_gradients(spec: ConvSpec, dtype: jnp.dtype, budget: int, normwise: b
     """Whether the engine computes `spec`'s gradients itself (`jconv._gradients`): a dense
     convolution whose kernel gradient and input gradient's convolution fit the budget
     (else its lowering's own transposes run, planned with it)."""
-    return (_gradients.applies(spec) and _gradients.temp_bytes(spec, dtype) <= budget
+    return _gradients.applies(spec) and _fits(spec, dtype, budget, normwise,
+                                              partition_factor(spec.batch))
+
+
+@functools.lru_cache(maxsize=4096)
+def _fits(spec: ConvSpec, dtype: jnp.dtype, budget: int, normwise: bool, devices: int) -> bool:
+    """`_engine_gradients`' budget test, cached (`devices`: the batch's split, which sets the
+    kernel gradient's chunks)."""
+    return (_gradients.temp_bytes(spec, dtype) <= budget
             and bool(_candidates(spec.input_gradient(), dtype, budget, normwise)))
 
 
