@@ -85,7 +85,7 @@ def _hybrid_temp(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> float:
 
 def input_tangent(
     spec: ConvSpec,
-    lowering: str | None,
+    lowering: str,
     w: jax.Array,
     dx: jax.Array,
     *,
@@ -94,8 +94,7 @@ def input_tangent(
 ) -> jax.Array:
     """``(*window, Cg, F), (N, *in, C) -> (N_out, *out, F)``: ``conv(dx, w)``, as the
     transpose of the input gradient computed by `lowering` on `ConvSpec.input_gradient`
-    (`planner.Lowerings.input_gradient`, set for every spec this module `applies` to)."""
-    assert lowering is not None, spec
+    (`planner.Lowerings.input_gradient`)."""
     grad_spec = spec.input_gradient()
     kernel = spec.flip_kernel(w)
 
