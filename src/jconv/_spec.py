@@ -13,6 +13,7 @@ output ``(N_out, *out_spatial, F)``, spatial axes ordered as in the kernel's lay
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -189,6 +190,14 @@ def _same_pads(size: int, window: int, stride: int, lower: bool) -> tuple[int, i
 def dilated_size(size: int, dilation: int) -> int:
     """Length of ``size`` samples with ``dilation - 1`` zeros between neighbours."""
     return 0 if size == 0 else 1 + dilation * (size - 1)
+
+
+def adjoint_padding(window: int, padding: tuple[int, int], extra: int = 0) -> tuple[int, int]:
+    """(low, high) padding, along one dimension, of the stride-dilated input of the
+    convolution adjoint to one padded by `padding` with a dilated `window`:
+    ``(window-1-p_lo, window-1-p_hi+extra)``; `extra` rows on the high side (those the
+    forward's stride left unread, or a transposed convolution's output padding)."""
+    return window - 1 - padding[0], window - 1 - padding[1] + extra
 
 
 @dataclasses.dataclass(frozen=True)
@@ -468,18 +477,7 @@ class ConvSpec:
         >>> g.lhs_shape, g.rhs_shape, g.lhs_dilation, g.padding, g.canonical_out_shape
         ((8, 14, 14, 32), (3, 3, 32, 16), (2, 2), ((2, 1), (2, 1)), (8, 28, 28, 16))
         """
-        pads = []
-        for k, p, o, s, (lo, hi) in zip(self.effective_window, self.padded_in, self.out_spatial,
-                                        self.window_strides, self.padding, strict=True):
-            unread = p - ((o - 1) * s + k)  # rows past the last window
-            pads.append((k - 1 - lo, k - 1 - hi + unread))
-        g = self.feature_group_count
-        return ConvSpec.from_lax(
-            self.canonical_out_shape,
-            (*self.window, self.group_out_features, g * self.group_in_features),
-            self.lhs_dilation, pads, self.window_strides, self.rhs_dilation,
-            canonical_layouts(self.num_spatial), g,
-        )
+        return _input_gradient(self)
 
     def flip_kernel(self, w: Any) -> Any:
         """``(*window, Cg, G*Fq) -> (*window, Fq, G*Cg)``: the kernel of `input_gradient`,
@@ -494,6 +492,22 @@ class ConvSpec:
     def macs(self) -> int:
         """Multiply-accumulates of the dense definition (every tap, padding included)."""
         return math.prod(self.canonical_out_shape) * self.taps * self.group_in_features
+
+
+@functools.lru_cache(maxsize=4096)
+def _input_gradient(spec: ConvSpec) -> ConvSpec:
+    """`ConvSpec.input_gradient`, parsed once per spec (the planner, the tuner and the
+    engine all ask for it)."""
+    pads = [adjoint_padding(k, pad, p - ((o - 1) * s + k))  # extra: rows past the last window
+            for k, p, o, s, pad in zip(spec.effective_window, spec.padded_in, spec.out_spatial,
+                                       spec.window_strides, spec.padding, strict=True)]
+    g = spec.feature_group_count
+    return ConvSpec.from_lax(
+        spec.canonical_out_shape,
+        (*spec.window, spec.group_out_features, g * spec.group_in_features),
+        spec.lhs_dilation, pads, spec.window_strides, spec.rhs_dilation,
+        canonical_layouts(spec.num_spatial), g,
+    )
 
 
 def _parse_pairs(padding: Any, n: int) -> tuple[tuple[int, int], ...]:

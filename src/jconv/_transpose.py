@@ -17,7 +17,13 @@ from jax import lax
 
 from ._args import as_int, int_tuple
 from ._engine import conv_general_dilated
-from ._spec import canonical_layouts, dilated_size, normalize_layout, parse_dimension_numbers
+from ._spec import (
+    adjoint_padding,
+    canonical_layouts,
+    dilated_size,
+    normalize_layout,
+    parse_dimension_numbers,
+)
 from ._validate import check_operands
 
 __all__ = ["conv_transpose", "conv_transpose_torch", "transpose_padding"]
@@ -37,9 +43,8 @@ def transpose_padding(
         valid = padding == "VALID"
         total = window + stride - 2 + (max(window - stride, 0) if valid else 0)
         lo = window - 1 if valid or stride > window - 1 else -(-total // 2)
-    else:
-        lo, total = window - 1 - padding[0], 2 * (window - 1) - padding[0] - padding[1]
-    return lo, total - lo + output_padding
+        return lo, total - lo + output_padding
+    return adjoint_padding(window, padding, output_padding)
 
 
 def conv_transpose(
