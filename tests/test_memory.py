@@ -159,3 +159,40 @@ def test_batch_chunked_lowerings(name: str) -> None:
     predicted = float(mod.cost(spec).temp_bytes)
     assert abs(measured - predicted) <= TOL * predicted, (measured, predicted)
     assert predicted < 0.5 * full
+
+
+@pytest.mark.parametrize("strategy", ["scatter", "shift"])
+@pytest.mark.parametrize("batched", [False, True], ids=["plain", "vmapped"])
+def test_kernel_copies_wait_for_their_layer(strategy: str, batched: bool) -> None:
+    """A chain of layers holds one layer's kernel copy at a time, not every layer's.
+
+    The copies depend on the parameters alone, so XLA's CPU scheduler would compute them
+    all at the start of the program (`jconv._engine._after`). Six 3x3 256->256 layers at
+    4x4: each kernel's copy is 2.4 MB, the activations 66 KB; untied, the temporaries
+    held all six (14 MB). Under `vmap` the kernels stay unbatched and the values exact.
+    """
+    dn = _dn(2)
+    layers = 6
+    x = jax.random.normal(jax.random.key(0), (4, 4, 4, 256), jnp.float32)
+    ws = jax.random.normal(jax.random.key(1), (layers, 3, 3, 256, 256), jnp.float32) / 48
+
+    def chain(conv, a, kernels):
+        for i in range(layers):
+            a = conv(a, kernels[i], (1, 1), "SAME", dimension_numbers=dn)
+        return a
+
+    def ours(a, kernels):
+        return chain(lambda *p, **k: jconv.conv_general_dilated(*p, strategy=strategy, **k),
+                     a, kernels)
+
+    def lax_chain(a, kernels):
+        return chain(jax.lax.conv_general_dilated, a, kernels)
+
+    if batched:
+        x = x.reshape(2, 2, 4, 4, 256)
+        ours, lax_chain = (jax.vmap(f, in_axes=(0, None)) for f in (ours, lax_chain))
+    kernel = 9 * 256 * 256 * 4
+    assert _measure(ours, x, ws) < 2 * kernel
+    got = jax.jit(ours)(x, ws)
+    want = jax.jit(lax_chain)(x, ws)
+    assert float(jnp.max(jnp.abs(got - want))) <= 1e-4 * float(jnp.max(jnp.abs(want)))

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_batching import custom_vmap
 from jax.custom_derivatives import SymbolicZero
 
 from . import planner
@@ -94,6 +95,49 @@ def _lower_jvp(
 _lower.defjvp(_lower_jvp, symbolic_zeros=True)
 
 
+@custom_vmap
+def _never(x: jax.Array) -> jax.Array:
+    """False, read off `x`: whether its first element has more one bits than bits.
+
+    XLA cannot fold it, so whatever depends on it is computed after `x` exists.
+    """
+    first = x[(0,) * x.ndim]
+    if jnp.iscomplexobj(first):
+        first = jnp.real(first)
+    if first.dtype == jnp.bool_:
+        first = first.astype(jnp.uint8)
+    width = 8 * first.dtype.itemsize
+    bits = lax.bitcast_convert_type(first, jnp.dtype(f"uint{width}"))
+    return lax.population_count(bits) > width
+
+
+@_never.def_vmap
+def _never_batched(axis_size: int, in_batched: list[bool], x: jax.Array
+                   ) -> tuple[jax.Array, bool]:
+    """One `_never` for the whole batch (the first member's), so that a kernel tied to a
+    vmapped input stays unbatched."""
+    del axis_size
+    return _never(x[0] if in_batched[0] else x), False
+
+
+def _after(w: jax.Array, x: jax.Array) -> jax.Array:
+    """`w`, computed no earlier than `x`.
+
+    XLA's CPU scheduler starts work as soon as its operands exist, and a kernel's
+    transforms (``TRANSFORMS_KERNEL``: transposed, Winograd-transformed, ...) depend on
+    the parameters alone: every layer's were computed at the start of the program and held
+    until their layer ran. In a ResNet-18 forward (batch 8, 112x112) that held 37 MB of
+    scatter's transposed kernels, made the program's temporaries 74 MB against lax's 13,
+    and put them over glibc's 32 MB limit for reusing memory, so that every call faulted
+    all of them in afresh. Tied to the input, the temporaries are 30 MB. The tie is exact
+    (a select on a predicate that is always false) and costs one element's read.
+    """
+    if x.size == 0:
+        return w
+    never = _never(lax.stop_gradient(x))
+    return lax.select(jnp.broadcast_to(never, w.shape), jnp.zeros_like(w), w)
+
+
 def _lower_by(
     spec: ConvSpec,
     x: jax.Array,
@@ -102,8 +146,16 @@ def _lower_by(
     lowerings: planner.Lowerings,
     precision: lax.PrecisionLike,
     acc_dtype: np.dtype,
+    tied: bool = True,
 ) -> jax.Array:
-    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` by `lowerings`."""
+    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` by `lowerings`; `tied`: a
+    lowering's copies of a kernel of several offsets (``TRANSFORMS_KERNEL``; a 1x1 kernel
+    is read as it is) after the input (`_after`;
+    not where the caller transposes this function itself, as `jconv._autopart`'s ops do,
+    whose linear operand the tie would reach)."""
+    if tied and spec.taps > 1 and any(STRATEGIES[n].TRANSFORMS_KERNEL
+                                      for n in (lowerings.values, lowerings.differentiated)):
+        w = _after(w, x)
     if lowerings.values == lowerings.differentiated and lowerings.input_gradient is None:
         # plain autodiff of the one lowering
         return STRATEGIES[lowerings.values].lower(spec, x, w, precision=precision,
@@ -138,21 +190,24 @@ def _run(
         return jnp.transpose(jnp.zeros(spec.canonical_out_shape, out_dtype),
                              spec.canonical_to_out)
 
-    def plan(local: ConvSpec) -> Callable[[ConvSpec, jax.Array, jax.Array], jax.Array]:
+    def plan(local: ConvSpec, tied: bool = True
+             ) -> Callable[[ConvSpec, jax.Array, jax.Array], jax.Array]:
         """The function computing one device's `local` convolution (planned on it)."""
         return functools.partial(_lower_by,
                                  lowerings=planner.resolve(strategy, local, out_dtype, precision),
-                                 precision=precision,
-                                 acc_dtype=acc_dtype)
+                                 precision=precision, acc_dtype=acc_dtype, tied=tied)
 
-    whole = functools.partial(_lower_by, lowerings=lowerings, precision=precision,
-                              acc_dtype=acc_dtype)
+    def whole(tied: bool) -> Callable[[ConvSpec, jax.Array, jax.Array], jax.Array]:
+        return functools.partial(_lower_by, lowerings=lowerings, precision=precision,
+                                 acc_dtype=acc_dtype, tied=tied)
+
     if split is not None:
         y = split.run(plan(split.local), x, w)
     elif rules and may_partition():
-        y = partitioned(spec, plan, whole, x, w, acc_dtype)
+        y = partitioned(spec, functools.partial(plan, tied=False), whole(False), x, w,
+                        acc_dtype)
     else:
-        y = whole(spec, x, w)
+        y = whole(True)(spec, x, w)
     return jnp.transpose(y.astype(out_dtype), spec.canonical_to_out)
 
 

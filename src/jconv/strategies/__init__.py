@@ -16,7 +16,9 @@ pad, slice, reshape and einsum/`dot_general` (FFTs for `fft`). Each module state
   depthwise, single-channel and batch-grouped convolutions, `jconv._gradients`) scale with
   the forward's arithmetic and copies, ``AUTO``: whether ``strategy="auto"`` may pick it, and
   ``ACCURACY``: ``"summation"`` (the error of summing the taps, lax's class) or
-  ``"normwise"`` (planned only when the caller asks for speed, `jconv.planner`).
+  ``"normwise"`` (planned only when the caller asks for speed, `jconv.planner`), and
+  ``TRANSFORMS_KERNEL``: whether it copies the kernel into a new form (transposed,
+  transformed), which the engine then computes after the input.
 
 `STRATEGIES` is the registry; ``strategy=`` takes its keys. This namespace is public: the
 modules' interface above is stable for those who study or extend the lowerings.
@@ -57,6 +59,7 @@ class Lowering(Protocol):
 
     AUTO: bool
     ACCURACY: str
+    TRANSFORMS_KERNEL: bool
     BACKWARD: float
     BACKWARD_COPY: float
 

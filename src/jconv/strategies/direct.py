@@ -33,6 +33,9 @@ AUTO = True
 ACCURACY = "summation"
 """Rounding error of summing the taps in the accumulation dtype (lax's class on the CPU;
 exact on small-integer data)."""
+TRANSFORMS_KERNEL = False
+"""Whether the kernel is copied into a new form before use: it is read as it is."""
+
 MAX_PLANNED_CG = 8
 """Largest ``C_g`` the planner considers: autodiff stores a product per term."""
 BACKWARD = 17.0

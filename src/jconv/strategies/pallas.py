@@ -56,6 +56,9 @@ AUTO = False
 """Opt-in: ``strategy="pallas"`` only (see the module docstring for the tuner's rule)."""
 ACCURACY = "summation"
 """Rounding error of summing the taps in the accumulation dtype, as shift-and-sum."""
+TRANSFORMS_KERNEL = False
+"""Whether the kernel is copied into a new form before use: it is read as it is."""
+
 BACKWARD = 2.0
 """Gradients over the forward's predicted arithmetic: `shift`'s transposes, two GEMMs of the
 forward's size (input and kernel gradients). Not fitted: stated, not measured on a GPU."""

@@ -34,6 +34,9 @@ AUTO = True
 ACCURACY = "summation"
 """Rounding error of summing the taps in the accumulation dtype (lax's class on the CPU;
 exact on small-integer data)."""
+TRANSFORMS_KERNEL = False
+"""Whether the kernel is copied into a new form before use: it is read as it is."""
+
 OVERHEAD = 1.5
 """Predicted time over the cost at the model's rates: XLA's CPU backend writes the
 concatenation of the slices at a fraction of memory bandwidth."""

@@ -34,6 +34,11 @@ AUTO = True
 ACCURACY = "summation"
 """Rounding error of summing the taps in the accumulation dtype (lax's class on the CPU;
 exact on small-integer data)."""
+TRANSFORMS_KERNEL = True
+"""Whether the kernel is copied into a new form before use (it is Winograd-transformed, ``G
+w G^T``): the engine computes it after the input (`jconv._engine`), not at the start of the
+program."""
+
 OVERHEAD = 1.5
 """Predicted time over the cost at the model's rates (three GEMMs, two of depth 16)."""
 BACKWARD = 0.6

@@ -29,6 +29,11 @@ ACCURACY = "normwise"
 """Error bounded normwise only (F(4x4, 3x3)'s transforms amplify round-off (entries up to 8
 and 1/24)): planned only where the caller asks for speed
 (`jconv.planner.allows_normwise`)."""
+TRANSFORMS_KERNEL = True
+"""Whether the kernel is copied into a new form before use (it is Winograd-transformed, ``G
+w G^T``): the engine computes it after the input (`jconv._engine`), not at the start of the
+program."""
+
 BACKWARD = 0.6
 """Gradients over the forward's predicted arithmetic, as for F(2x2, 3x3)."""
 BACKWARD_COPY = 0.3
