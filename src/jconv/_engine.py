@@ -148,11 +148,13 @@ def _lower_by(
     acc_dtype: np.dtype,
     tied: bool = True,
 ) -> jax.Array:
-    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` by `lowerings`; `tied`: a
-    lowering's copies of a kernel of several offsets (``TRANSFORMS_KERNEL``; a 1x1 kernel
-    is read as it is) after the input (`_after`;
-    not where the caller transposes this function itself, as `jconv._autopart`'s ops do,
-    whose linear operand the tie would reach)."""
+    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` by `lowerings`.
+
+    `tied`: a lowering's copies of a kernel of several offsets (``TRANSFORMS_KERNEL``; a
+    1x1 kernel is read as it is) come after the input (`_after`). Not where the caller
+    transposes this function itself, as `jconv._autopart`'s ops do: the tie would reach
+    their linear operand.
+    """
     if tied and spec.taps > 1 and any(STRATEGIES[n].TRANSFORMS_KERNEL
                                       for n in (lowerings.values, lowerings.differentiated)):
         w = _after(w, x)
@@ -190,24 +192,24 @@ def _run(
         return jnp.transpose(jnp.zeros(spec.canonical_out_shape, out_dtype),
                              spec.canonical_to_out)
 
+    def by(chosen: planner.Lowerings, tied: bool
+           ) -> Callable[[ConvSpec, jax.Array, jax.Array], jax.Array]:
+        return functools.partial(_lower_by, lowerings=chosen, precision=precision,
+                                 acc_dtype=acc_dtype, tied=tied)
+
     def plan(local: ConvSpec, tied: bool = True
              ) -> Callable[[ConvSpec, jax.Array, jax.Array], jax.Array]:
         """The function computing one device's `local` convolution (planned on it)."""
-        return functools.partial(_lower_by,
-                                 lowerings=planner.resolve(strategy, local, out_dtype, precision),
-                                 precision=precision, acc_dtype=acc_dtype, tied=tied)
-
-    def whole(tied: bool) -> Callable[[ConvSpec, jax.Array, jax.Array], jax.Array]:
-        return functools.partial(_lower_by, lowerings=lowerings, precision=precision,
-                                 acc_dtype=acc_dtype, tied=tied)
+        return by(planner.resolve(strategy, local, out_dtype, precision), tied)
 
     if split is not None:
         y = split.run(plan(split.local), x, w)
     elif rules and may_partition():
-        y = partitioned(spec, functools.partial(plan, tied=False), whole(False), x, w,
-                        acc_dtype)
+        # its ops transpose the per-device functions themselves: untied (`_lower_by`)
+        y = partitioned(spec, functools.partial(plan, tied=False), by(lowerings, False),
+                        x, w, acc_dtype)
     else:
-        y = whole(True)(spec, x, w)
+        y = by(lowerings, True)(spec, x, w)
     return jnp.transpose(y.astype(out_dtype), spec.canonical_to_out)
 
 
