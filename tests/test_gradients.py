@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from jax import lax
 
@@ -57,6 +58,28 @@ def test_late_layer_gradient_temporaries_within_lax(x: tuple[int, ...], k: tuple
         return compiled.memory_analysis().temp_size_in_bytes
 
     assert temps(jconv.conv_general_dilated) <= temps(lax.conv_general_dilated)
+
+
+def test_a_pointwise_input_gradient_reads_the_kernel_in_place() -> None:
+    """The input gradient of a 1x1 convolution contracts the kernel as it is: its flipped,
+    swapped kernel (`ConvSpec.flip_kernel`) is a transpose XLA folds into the GEMM, not a
+    copy (one 2 MB copy per layer before, held from the program's start to the backward),
+    and the gradient equals lax's."""
+    x = jax.random.normal(jax.random.key(0), (2, 2, 2, 512))
+    w = jax.random.normal(jax.random.key(1), (1, 1, 512, 1024))
+    ct = jax.random.normal(jax.random.key(2), (2, 2, 2, 1024))
+
+    def input_gradient(conv):
+        def f(a: jax.Array, b: jax.Array) -> jax.Array:
+            y = conv(a, b, (1, 1), "VALID", dimension_numbers=DN)
+            return jnp.vdot(y, ct)
+        return jax.jit(jax.grad(f))
+
+    ours = input_gradient(jconv.conv_general_dilated)
+    temps = ours.lower(x, w).compile().memory_analysis().temp_size_in_bytes
+    assert temps < w.nbytes // 4, temps
+    want = input_gradient(lax.conv_general_dilated)(x, w)
+    np.testing.assert_allclose(ours(x, w), want, rtol=1e-5, atol=1e-4)
 
 
 def test_a_kernel_gradient_over_the_budget_keeps_the_lowerings_own() -> None:
