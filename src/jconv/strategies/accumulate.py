@@ -40,7 +40,7 @@ budget, `jconv.tune` where it is measured fastest."""
 ACCURACY = "summation"
 """Rounding error of summing the taps in the accumulation dtype (lax's class)."""
 TRANSFORMS_KERNEL = False
-"""Whether the kernel is copied into a new form before use: it is read as it is."""
+"""The kernel is read as it is (`jconv.strategies`)."""
 
 BACKWARD = 1.0
 """Gradients over the forward's predicted arithmetic: two GEMMs per offset, transposed."""

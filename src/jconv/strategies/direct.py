@@ -34,7 +34,7 @@ ACCURACY = "summation"
 """Rounding error of summing the taps in the accumulation dtype (lax's class on the CPU;
 exact on small-integer data)."""
 TRANSFORMS_KERNEL = False
-"""Whether the kernel is copied into a new form before use: it is read as it is."""
+"""The kernel is read as it is (`jconv.strategies`)."""
 
 MAX_PLANNED_CG = 8
 """Largest ``C_g`` the planner considers: autodiff stores a product per term."""

@@ -26,9 +26,7 @@ ACCURACY = "normwise"
 """Error bounded normwise only (the transforms' round-off spreads over every output):
 planned only where the caller asks for speed (`jconv.planner.allows_normwise`)."""
 TRANSFORMS_KERNEL = True
-"""Whether the kernel is copied into a new form before use (it is padded and Fourier-
-transformed): the engine computes it after the input (`jconv._engine`), not at the start of
-the program."""
+"""The kernel is copied, padded and Fourier-transformed (`jconv.strategies`)."""
 
 MIN_TAPS = 49
 """Planned only for windows of at least this many taps (7x7, or k >= 49 in 1-D): its

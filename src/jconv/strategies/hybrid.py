@@ -37,9 +37,7 @@ ACCURACY = "summation"
 """Rounding error of summing the taps in the accumulation dtype (lax's class on the CPU;
 exact on small-integer data)."""
 TRANSFORMS_KERNEL = True
-"""Whether the kernel is copied into a new form before use (its leading-offset slices are
-copied for their GEMMs): the engine computes it after the input (`jconv._engine`), not at
-the start of the program."""
+"""The kernel is copied, sliced per leading offset for the GEMMs (`jconv.strategies`)."""
 
 OVERHEAD_3D = 2.5
 """Predicted time over the cost at the model's rates for 3-D and up: nine copies of rows

@@ -57,7 +57,7 @@ AUTO = False
 ACCURACY = "summation"
 """Rounding error of summing the taps in the accumulation dtype, as shift-and-sum."""
 TRANSFORMS_KERNEL = False
-"""Whether the kernel is copied into a new form before use: it is read as it is."""
+"""The kernel is read as it is (`jconv.strategies`)."""
 
 BACKWARD = 2.0
 """Gradients over the forward's predicted arithmetic: `shift`'s transposes, two GEMMs of the

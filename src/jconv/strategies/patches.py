@@ -35,7 +35,7 @@ ACCURACY = "summation"
 """Rounding error of summing the taps in the accumulation dtype (lax's class on the CPU;
 exact on small-integer data)."""
 TRANSFORMS_KERNEL = False
-"""Whether the kernel is copied into a new form before use: it is read as it is."""
+"""The kernel is read as it is (`jconv.strategies`)."""
 
 OVERHEAD = 1.5
 """Predicted time over the cost at the model's rates: XLA's CPU backend writes the

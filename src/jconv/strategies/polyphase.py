@@ -35,9 +35,7 @@ ACCURACY = "summation"
 """Rounding error of summing the taps in the accumulation dtype (lax's class on the CPU;
 exact on small-integer data)."""
 TRANSFORMS_KERNEL = True
-"""Whether the kernel is copied into a new form before use (it is split into strided
-phases): the engine computes it after the input (`jconv._engine`), not at the start of the
-program."""
+"""The kernel is copied, split into strided phases (`jconv.strategies`)."""
 
 BACKWARD = 2.0
 """Gradients over the forward's predicted arithmetic."""

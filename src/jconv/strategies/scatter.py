@@ -46,9 +46,8 @@ ACCURACY = "summation"
 """Rounding error of summing the taps in the accumulation dtype (lax's class on the CPU;
 exact on small-integer data)."""
 TRANSFORMS_KERNEL = True
-"""Whether the kernel is copied into a new form before use (it is transposed to ``(C, taps *
-F)`` for the one GEMM): the engine computes it after the input (`jconv._engine`), not at the
-start of the program."""
+"""The kernel is copied, transposed to ``(C, taps * F)`` for the one GEMM
+(`jconv.strategies`)."""
 
 BACKWARD = 0.8
 """Gradients over the forward's predicted arithmetic."""

@@ -43,9 +43,7 @@ ACCURACY = "summation"
 """Rounding error of summing the taps in the accumulation dtype (lax's class on the CPU;
 exact on small-integer data)."""
 TRANSFORMS_KERNEL = True
-"""Whether the kernel is copied into a new form before use (its per-offset slices are
-copied for their GEMMs): the engine computes it after the input (`jconv._engine`), not at
-the start of the program."""
+"""The kernel is copied, sliced per offset for the GEMMs (`jconv.strategies`)."""
 
 BACKWARD = 0.5
 """Gradients over the forward's predicted arithmetic: two GEMMs per tap, transposed."""

@@ -35,9 +35,7 @@ ACCURACY = "summation"
 """Rounding error of summing the taps in the accumulation dtype (lax's class on the CPU;
 exact on small-integer data)."""
 TRANSFORMS_KERNEL = True
-"""Whether the kernel is copied into a new form before use (it is Winograd-transformed, ``G
-w G^T``): the engine computes it after the input (`jconv._engine`), not at the start of the
-program."""
+"""The kernel is copied, Winograd-transformed, ``G w G^T`` (`jconv.strategies`)."""
 
 OVERHEAD = 1.5
 """Predicted time over the cost at the model's rates (three GEMMs, two of depth 16)."""

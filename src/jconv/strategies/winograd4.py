@@ -30,9 +30,7 @@ ACCURACY = "normwise"
 and 1/24)): planned only where the caller asks for speed
 (`jconv.planner.allows_normwise`)."""
 TRANSFORMS_KERNEL = True
-"""Whether the kernel is copied into a new form before use (it is Winograd-transformed, ``G
-w G^T``): the engine computes it after the input (`jconv._engine`), not at the start of the
-program."""
+"""The kernel is copied, Winograd-transformed, ``G w G^T`` (`jconv.strategies`)."""
 
 BACKWARD = 0.6
 """Gradients over the forward's predicted arithmetic, as for F(2x2, 3x3)."""
