@@ -17,10 +17,13 @@ from jconv.strategies import STRATEGIES, Cost, Prediction
 SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "jconv"
 F32 = jnp.dtype(jnp.float32)
 
-# One spec each lowering can run: 1-D for dft, lhs-dilated for polyphase, 2-D 3x3 otherwise.
+# One spec each lowering can run: 1-D for dft and toeplitz, lhs-dilated for polyphase, 2-D
+# 3x3 otherwise.
 SPECS = {
     "dft": ConvSpec.from_lax((2, 64, 8), (9, 8, 8), (1,), "SAME",
                              dimension_numbers=("NWC", "WIO", "NWC")),
+    "toeplitz": ConvSpec.from_lax((2, 64, 1), (16, 1, 8), (4,), "SAME",
+                                  dimension_numbers=("NWC", "WIO", "NWC")),
     "polyphase": ConvSpec.from_lax((2, 8, 8, 4), (3, 3, 4, 4), (1, 1), ((2, 1), (2, 1)), (2, 2),
                                    dimension_numbers=("NHWC", "HWIO", "NHWC")),
 }

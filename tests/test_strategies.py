@@ -156,7 +156,7 @@ def test_integer_inputs_exact(strides: tuple[int, int]) -> None:
     for name in NAMES:
         if STRATEGIES[name].applicable(spec, jnp.dtype(jnp.int32)) is not None:
             strided = {"scatter"} if 2 in strides else set()
-            dense = {"pallas"}  # feature groups
+            dense = {"pallas", "toeplitz"}  # feature groups (toeplitz: also 1-D only)
             assert name in {"winograd", "winograd4", "fft", "dft", "polyphase"} | strided | dense
             continue
         got = jconv.conv_general_dilated(x, w, **kw, strategy=name)
@@ -197,6 +197,8 @@ COST_SPECS = {
                          feature_group_count=2),
     1: ConvSpec.from_lax((2, 64, 4), (9, 2, 6), (1,), "SAME", dimension_numbers=_dn(1),
                          feature_group_count=2),
+    "toeplitz": ConvSpec.from_lax((2, 64, 2), (9, 2, 6), (3,), "SAME", (1,), (2,),
+                                  dimension_numbers=_dn(1)),
 }
 """Padded sizes 12 x 12 and 72: 2-3-5-smooth, so the FFT's transform lengths are the padded
 sizes, as in its formula."""
@@ -205,13 +207,15 @@ sizes, as in its formula."""
 @pytest.mark.parametrize("name", NAMES)
 def test_cost_is_its_formula_at_the_spec(name: str) -> None:
     """`cost(spec, dtype)` equals `formula(num_spatial)` with the spec's numbers substituted
-    (scatter's ``spread``, dft's tile ``T`` and polyphase's phase count ``S`` included)."""
+    (scatter's ``spread``, dft's tile ``T``, polyphase's phase count ``S`` and toeplitz's
+    rows ``R``, stride ``s`` and dilation ``d`` included)."""
     from jconv.strategies.dft import tile_length
     from jconv.strategies.fft import fast_length
     from jconv.strategies.scatter import spreads
+    from jconv.strategies.toeplitz import rows
 
-    spec = COST_SPECS[1 if name == "dft" else 2]
-    assert all(fast_length(p) == p for p in spec.padded_in)
+    spec = COST_SPECS[name if name == "toeplitz" else 1 if name == "dft" else 2]
+    assert name == "toeplitz" or all(fast_length(p) == p for p in spec.padded_in)
     mod = STRATEGIES[name]
     c = mod.cost(spec, jnp.float32)
     assert isinstance(c.flops, sp.Expr) and isinstance(c.temp_bytes, sp.Expr)
@@ -223,6 +227,8 @@ def test_cost_is_its_formula_at_the_spec(name: str) -> None:
         subs.update(dict(zip(getattr(geo, a), getattr(num, a), strict=True)))
     named = {"spread": int(spreads(spec)), "T": tile_length(spec) if ns == 1 else None,
              "S": math.prod(spec.lhs_dilation)}
+    if name == "toeplitz":
+        named.update(R=rows(spec), s=spec.window_strides[0], d=spec.rhs_dilation[0])
     for free in sym.flops.free_symbols | sym.temp_bytes.free_symbols:
         if free not in subs:
             assert named.get(free.name) is not None, free
@@ -424,3 +430,56 @@ def test_scatter_both_paths_match_lax(
         for g, r in zip(vjp(jnp.asarray(ct)), grads_ref, strict=True):
             np.testing.assert_allclose(np.asarray(g), r, rtol=1e-4, atol=1e-4)
     assert len(SCATTER_ROWS) >= 12
+
+
+@pytest.mark.parametrize(("window", "stride", "dilation", "padding"),
+                         [(80, 4, 1, ((38, 38),)), (9, 1, 2, "SAME"), (11, 3, 1, ((-2, 5),))])
+def test_toeplitz_band_is_exact_on_integers(window: int, stride: int, dilation: int,
+                                            padding: Any) -> None:
+    """The band's zeros add exact zeros: integer data gives lax's integers, values and both
+    gradients, whatever the rows ``R`` (a ragged last row included)."""
+    rng = np.random.default_rng(window)
+    x = jnp.asarray(rng.integers(-3, 4, (2, 203, 2)), jnp.float32)
+    w = jnp.asarray(rng.integers(-3, 4, (window, 2, 5)), jnp.float32)
+    kw = dict(window_strides=(stride,), padding=padding, rhs_dilation=(dilation,),
+              dimension_numbers=_dn(1))
+
+    def loss(conv: Any, a: jax.Array, b: jax.Array) -> jax.Array:
+        return jnp.sum(conv(a, b, **kw) ** 2)
+
+    band = functools.partial(jconv.conv_general_dilated, strategy="toeplitz")
+    ref = functools.partial(lax.conv_general_dilated, precision="highest")
+    np.testing.assert_array_equal(band(x, w, **kw), ref(x, w, **kw))
+    for got, want in zip(jax.grad(functools.partial(loss, band), (0, 1))(x, w),
+                         jax.grad(functools.partial(loss, ref), (0, 1))(x, w), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_toeplitz_plans_a_raw_audio_stem_and_its_gradient_reads_the_rows() -> None:
+    """80 taps at stride 4 on one channel: the band copies 23 samples per output where
+    patches copy 80, and auto plans it for values and gradients. Its kernel gradient is one
+    GEMM over the rows as they are: with the rows 3-D, XLA transposed the whole cotangent
+    first (temporaries 2.1x the output's bytes; 1.2x as one matrix)."""
+    from jconv.strategies import toeplitz
+
+    dn = _dn(1)
+    spec = ConvSpec.from_lax((2, 4000, 1), (80, 1, 64), (4,), ((38, 38),),
+                             dimension_numbers=dn)
+    assert jconv.planner.plan(spec, jnp.float32) == "toeplitz"
+    assert jconv.planner.plan(spec, jnp.float32, differentiated=True) == "toeplitz"
+    r = toeplitz.rows(spec)
+    assert 2 <= r and (4 * (r - 1) + 80) / r < 80 / 2  # samples copied per output
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 4000, 1)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((80, 1, 64)), jnp.float32)
+
+    def grad_w(conv: Any) -> Any:
+        return jax.jit(jax.grad(lambda b: jnp.sum(conv(x, b, (4,), ((38, 38),),
+                                                       dimension_numbers=dn) ** 2)))
+
+    got = grad_w(jconv.conv_general_dilated)
+    want = grad_w(functools.partial(lax.conv_general_dilated, precision="highest"))(w)
+    np.testing.assert_allclose(got(w), want, rtol=2e-5, atol=2e-5 * float(jnp.abs(want).max()))
+    out_bytes = 4 * math.prod(spec.out_shape)
+    temp = got.lower(w).compile().memory_analysis().temp_size_in_bytes
+    assert temp < 1.5 * out_bytes, (temp, out_bytes)

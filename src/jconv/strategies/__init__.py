@@ -47,6 +47,7 @@ from . import (
     polyphase,
     scatter,
     shift,
+    toeplitz,
     winograd,
     winograd4,
 )
@@ -88,6 +89,7 @@ STRATEGIES: dict[str, Lowering] = {
     "polyphase": polyphase,
     "scatter": scatter,
     "pallas": pallas,
+    "toeplitz": toeplitz,
 }
 
 __all__ = ["STRATEGIES", "Cost", "Geometry", "Lowering", "Prediction"]

@@ -40,11 +40,13 @@ TRANSFORMS_KERNEL = False
 OVERHEAD = 1.5
 """Predicted time over the cost at the model's rates: XLA's CPU backend writes the
 concatenation of the slices at a fraction of memory bandwidth."""
-BACKWARD = 0.1
-"""Gradients over the forward's predicted arithmetic: two large GEMMs on the patches it
-already built."""
-BACKWARD_COPY = 0.1
-"""Gradients over the forward's predicted copies."""
+BACKWARD = 2.0
+"""Gradients over the forward's predicted arithmetic: two GEMMs of the forward's size on the
+patches it built. Its own transposes run for single-channel convolutions only (dense ones
+take the engine's, depthwise ones plan shift); on a raw-audio stem (80 taps, stride 4)
+they measured about 4x its forward."""
+BACKWARD_COPY = 2.0
+"""Gradients over the forward's predicted copies: the patches' adjoint adds them back."""
 
 
 def applicable(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> str | None:

@@ -19,7 +19,8 @@ product unless the coefficient is a power of two, and one or two for a coefficie
 inexactly (its relative error over ``u``, rounded up); a product of two computed values
 adds one, a channel sum of ``C_g`` products ``C_g``.
 
-- summing lowerings (``shift``, ``patches``, ``hybrid``, ``direct``, ``scatter``, and
+- summing lowerings (``shift``, ``patches``, ``hybrid``, ``direct``, ``scatter``,
+  ``toeplitz`` (whose band's zeros add exact zeros), and
   ``pallas`` where registered: each output a sum of the ``K = prod(window) C_g`` products
   ``x w``, in some order): ``D = K``, ``y_abs = sum |x| |w|`` (eq. (3.5));
 - ``winograd``/``winograd4``, ``y = A^T [sum_c (G w_c G^T) (.) (B^T d_c B)] A`` as three
@@ -81,8 +82,10 @@ from .layer import Formula
 
 __all__ = ["SUMMING", "ErrorBound", "accumulation_dtype", "error_bound"]
 
-SUMMING = ("shift", "accumulate", "patches", "hybrid", "direct", "scatter", "pallas")
-"""Lowerings whose outputs are each a sum of the ``K = prod(window) C_g`` products."""
+SUMMING = ("shift", "accumulate", "patches", "hybrid", "direct", "scatter", "pallas",
+           "toeplitz")
+"""Lowerings whose outputs are each a sum of the ``K = prod(window) C_g`` products
+(``toeplitz`` adds its band's zero products too: exactly, no rounding)."""
 SAFETY = 1 + 2.0**-30
 """Factor over the float64 evaluations, covering their own rounding."""
 FFT_STAGES = {2: 1, 3: 3, 5: 4}
