@@ -199,12 +199,14 @@ COST_SPECS = {
                          feature_group_count=2),
     "toeplitz": ConvSpec.from_lax((2, 64, 2), (9, 2, 6), (3,), "SAME", (1,), (2,),
                                   dimension_numbers=_dn(1)),
+    "winograd@1": ConvSpec.from_lax((2, 63, 4), (3, 2, 6), (1,), "SAME", dimension_numbers=_dn(1),
+                                    feature_group_count=2),
 }
 """Padded sizes 12 x 12 and 72: 2-3-5-smooth, so the FFT's transform lengths are the padded
 sizes, as in its formula."""
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [*NAMES, "winograd@1"])
 def test_cost_is_its_formula_at_the_spec(name: str) -> None:
     """`cost(spec, dtype)` equals `formula(num_spatial)` with the spec's numbers substituted
     (scatter's ``spread``, dft's tile ``T``, polyphase's phase count ``S`` and toeplitz's
@@ -214,8 +216,9 @@ def test_cost_is_its_formula_at_the_spec(name: str) -> None:
     from jconv.strategies.scatter import spreads
     from jconv.strategies.toeplitz import rows
 
-    spec = COST_SPECS[name if name == "toeplitz" else 1 if name == "dft" else 2]
-    assert name == "toeplitz" or all(fast_length(p) == p for p in spec.padded_in)
+    spec = COST_SPECS.get(name, COST_SPECS[1 if name == "dft" else 2])
+    name = name.partition("@")[0]  # winograd@1: its 1-D F(2, 3)
+    assert name in ("toeplitz", "winograd") or all(fast_length(p) == p for p in spec.padded_in)
     mod = STRATEGIES[name]
     c = mod.cost(spec, jnp.float32)
     assert isinstance(c.flops, sp.Expr) and isinstance(c.temp_bytes, sp.Expr)

@@ -43,6 +43,7 @@ CASES: dict[str, tuple[Any, ...]] = {
     "3x3": ((1, 8, 8, 16), (3, 3, 16, 4), (1, 1), "SAME", (1, 1), 1),
     "3x3-strided": ((1, 9, 9, 8), (3, 3, 8, 4), (2, 2), "SAME", (1, 1), 1),
     "1d-k15": ((1, 40, 8), (15, 8, 4), (1,), "SAME", (1,), 1),
+    "1d-k3": ((1, 41, 16), (3, 16, 4), (1,), "SAME", (1,), 1),
     "5x5-depthwise": ((1, 8, 8, 4), (5, 5, 1, 4), (1, 1), "SAME", (1, 1), 4),
     "1d-k15-transposed": ((1, 24, 16), (15, 16, 8), (1,), ((7, 8),), (2,), 1),
     "6x6-transposed": ((1, 5, 5, 4), (6, 6, 4, 4), (1, 1), ((5, 5), (5, 5)), (2, 2), 1),
@@ -152,6 +153,10 @@ def test_depths_counted_from_the_matrices_match_a_count_by_hand() -> None:
     assert {symbols.u, symbols.C_in, symbols.g} < wino.formula.expr.free_symbols
     assert wino.formula.expr.subs({symbols.C_in: 24, symbols.g: 3, symbols.u: u}) == \
         wino.formula.value
+    # F(2, 3) in 1-D: rows of 2 entries +-1 (1 addition), 3 halves (2), 3 entries +-1 (2)
+    spec_1d = ConvSpec.from_lax((1, 8, 24), (3, 8, 6), (1,), "SAME", None, None,
+                                canonical_layouts(1), 3)
+    assert error_bound("winograd", spec_1d).depth == 1 + 2 + 8 + 2
     # F(4x4, 3x3): a row of 16 powers of two (15); rows of 9 entries 1/36, inexact and not a
     # power of two (8 + 1 product + 1 stored); rows of 25 powers of two (24)
     assert error_bound("winograd4", spec).depth == 15 + 10 + 24 + 8

@@ -1,4 +1,5 @@
-"""Winograd F(2x2, 3x3): 2-D 3x3 stride-1 convolutions with 2.25x fewer multiplies.
+"""Winograd F(2x2, 3x3) and F(2, 3): 3x3 (2-D) and 3-tap (1-D) stride-1 convolutions with
+2.25x and 1.5x fewer multiplies.
 
 With ``B^T`` (4x4), ``G`` (4x3), ``A^T`` (2x4) the minimal-filtering matrices of Lavin and
 Gray (2016), every 2x2 output tile is ``A^T [(G w G^T) (.) (B^T d B)] A`` for the 4x4 input
@@ -13,6 +14,12 @@ Kronecker matrices ``B^T (x) B^T`` (16x16) and ``A^T (x) A^T`` (4x16):
 
 Every intermediate keeps the transform point as its leading axis, so no transpose sits
 between the GEMMs. `winograd4` is the same with F(4x4, 3x3) (`lower_tiles`, `tiles_cost_of`).
+
+In 1-D (`lower_1d`) each 2-output tile reads 4 samples, and the transforms are the rows of
+``B^T``, ``G``, ``A^T`` themselves, written as adds that XLA fuses into the tile copy and
+the output's interleave: four GEMMs ``(N * T, C) @ (C, F)`` (one per transform point) do
+``4/6`` of the dense multiplies, and no product of every tap is stored (as `scatter`
+stores three for a 3-tap window).
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ TRANSFORMS_KERNEL = True
 
 OVERHEAD = 1.5
 """Predicted time over the cost at the model's rates (three GEMMs, two of depth 16)."""
+OVERHEAD_1D = 1.0
+"""The same for F(2, 3), whose transforms are adds fused into the copies (measured
+0.69-0.97x scatter's time, the summing lowering it is planned against, at C = 64-256)."""
 BACKWARD = 0.6
 """Gradients over the forward's predicted arithmetic: the transposes of its three GEMMs."""
 BACKWARD_COPY = 0.3
@@ -50,10 +60,20 @@ AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
 
 
 def applicable(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> str | None:
-    """Why Winograd F(m x m, 3x3) cannot run ``spec``, or None."""
+    """Why Winograd F(2x2, 3x3) or F(2, 3) cannot run ``spec``, or None."""
+    if spec.num_spatial == 1 and spec.window == (3,):
+        return tiles_applicable(spec, dtype, 1)
     if spec.num_spatial != 2 or spec.window != (3, 3):
-        return f"it needs a 2-D 3x3 window, got {spec.window}"
-    if spec.window_strides != (1, 1) or spec.rhs_dilation != (1, 1):
+        return f"it needs a 1-D 3-tap or a 2-D 3x3 window, got {spec.window}"
+    return tiles_applicable(spec, dtype, 2)
+
+
+def tiles_applicable(spec: ConvSpec, dtype: jax.typing.DTypeLike, rank: int) -> str | None:
+    """Why F(m, 3) per axis cannot run ``spec`` (window of 3 per axis of ``rank`` axes), or
+    None."""
+    if spec.num_spatial != rank or spec.window != (3,) * rank:
+        return f"it needs a {rank}-D {'x'.join('3' * rank)} window, got {spec.window}"
+    if spec.window_strides != (1,) * rank or spec.rhs_dilation != (1,) * rank:
         return (f"it needs stride 1 and rhs dilation 1, got {spec.window_strides} and "
                 f"{spec.rhs_dilation}")
     if spec.batch_group_count != 1:
@@ -122,15 +142,87 @@ def lower(
     precision: lax.PrecisionLike,
     acc_dtype: jnp.dtype,
 ) -> jax.Array:
-    """``(N, H, W, C), (3, 3, Cg, F) -> (N, Ho, Wo, F)`` by Winograd F(2x2, 3x3), over batch
-    chunks when the temp bytes call for it."""
-    return lower_chunked(spec, x, w, cost_of, functools.partial(lower_tiles, matrices=(BT, G, AT)),
-                         precision=precision, acc_dtype=acc_dtype)
+    """``(N, H, W, C), (3, 3, Cg, F) -> (N, Ho, Wo, F)`` by Winograd F(2x2, 3x3), or
+    ``(N, L, C), (3, Cg, F) -> (N, out, F)`` by F(2, 3), over batch chunks when the temp
+    bytes call for it."""
+    tiles = lower_1d if spec.num_spatial == 1 else functools.partial(
+        lower_tiles, matrices=(BT, G, AT))
+    return lower_chunked(spec, x, w, cost_of, tiles, precision=precision, acc_dtype=acc_dtype)
+
+
+def _rows(mat: np.ndarray, terms: list[jax.Array]) -> list[jax.Array]:
+    """``[sum_q mat[p, q] terms[q] for p]``, adding the nonzero terms in order (a
+    coefficient of +-1 is an add or a subtraction, any other a product)."""
+    out = []
+    for row in mat:
+        acc: jax.Array | None = None
+        for coef, term in zip(row, terms, strict=True):
+            if coef == 0:
+                continue
+            t = term if abs(coef) == 1 else term * term.dtype.type(abs(coef))
+            acc = (t if coef > 0 else -t) if acc is None else (acc + t if coef > 0 else acc - t)
+        assert acc is not None
+        out.append(acc)
+    return out
+
+
+def lower_1d(
+    spec: ConvSpec,
+    xp: jax.Array,
+    w: jax.Array,
+    *,
+    precision: lax.PrecisionLike,
+    acc_dtype: jnp.dtype,
+) -> jax.Array:
+    """``(N, Lp, C)`` padded, ``(3, Cg, F) -> (N, out, F)`` by F(2, 3): tile ``t`` is samples
+    ``2t .. 2t + 3``, two blocks of 2."""
+    n, c = xp.shape[0], xp.shape[-1]
+    (o,) = spec.out_spatial
+    t = -(-o // 2)
+    g, cg, f = spec.feature_group_count, spec.group_in_features, spec.out_features
+    x = xp.astype(acc_dtype)
+    x = jnp.pad(x, ((0, 0), (0, 2 * t + 2 - x.shape[1]), (0, 0)))  # (N, 2T + 2, C)
+    xb = x.reshape(n, t + 1, 2, c)
+    v = _rows(BT, [xb[:, :t, 0], xb[:, :t, 1], xb[:, 1:, 0], xb[:, 1:, 1]])
+    u = _rows(G, list(w.astype(acc_dtype)))  # 4 x (Cg, F)
+    if g == 1:
+        prods = [jnp.matmul(vi.reshape(n * t, c), ui, precision=precision,
+                            preferred_element_type=acc_dtype).reshape(n, t, f)
+                 for vi, ui in zip(v, u, strict=True)]
+    else:
+        prods = [jnp.einsum("ntgc,cgf->ntgf", vi.reshape(n, t, g, cg), ui.reshape(cg, g, -1),
+                            precision=precision, preferred_element_type=acc_dtype
+                            ).reshape(n, t, f) for vi, ui in zip(v, u, strict=True)]
+    y = jnp.stack(_rows(AT, prods), axis=2)  # (N, T, 2, F)
+    return y.reshape(n, 2 * t, f)[:, :o]
 
 
 def cost_of(geo: Geometry) -> Cost:
-    """Cost of F(2x2, 3x3) (`tiles_cost_of` with ``m = 2``)."""
-    return tiles_cost_of(geo, 2)
+    """Cost of F(2x2, 3x3) (`tiles_cost_of` with ``m = 2``), or in 1-D of F(2, 3)
+    (`cost_of_1d`)."""
+    return cost_of_1d(geo) if geo.num_spatial == 1 else tiles_cost_of(geo, 2)
+
+
+def _adds(mat: np.ndarray) -> int:
+    """FLOPs of one `_rows` pass: an add per nonzero past a row's first, a product per
+    coefficient other than +-1."""
+    return int(sum(np.count_nonzero(r) - 1 + np.count_nonzero(np.abs(r[r != 0]) != 1)
+                   for r in mat))
+
+
+def cost_of_1d(geo: Geometry) -> Cost:
+    """F(2, 3) over ``R = N ceil(o/2)`` tiles. FLOPs: input transform ``8 R C`` (its adds),
+    mixing ``2 * 4 R C_g F``, output transform ``4 R F``, kernel transform ``10 C_g F``.
+    Temp: the padded input, about two of the four transformed tiles and two of the four
+    products at a time (the dots free their operands as they go; measured 0.84-1.1x on
+    C = 8-256), and the transformed kernel ``4 C_g F``."""
+    tiles = geo.n * sp.ceiling(geo.out[0] / 2)
+    c, f = geo.g * geo.cg, geo.g * geo.fq
+    flops = (_adds(BT) * tiles * c + 2 * 4 * tiles * geo.cg * f + _adds(AT) * tiles * f
+             + _adds(G) * geo.cg * f)
+    temp = geo.pad * geo.in_elems + 2 * tiles * (c + f) + 4 * geo.cg * f
+    moved = geo.pad * geo.in_elems + 4 * tiles * (c + f) + geo.out_elems
+    return make_cost(flops=flops, temp_elems=temp, moved_elems=moved, geo=geo)
 
 
 def cost(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Cost:
@@ -139,17 +231,19 @@ def cost(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Cost:
 
 
 def formula(num_spatial: int) -> Cost:
-    """`cost_of` over the symbols of `Geometry.symbols` (2-D only)."""
-    check_rank("winograd", num_spatial, 2)
+    """`cost_of` over the symbols of `Geometry.symbols` (1-D and 2-D)."""
+    if num_spatial != 1:
+        check_rank("winograd", num_spatial, 2)
     return cost_of(Geometry.symbols(num_spatial))
 
 
 def predict_tiles(spec: ConvSpec, c: Cost, backward: float, backward_copy: float) -> Prediction:
-    """Cost ``c`` of F(m x m, 3x3) at GEMMs of depth ``C_g`` and width ``F_g`` (the mixing),
-    times `OVERHEAD`, with the given backward factors."""
+    """Cost ``c`` of F(m x m, 3x3) (or F(2, 3)) at GEMMs of depth ``C_g`` and width ``F_g``
+    (the mixing), times `OVERHEAD` (`OVERHEAD_1D`), with the given backward factors."""
     flops, _, moved = c.evaluate()
     rate = gemm_rate(spec.group_in_features, spec.group_out_features)
-    return Prediction.scaled(OVERHEAD * flops / rate, OVERHEAD * copy_seconds(moved),
+    scale = OVERHEAD_1D if spec.num_spatial == 1 else OVERHEAD
+    return Prediction.scaled(scale * flops / rate, scale * copy_seconds(moved),
                              backward, backward_copy)
 
 

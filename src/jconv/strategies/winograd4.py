@@ -18,8 +18,7 @@ from jax import lax
 from .._spec import ConvSpec
 from ._common import Cost, Geometry, check_rank, chunked_cost, lower_chunked
 from ._model import Prediction
-from .winograd import applicable as applicable
-from .winograd import lower_tiles, predict_tiles, tiles_cost_of
+from .winograd import lower_tiles, predict_tiles, tiles_applicable, tiles_cost_of
 
 AUTO = False
 """`strategy="auto"` never picks F(4x4, 3x3): its rounding error measured 20-40x that of
@@ -43,6 +42,11 @@ G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
               [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64)
 AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
                [0, 1, -1, 8, -8, 1]], np.float64)
+
+
+def applicable(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> str | None:
+    """Why F(4x4, 3x3) cannot run ``spec`` (2-D 3x3 only), or None."""
+    return tiles_applicable(spec, dtype, 2)
 
 
 def lower(

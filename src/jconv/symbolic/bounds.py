@@ -26,7 +26,7 @@ adds one, a channel sum of ``C_g`` products ``C_g``.
 - ``winograd``/``winograd4``, ``y = A^T [sum_c (G w_c G^T) (.) (B^T d_c B)] A`` as three
   GEMMs with the Kronecker matrices ``B^T (x) B^T``, ``G (x) G``, ``A^T (x) A^T``:
   ``D = D_B + D_G + C_g + D_A``, ``y_abs = |A^T| [sum_c (|G| |w_c| |G^T|) (.) (|B^T| |d_c|
-  |B|)] |A|``;
+  |B|)] |A|``; in 1-D, F(2, 3) with ``B^T``, ``G``, ``A^T`` themselves (``D = C_g + 5``);
 - ``dft`` (per tile: real DFT matrix ``B``, the kernel's spectrum through ``cos``/``sin``
   rows, the 2x2 real mixing over ``(Re, Im) x C_g``, inverse matrix ``A``):
   ``D = D_B + D_W + 2 C_g + D_A``, ``y_abs`` the tiles evaluated with ``|B|``, ``|cos|``,
@@ -163,8 +163,8 @@ class ErrorBound:
         if self.lowering in SUMMING:
             return factor * _sum_abs(self.spec, _padded(self.spec, np.abs(x)), np.abs(w))
         if self.lowering in ("winograd", "winograd4"):
-            return factor * _winograd_abs(self.spec, np.abs(x), np.abs(w),
-                                          _winograd_matrices(self.lowering, acc)[1])
+            mats = _winograd_matrices(self.lowering, acc, self.spec.num_spatial)[1]
+            return factor * _winograd_abs(self.spec, np.abs(x), np.abs(w), mats)
         return _dft_evaluate(self, factor, np.abs(x), np.abs(w))
 
 
@@ -200,9 +200,11 @@ def error_bound(
         d_expr: sp.Expr = spec.taps * _C_IN / _G
         return _componentwise(lowering, spec, name, d_expr, fixed, "sum_j |x_j| |w_j|")
     if lowering in ("winograd", "winograd4"):
-        depth = _winograd_matrices(lowering, acc)[0]
+        depth = _winograd_matrices(lowering, acc, spec.num_spatial)[0]
         return _componentwise(lowering, spec, name, depth + _C_IN / _G, fixed,
-                              "|A^T| [sum_c (|G| |w_c| |G^T|) (.) (|B^T| |d_c| |B|)] |A|")
+                              "|A^T| [sum_c (|G| |w_c| |G^T|) (.) (|B^T| |d_c| |B|)] |A|"
+                              if spec.num_spatial == 2 else
+                              "|A^T| [sum_c (|G| |w_c|) (.) (|B^T| |d_c|)]")
     if lowering == "dft":
         depth = _dft_depth(spec, acc)
         return _componentwise(lowering, spec, name, depth + 2 * _C_IN / _G, fixed,
@@ -311,9 +313,12 @@ def _stage_depth(f: np.ndarray, roundings: np.ndarray, axes: tuple[int, ...]) ->
 
 # ------------------------------------------------------------------ winograd
 @functools.cache
-def _winograd_matrices(lowering: str, acc: str) -> tuple[int, tuple[np.ndarray, ...]]:
+@functools.lru_cache(maxsize=16)
+def _winograd_matrices(lowering: str, acc: str, rank: int = 2
+                       ) -> tuple[int, tuple[np.ndarray, ...]]:
     """``D_B + D_G + D_A`` in ``acc`` arithmetic and the moduli of the exact Kronecker
-    matrices ``(B^T (x) B^T, G (x) G, A^T (x) A^T)`` (float64, with `SAFETY`)."""
+    matrices ``(B^T (x) B^T, G (x) G, A^T (x) A^T)`` (float64, with `SAFETY`); in 1-D
+    (``rank = 1``) of ``B^T``, ``G``, ``A^T`` themselves."""
     mod: ModuleType = winograd if lowering == "winograd" else winograd4
     depth, mats = 0, []
     for m in (mod.BT, mod.G, mod.AT):
@@ -321,9 +326,12 @@ def _winograd_matrices(lowering: str, acc: str) -> tuple[int, tuple[np.ndarray, 
         if any(float(e) != v for row, er in zip(m, exact_1d, strict=True)
                for v, e in zip(row, er, strict=True)):
             raise ValueError(f"`{lowering}` matrices are not small rationals.")
-        exact = [[a * b for a in ra for b in rb] for ra in exact_1d for rb in exact_1d]
-        # the lowering stores np.kron of the float64 matrices in the accumulation dtype
-        f = np.kron(m, m).astype(acc).astype(np.float64)
+        if rank == 1:  # the 1-D lowering multiplies by each entry in the accumulation dtype
+            exact = exact_1d
+            f = m.astype(acc).astype(np.float64)
+        else:  # the 2-D lowering stores np.kron of the float64 matrices in that dtype
+            exact = [[a * b for a in ra for b in rb] for ra in exact_1d for rb in exact_1d]
+            f = np.kron(m, m).astype(acc).astype(np.float64)
         rows, cols = f.shape
         e_flat = [[exact[r][c] for c in range(cols)] for r in range(rows)]
         e64 = np.array([[float(v) for v in row] for row in e_flat])
@@ -337,7 +345,10 @@ def _winograd_matrices(lowering: str, acc: str) -> tuple[int, tuple[np.ndarray, 
 
 def _winograd_abs(spec: ConvSpec, x: np.ndarray, w: np.ndarray,
                   mats: tuple[np.ndarray, ...]) -> np.ndarray:
-    """The F(m x m, 3x3) tiles evaluated on ``|x|``, ``|w|`` with the matrices' moduli."""
+    """The F(m x m, 3x3) (or F(m, 3)) tiles evaluated on ``|x|``, ``|w|`` with the
+    matrices' moduli."""
+    if spec.num_spatial == 1:
+        return _winograd_abs_1d(spec, x, w, mats)
     bb, gg, aa = mats
     m2, a2 = aa.shape
     m, a = math.isqrt(m2), math.isqrt(a2)
@@ -356,6 +367,27 @@ def _winograd_abs(spec: ConvSpec, x: np.ndarray, w: np.ndarray,
     y = np.einsum("sp,nijpgf->nijsgf", aa, prod).reshape(n, th, tw, m, m, g * fq)
     y = y.transpose(0, 1, 3, 2, 4, 5).reshape(n, m * th, m * tw, g * fq)
     return y[:, :ho, :wo] * SAFETY
+
+
+def _winograd_abs_1d(spec: ConvSpec, x: np.ndarray, w: np.ndarray,
+                     mats: tuple[np.ndarray, ...]) -> np.ndarray:
+    """`_winograd_abs` of F(m, 3): tiles of ``a`` samples every ``m``."""
+    bb, gg, aa = mats
+    m, a = aa.shape
+    xp = _padded(spec, x)
+    n, (o,) = xp.shape[0], spec.out_spatial
+    t = -(-o // m)
+    g, cg, fq = spec.feature_group_count, spec.group_in_features, spec.group_out_features
+    full = np.zeros((n, m * t + a - m, xp.shape[-1]))
+    ll = min(xp.shape[1], full.shape[1])
+    full[:, :ll] = xp[:, :ll]
+    win = np.lib.stride_tricks.sliding_window_view(full, a, axis=1)[:, ::m]  # (N, T, C, a)
+    d = win.reshape(n, t, g, cg, a)
+    v = np.einsum("pq,ngcq->ngcp", bb, d.reshape(n * t, g, cg, a))
+    uw = np.einsum("pk,kcgf->pcgf", gg, w.reshape(3, cg, g, fq))
+    prod = np.einsum("rgcp,pcgf->rpgf", v, uw)
+    y = np.einsum("sp,rpgf->rsgf", aa, prod).reshape(n, t * m, g * fq)
+    return y[:, :o] * SAFETY
 
 
 # ------------------------------------------------------------------ dft
