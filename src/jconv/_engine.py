@@ -73,7 +73,8 @@ def _lower_jvp(
             terms.append(input_tangent(spec, lowerings.input_gradient, w, dx,
                                        precision=precision, acc_dtype=acc_dtype))
         if not isinstance(dw, SymbolicZero):
-            terms.append(kernel_tangent(spec, x, dw, precision=precision, acc_dtype=acc_dtype))
+            terms.append(kernel_tangent(spec, x, dw, lowering=lowerings.differentiated,
+                                        precision=precision, acc_dtype=acc_dtype))
         return y, functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(y)
     by = functools.partial(STRATEGIES[lowerings.differentiated].lower, spec,
                            precision=precision, acc_dtype=acc_dtype)

@@ -15,7 +15,8 @@ so that its transpose is the fast one:
   over chunks of `CHUNK` images, each chunk rematerialised (`jax.checkpoint`): its
   transpose, the kernel gradient, is a loop that pads one chunk, builds its row patches
   while they are in cache and adds one GEMM per leading offset (measured 0.5-1.2x lax's
-  kernel gradient).
+  kernel gradient). A 1-D 3-tap convolution planned on Winograd F(2, 3) loops over
+  Winograd's own transpose instead: four GEMMs over a chunk's transformed tiles.
 
 Forward mode computes the same two convolutions by the transposes of those loops. Both
 terms are exact-class (sums of products), whatever lowering computes the values.
@@ -32,7 +33,7 @@ from jax import lax
 
 from ._sharding import partition_factor, vary_like
 from ._spec import ConvSpec
-from .strategies import STRATEGIES, hybrid
+from .strategies import STRATEGIES, hybrid, winograd
 from .strategies._common import Geometry, in_batch_chunks, pad_input
 
 __all__ = ["CHUNK", "applies", "chunk", "input_tangent", "kernel_tangent", "temp_bytes"]
@@ -116,14 +117,18 @@ def kernel_tangent(
     x: jax.Array,
     dw: jax.Array,
     *,
+    lowering: str,
     precision: lax.PrecisionLike,
     acc_dtype: jnp.dtype,
 ) -> jax.Array:
-    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)``: ``conv(x, dw)`` by the hybrid
-    lowering over rematerialised chunks of images (`chunk`)."""
+    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)``: ``conv(x, dw)`` over
+    rematerialised chunks of images (`chunk`), by the hybrid lowering, or by Winograd
+    F(2, 3) where `lowering` (the values') is `winograd` in 1-D."""
+    lower_padded = (winograd.lower_1d if lowering == "winograd" and spec.num_spatial == 1
+                    else hybrid.lower_padded)
 
     def step(sub: ConvSpec, xc: jax.Array, wc: jax.Array) -> jax.Array:
-        return jax.checkpoint(lambda a, b: hybrid.lower_padded(
+        return jax.checkpoint(lambda a, b: lower_padded(
             sub, pad_input(sub, a), b, precision=precision, acc_dtype=acc_dtype))(xc, wc)
 
     return in_batch_chunks(spec, x, dw, chunk(spec), step)
