@@ -486,3 +486,27 @@ def test_toeplitz_plans_a_raw_audio_stem_and_its_gradient_reads_the_rows() -> No
     out_bytes = 4 * math.prod(spec.out_shape)
     temp = got.lower(w).compile().memory_analysis().temp_size_in_bytes
     assert temp < 1.5 * out_bytes, (temp, out_bytes)
+
+
+@pytest.mark.parametrize(("name", "xs", "ws", "strides", "padding"), [
+    ("toeplitz", (2, 400, 1), (80, 1, 16), (4,), ((38, 38),)),
+    ("toeplitz", (2, 203, 2), (9, 2, 5), (1,), "SAME"),
+    ("winograd", (2, 63, 4), (3, 4, 6), (1,), "SAME"),
+    ("winograd", (4, 64, 8), (3, 8, 8), (1,), "VALID"),
+])
+def test_one_dimensional_flops_match_xla(name: str, xs: tuple[int, ...], ws: tuple[int, ...],
+                                        strides: tuple[int, ...], padding: Any) -> None:
+    """The band's GEMM (zeros included) and F(2, 3)'s GEMMs, transforms and kernel
+    transform, against XLA's `cost_analysis()` (which also counts the sign flips and the
+    kernel's tie: within 4%)."""
+    from jconv.symbolic import cost_analysis_flops
+
+    spec = ConvSpec.from_lax(xs, ws, strides, padding, dimension_numbers=_dn(1))
+    args = (jax.ShapeDtypeStruct(xs, jnp.float32), jax.ShapeDtypeStruct(ws, jnp.float32))
+    compiled = jax.jit(lambda a, b: jconv.conv_general_dilated(
+        a, b, strides, padding, dimension_numbers=_dn(1), strategy=name)).lower(*args).compile()
+    flops = cost_analysis_flops(compiled.cost_analysis())
+    predicted = float(STRATEGIES[name].cost(spec).flops)
+    assert flops is not None and predicted <= flops <= 1.04 * predicted, (flops, predicted)
+    if name == "toeplitz":  # the band's zeros: more than the dense multiply-adds
+        assert predicted > 2 * spec.macs

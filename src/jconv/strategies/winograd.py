@@ -211,7 +211,7 @@ def _adds(mat: np.ndarray) -> int:
 
 
 def cost_of_1d(geo: Geometry) -> Cost:
-    """F(2, 3) over ``R = N ceil(o/2)`` tiles. FLOPs: input transform ``8 R C`` (its adds),
+    """F(2, 3) over ``R = N ceil(o/2)`` tiles. FLOPs: input transform ``4 R C`` (its adds),
     mixing ``2 * 4 R C_g F``, output transform ``4 R F``, kernel transform ``10 C_g F``.
     Temp: the padded input, about two of the four transformed tiles and two of the four
     products at a time (the dots free their operands as they go; measured 0.84-1.1x on
