@@ -24,7 +24,7 @@ import sympy as sp
 from jax import lax
 
 from .._spec import ConvSpec
-from ._common import Cost, Expr, Geometry, check_rank, make_cost
+from ._common import Cost, Expr, Geometry, check_rank, make_cost, pad_input
 from ._model import NEVER, Prediction, copy_seconds, gemm_rate
 
 AUTO = True
@@ -131,14 +131,12 @@ def lower(
     r = rows(spec, x.dtype)
     q, width, extra = (int(v) for v in _sizes(o, k, s, d, r))
     block = s * r
-    (lo, hi), = spec.padding
-    # the spec's padding and lhs dilation, then zeros (or a crop) to whole blocks
-    hi += (q + extra) * block - spec.padded_in[0]
-    xb = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (lo, hi, spec.lhs_dilation[0] - 1),
-                                             (0, 0, 0)])
+    # the padded input, then zeros (or a crop) to whole blocks
+    xb = lax.pad(pad_input(spec, x), jnp.zeros((), x.dtype),
+                 [(0, 0, 0), (0, (q + extra) * block - spec.padded_in[0], 0), (0, 0, 0)])
     xb = xb.reshape(x.shape[0], q + extra, block, x.shape[-1])
     xr = jnp.concatenate([xb[:, e:e + q] for e in range(extra + 1)], axis=2)[:, :, :width]
-    span = d * (k - 1) + 1
+    (span,) = spec.effective_window
     zero = jnp.zeros((), w.dtype)
     band = jnp.stack([lax.pad(w, zero, [(s * i, width - s * i - span, d - 1), (0, 0, 0),
                                         (0, 0, 0)]) for i in range(r)], axis=2)
@@ -167,8 +165,7 @@ def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Predic
     """One GEMM of depth ``W * C`` and width ``R * F``, and the rows' copies, both times
     `OVERHEAD`, at the `rows` of least predicted time; `NEVER` for a window shorter than
     `MIN_SPAN_PER_STRIDE` strides or more than `MAX_PLANNED_C` input channels."""
-    s, d = _numbers(spec)
-    if (d * (spec.window[0] - 1) + 1 < MIN_SPAN_PER_STRIDE * s
+    if (spec.effective_window[0] < MIN_SPAN_PER_STRIDE * spec.window_strides[0]
             or spec.in_features > MAX_PLANNED_C):
         return NEVER
     return _predict_rows(spec, jnp.dtype(dtype), rows(spec, dtype))
