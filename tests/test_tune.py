@@ -173,11 +173,14 @@ def test_temporaries_are_priced(_cache: pathlib.Path, monkeypatch: pytest.Monkey
     assert conv.seconds[conv.forward][0] >= fewest
 
 
-@pytest.mark.parametrize("tuned_faster", [True, False])
-def test_a_program_slower_with_the_tuned_picks_keeps_the_models(
-        _cache: pathlib.Path, monkeypatch: pytest.MonkeyPatch, tuned_faster: bool) -> None:
+@pytest.mark.parametrize(("tuned_faster", "tuned_larger"),
+                         [(True, False), (False, False), (True, True)])
+def test_a_program_slower_or_larger_with_the_tuned_picks_keeps_the_models(
+        _cache: pathlib.Path, monkeypatch: pytest.MonkeyPatch, tuned_faster: bool,
+        tuned_larger: bool) -> None:
     """Tuning a function times the whole program with the cost model's picks and with the
-    tuned ones; where the tuned program is slower, the cost model's picks are stored."""
+    tuned ones and reads both programs' temporaries; where the tuned program is slower or
+    keeps more temporaries, the cost model's picks are stored."""
     model = planner.plan(SPEC, F32, tuned=False)
     other = next(n for n in planner.candidates(SPEC, F32) if n != model)
 
@@ -190,11 +193,21 @@ def test_a_program_slower_with_the_tuned_picks_keeps_the_models(
         timed.append(len(programs))
         return (2.0, 1.0) if tuned_faster else (1.0, 2.0)
 
+    read: list[int] = []
+    real = _tune._temp_bytes
+
+    def temp_bytes(compiled):  # the cost model's program, then the tuned one
+        read.append(real(compiled))
+        return 100 + 50 * (tuned_larger and len(read) == 2)
+
     monkeypatch.setattr(_tune, "_measure", measure)
     monkeypatch.setattr(_tune, "_alternating", alternating)
+    monkeypatch.setattr(_tune, "_temp_bytes", temp_bytes)
     x, w = jnp.ones(SPEC.lhs_shape), jnp.ones(SPEC.rhs_shape)
     report = jconv.tune(lambda a, b: jconv.conv(a, b), x, w, reps=1, progress=False)
-    assert timed == [2] and report.program_seconds is not None
-    assert report.kept == tuned_faster and report.convs[0].forward == other
-    assert planner.plan(SPEC, F32) == (other if tuned_faster else model)
-    assert ("kept the tuned picks" in str(report)) == tuned_faster
+    kept = tuned_faster and not tuned_larger
+    assert timed == [2] and report.program_seconds is not None and len(read) == 2
+    assert report.program_temp_bytes == (100, 100 + 50 * tuned_larger)
+    assert report.kept == kept and report.convs[0].forward == other
+    assert planner.plan(SPEC, F32) == (other if kept else model)
+    assert ("kept the tuned picks" in str(report)) == kept

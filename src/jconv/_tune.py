@@ -9,7 +9,9 @@ A dense convolution's gradients are the engine's own whatever the lowering
 (`jconv._gradients`): it is timed forward only, and its input gradient's convolution
 (`ConvSpec.input_gradient`) is tuned beside it. On the CPU each time includes the first
 touch of the program's temporaries (`FIRST_TOUCH_SECONDS_PER_BYTE`), which a network's step
-pays on every call and a convolution timed alone does not.
+pays on every call and a convolution timed alone does not. For a function, the whole
+program is then compiled with the tuned picks and with the cost model's, and the tuned picks
+are kept only where that program is no slower and keeps no more temporaries.
 """
 
 from __future__ import annotations
@@ -64,12 +66,14 @@ class TunedConv:
 @dataclasses.dataclass(frozen=True)
 class TuneReport:
     """What `tune` chose for each distinct convolution, in the order the program runs them;
-    for a function, ``program_seconds``: the whole program's median seconds with the cost
-    model's picks and with the tuned ones (None if it was not timed), and whether the
-    tuned picks were ``kept`` (else the cost model's were stored in their place)."""
+    for a function, ``program_seconds`` and ``program_temp_bytes``: the whole program's
+    median seconds and compiled temporaries with the cost model's picks and with the tuned
+    ones (None if it was not timed), and whether the tuned picks were ``kept`` (else the
+    cost model's were stored in their place)."""
 
     convs: tuple[TunedConv, ...]
     program_seconds: tuple[float, float] | None = None
+    program_temp_bytes: tuple[int, int] | None = None
     kept: bool = True
 
     def __str__(self) -> str:
@@ -79,10 +83,12 @@ class TuneReport:
             lines.append(f"{c.label:<48} {c.forward:>10} {c.model_forward:>10} "
                          f"{c.differentiated:>10} {c.model_differentiated:>10}"
                          + ("  (cached)" if c.cached else ""))
-        if self.program_seconds is not None:
-            model, tuned = self.program_seconds
-            lines.append(f"whole program: {1e3 * model:.1f} ms with the cost model's picks, "
-                         f"{1e3 * tuned:.1f} ms tuned: kept the "
+        if self.program_seconds is not None and self.program_temp_bytes is not None:
+            (model, tuned), (model_mb, tuned_mb) = (
+                self.program_seconds, (b / 2**20 for b in self.program_temp_bytes))
+            lines.append(f"whole program: {1e3 * model:.1f} ms and {model_mb:.1f} MiB of "
+                         f"temporaries with the cost model's picks, {1e3 * tuned:.1f} ms and "
+                         f"{tuned_mb:.1f} MiB tuned: kept the "
                          + ("tuned picks" if self.kept else "cost model's picks"))
         return "\n".join(lines)
 
@@ -109,8 +115,10 @@ def tune(
       progress: show a progress bar (rich) while timing.
       whole: for a function, also time the whole program (compiled, on ``*args``) with the
         cost model's picks and with the tuned ones, alternating `reps` times, and store
-        the cost model's picks instead where the tuned program is slower: each convolution
-        is timed alone, and a program's schedule and temporaries are not their sum.
+        the cost model's picks instead where the tuned program is slower or keeps more
+        temporaries (`memory_analysis`): each convolution is timed alone, and a program's
+        schedule and temporaries are not their sum; the temporaries cap the batch a
+        program can run.
 
     Returns a `TuneReport`; ``str()`` of it is a summary table.
 
@@ -149,14 +157,16 @@ def tune(
     program = functools.partial(_compiled, target, args, kwargs)
     model = program()  # traced before the fresh picks are stored: the cost model's
     _tune_cache.store(fresh)
-    seconds = _alternating((model, program()), args, reps)
-    kept = seconds[1] <= seconds[0]
+    tuned = program()
+    seconds = _alternating((model, tuned), args, reps)
+    temps = (_temp_bytes(model), _temp_bytes(tuned))
+    kept = seconds[1] <= seconds[0] and temps[1] <= temps[0]
     if not kept:
         _tune_cache.store({
             r.key: {"forward": r.conv.model_forward,
                     "differentiated": r.conv.model_differentiated}
             for r in rows if not r.conv.cached})
-    return TuneReport(convs, seconds, kept)
+    return TuneReport(convs, seconds, temps, kept)
 
 
 def _compiled(target: Callable[..., Any], args: tuple[Any, ...],
