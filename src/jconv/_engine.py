@@ -22,7 +22,7 @@ from jax.custom_derivatives import SymbolicZero
 from . import planner
 from ._args import as_int, int_tuple
 from ._autopart import partitioned, uses_rules
-from ._gradients import input_tangent, kernel_tangent
+from ._gradients import input_tangent, kernel_tangent, reads_kernel
 from ._padding import apply_padding_mode
 from ._sharding import Split, explicit_split, may_partition
 from ._spec import ConvSpec, Padding, normalize_layout
@@ -34,7 +34,7 @@ __all__ = ["conv", "conv_general_dilated"]
 _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))
 def _lower(
     x: jax.Array,
     w: jax.Array,
@@ -42,11 +42,12 @@ def _lower(
     lowerings: planner.Lowerings,
     precision: lax.PrecisionLike,
     acc_dtype: np.dtype,
+    tied: bool,
 ) -> jax.Array:
-    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` by ``lowerings.values``;
-    differentiated, as `_lower_jvp` says."""
-    return STRATEGIES[lowerings.values].lower(spec, x, w, precision=precision,
-                                              acc_dtype=acc_dtype)
+    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` by ``lowerings.values``, `w`
+    after `x` if `tied` (`_after`); differentiated, as `_lower_jvp` says."""
+    return STRATEGIES[lowerings.values].lower(spec, x, _after(w, x) if tied else w,
+                                              precision=precision, acc_dtype=acc_dtype)
 
 
 def _lower_jvp(
@@ -54,6 +55,7 @@ def _lower_jvp(
     lowerings: planner.Lowerings,
     precision: lax.PrecisionLike,
     acc_dtype: np.dtype,
+    tied: bool,
     primals: tuple[jax.Array, jax.Array],
     tangents: tuple[Any, Any],
 ) -> tuple[jax.Array, jax.Array]:
@@ -65,19 +67,23 @@ def _lower_jvp(
     Symbolic-zero tangents are skipped."""
     x, w = primals
     dx, dw = tangents
+    tied_w = _after(w, x) if tied else w
     if lowerings.input_gradient is not None:
-        y = STRATEGIES[lowerings.differentiated].lower(spec, x, w, precision=precision,
+        y = STRATEGIES[lowerings.differentiated].lower(spec, x, tied_w, precision=precision,
                                                        acc_dtype=acc_dtype)
         terms = []
         if not isinstance(dx, SymbolicZero):
-            terms.append(input_tangent(spec, lowerings.input_gradient, w, dx,
+            kernel = w if reads_kernel(spec, lowerings.input_gradient) else tied_w
+            terms.append(input_tangent(spec, lowerings.input_gradient, kernel, dx,
                                        precision=precision, acc_dtype=acc_dtype))
         if not isinstance(dw, SymbolicZero):
             terms.append(kernel_tangent(spec, x, dw, lowering=lowerings.differentiated,
                                         precision=precision, acc_dtype=acc_dtype))
         return y, functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(y)
-    by = functools.partial(STRATEGIES[lowerings.differentiated].lower, spec,
-                           precision=precision, acc_dtype=acc_dtype)
+    def by(a: jax.Array, b: jax.Array) -> jax.Array:
+        return STRATEGIES[lowerings.differentiated].lower(
+            spec, a, _after(b, a) if tied else b, precision=precision, acc_dtype=acc_dtype)
+
     varying = [i for i, t in enumerate(tangents) if not isinstance(t, SymbolicZero)]
 
     def by_varying(*args: jax.Array) -> jax.Array:
@@ -131,7 +137,11 @@ def _after(w: jax.Array, x: jax.Array) -> jax.Array:
     scatter's transposed kernels, made the program's temporaries 74 MB against lax's 13,
     and put them over glibc's 32 MB limit for reusing memory, so that every call faulted
     all of them in afresh. Tied to the input, the temporaries are 30 MB. The tie is exact
-    (a select on a predicate that is always false) and costs one element's read.
+    (a select on a predicate that is always false) and costs one element's read. It is
+    itself a copy of the kernel, held from the forward pass to the backward where the
+    input gradient reads it: an input gradient that makes no copy of the kernel
+    (`jconv._gradients.reads_kernel`) reads it untied (ResNet-18's training step: 74 MB of
+    temporaries against 81 tied).
     """
     if x.size == 0:
         return w
@@ -156,14 +166,13 @@ def _lower_by(
     transposes this function itself, as `jconv._autopart`'s ops do: the tie would reach
     their linear operand.
     """
-    if tied and spec.taps > 1 and any(STRATEGIES[n].TRANSFORMS_KERNEL
-                                      for n in (lowerings.values, lowerings.differentiated)):
-        w = _after(w, x)
+    tied = tied and spec.taps > 1 and any(
+        STRATEGIES[n].TRANSFORMS_KERNEL for n in (lowerings.values, lowerings.differentiated))
     if lowerings.values == lowerings.differentiated and lowerings.input_gradient is None:
         # plain autodiff of the one lowering
-        return STRATEGIES[lowerings.values].lower(spec, x, w, precision=precision,
-                                                  acc_dtype=acc_dtype)
-    return _lower(x, w, spec, lowerings, precision, acc_dtype)
+        return STRATEGIES[lowerings.values].lower(spec, x, _after(w, x) if tied else w,
+                                                  precision=precision, acc_dtype=acc_dtype)
+    return _lower(x, w, spec, lowerings, precision, acc_dtype, tied)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "strategy", "lowerings", "precision",

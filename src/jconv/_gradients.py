@@ -11,6 +11,8 @@ so that its transpose is the fast one:
 - ``conv(dx, w)`` (`input_tangent`) is the transpose of the input gradient written as a
   convolution of the cotangent with the flipped kernel (`ConvSpec.input_gradient`), by a
   lowering the planner picks for that convolution: reverse mode transposes it back.
+  Scatter reads the forward kernel as it is (`jconv.strategies.scatter.lower_flipped`),
+  making no flipped copy that XLA would compute in the forward pass and hold.
 - ``conv(x, dw)`` (`kernel_tangent`) is the hybrid lowering (`jconv.strategies.hybrid`)
   over chunks of `CHUNK` images, each chunk rematerialised (`jax.checkpoint`): its
   transpose, the kernel gradient, is a loop that pads one chunk, builds its row patches
@@ -33,10 +35,11 @@ from jax import lax
 
 from ._sharding import partition_factor, vary_like
 from ._spec import ConvSpec
-from .strategies import STRATEGIES, hybrid, winograd
+from .strategies import STRATEGIES, hybrid, scatter, winograd
 from .strategies._common import Geometry, in_batch_chunks, pad_input
 
-__all__ = ["CHUNK", "applies", "chunk", "input_tangent", "kernel_tangent", "temp_bytes"]
+__all__ = ["CHUNK", "applies", "chunk", "input_tangent", "kernel_tangent", "reads_kernel",
+           "temp_bytes"]
 
 CHUNK = 2
 """Images per chunk of the kernel gradient (measured best of 1, 2 and 8 on dense 3x3
@@ -84,6 +87,12 @@ def _hybrid_temp(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> float:
     return float(hybrid.cost_of(Geometry.from_spec(spec, dtype)).temp_bytes)
 
 
+def reads_kernel(spec: ConvSpec, lowering: str) -> bool:
+    """Whether `input_tangent` by `lowering` reads the kernel as it is, making no copy of it:
+    scatter on one group (`scatter.lower_flipped`)."""
+    return lowering == "scatter" and spec.feature_group_count == 1 and spec.taps > 1
+
+
 def input_tangent(
     spec: ConvSpec,
     lowering: str,
@@ -97,11 +106,14 @@ def input_tangent(
     transpose of the input gradient computed by `lowering` on `ConvSpec.input_gradient`
     (`planner.Lowerings.input_gradient`)."""
     grad_spec = spec.input_gradient()
-    kernel = spec.flip_kernel(w)
+    if reads_kernel(spec, lowering):
+        kernel, lower = w, scatter.lower_flipped
+    else:
+        kernel, lower = spec.flip_kernel(w), STRATEGIES[lowering].lower
 
     def gradient(ct: jax.Array) -> jax.Array:
-        return STRATEGIES[lowering].lower(grad_spec, ct, kernel, precision=precision,
-                                          acc_dtype=acc_dtype).astype(dx.dtype)
+        return lower(grad_spec, ct, kernel, precision=precision,
+                     acc_dtype=acc_dtype).astype(dx.dtype)
 
     # its transpose, by reverse mode (a lowering with its own JVP rule, such as `pallas`,
     # transposes through that); the values at zero are never used, and the zeros vary

@@ -77,10 +77,47 @@ def lower(
 ) -> jax.Array:
     """``(N, *in, C), (*window, Cg, F) -> (N, *out, F)``: all taps' products, sliced (or where
     `spreads`, spread) and summed, per batch chunk when the products are big."""
+    return _lower(spec, x, w, False, precision=precision, acc_dtype=acc_dtype)
+
+
+def lower_flipped(
+    spec: ConvSpec,
+    x: jax.Array,
+    w: jax.Array,
+    *,
+    precision: lax.PrecisionLike,
+    acc_dtype: jnp.dtype,
+) -> jax.Array:
+    """`lower` with the kernel given flipped, for one group: ``(N, *in, C), (*window, F, C)
+    -> (N, *out, F)``, where ``w[k, f, c]`` is the kernel's tap ``window - 1 - k`` from
+    input channel ``c`` to output ``f`` (`ConvSpec.flip_kernel` of `w`). A dense
+    convolution's input gradient is the cotangent convolved with the forward kernel so read
+    (`jconv._gradients.input_tangent`). The GEMM reads `w` as the matrix
+    ``(taps * F, C)``, contracting its second axis (no copy: XLA's GEMM reads it
+    transposed), and the products are reversed instead of the kernel. A flipped copy
+    would depend on the kernel alone: XLA's CPU scheduler computed such copies during the
+    forward pass and held them until the backward."""
+    if spec.feature_group_count != 1:
+        raise ValueError(f"`spec.feature_group_count` (={spec.feature_group_count}) must be "
+                         "1 for a flipped kernel.")
+    return _lower(spec, x, w, True, precision=precision, acc_dtype=acc_dtype)
+
+
+def _lower(
+    spec: ConvSpec,
+    x: jax.Array,
+    w: jax.Array,
+    flipped: bool,
+    *,
+    precision: lax.PrecisionLike,
+    acc_dtype: jnp.dtype,
+) -> jax.Array:
+    """`lower`, or `lower_flipped` if `flipped`."""
     spread = spreads(spec)
+    lower_all = _spread_out if spread else _sliced
     return lower_chunked(spec, x, w, lambda geo: cost_of(geo, int(spread)),
-                         _spread_out if spread else _sliced, precision=precision,
-                         acc_dtype=acc_dtype, padded=not spread)
+                         functools.partial(lower_all, flipped=flipped),
+                         precision=precision, acc_dtype=acc_dtype, padded=not spread)
 
 
 SLICE_MAX_PADDING = 1.2
@@ -104,10 +141,18 @@ def _products(
     *,
     precision: lax.PrecisionLike,
     acc_dtype: jnp.dtype,
+    flipped: bool,
 ) -> jax.Array:
     """``(N, *positions, C), (*window, Cg, F) -> (N, *positions, prod(window), F)``: every
-    position times every tap, one matrix product (an einsum per group with groups)."""
+    position times every tap, one matrix product (an einsum per group with groups); where
+    `flipped` (one group), `w` is ``(*window, F, C)`` with its taps reversed, as are the
+    products, reversed back here (XLA fuses that into the slices that read them)."""
     taps, g, cg = spec.taps, spec.feature_group_count, spec.group_in_features
+    if flipped:
+        y = lax.dot_general(x.reshape(-1, cg), w.reshape(taps * spec.out_features, cg),
+                            (((1,), (1,)), ((), ())), precision=precision,
+                            preferred_element_type=acc_dtype)
+        return y.reshape(*x.shape[:-1], taps, spec.out_features)[..., ::-1, :]
     wg = group_kernel(spec, w).reshape(taps, cg, g, -1)  # (K, Cg, G, Fq)
     if g == 1:  # one matrix product, no transposes of the input
         y = jnp.matmul(x.reshape(-1, cg), jnp.moveaxis(wg, 0, 1).reshape(cg, -1),
@@ -126,10 +171,12 @@ def _sliced(
     *,
     precision: lax.PrecisionLike,
     acc_dtype: jnp.dtype,
+    flipped: bool,
 ) -> jax.Array:
     """``(N, *padded, C), (*window, Cg, F) -> (N, *out, F)`` without lhs dilation: tap ``k``'s
     products at ``o + k*d``, summed (padding zeros give zero products: no bounds checks)."""
-    y = _products(spec, xp, w, precision=precision, acc_dtype=acc_dtype)
+    y = _products(spec, xp, w, precision=precision, acc_dtype=acc_dtype,
+                  flipped=flipped)
     return functools.reduce(
         jnp.add, (window_slice(spec, y[..., t, :], k) for t, k in enumerate(offsets(spec))))
 
@@ -141,10 +188,12 @@ def _spread_out(
     *,
     precision: lax.PrecisionLike,
     acc_dtype: jnp.dtype,
+    flipped: bool,
 ) -> jax.Array:
     """``(N, *in, C), (*window, Cg, F) -> (N, *out, F)``: the real samples' products, each
     tap's spread onto the outputs it reaches (`_spread`) and summed."""
-    y = _products(spec, x, w, precision=precision, acc_dtype=acc_dtype)
+    y = _products(spec, x, w, precision=precision, acc_dtype=acc_dtype,
+                  flipped=flipped)
     zero = jnp.zeros((), acc_dtype)
     acc = jnp.zeros((spec.batch, *spec.out_spatial, spec.out_features), acc_dtype)
     for t, k in enumerate(offsets(spec)):
