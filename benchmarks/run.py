@@ -11,9 +11,12 @@ lhs dilation's phases for transposed convolutions; x3 for forward+backward); "% 
 rate over the machine's measured float32 matmul rate. Unless --quick or --no-sweep, every
 lowering the planner considers is timed as well (alternately among themselves), forward
 and, for those within 3x of the best forward, forward+backward: "pick/best" is the
-planner's forward choice over the fastest lowering measured, and for forward+backward
-jconv's "auto" (which, differentiated, runs the backward pick: "fwd/grad" in the "lowering"
-column) timed in the same group over the fastest single lowering. Long timings use fewer
+planner's forward choice over the fastest lowering measured that the call's accuracy
+class allows (what `jconv.tune` times and may store), and for forward+backward jconv's
+"auto" (which, differentiated, runs the backward pick: "fwd/grad" in the "lowering"
+column) timed in the same group over the fastest such lowering. Normwise-class lowerings
+(`dft`), which the default policy runs only when speed is asked for, are timed beside them
+and listed under the table where faster. Long timings use fewer
 repetitions (at least 3). Every output timed is compared with lax's (``rel_err``).
 
 On an accelerator each timing sample dispatches ``--inner`` calls and waits for the last,
@@ -243,6 +246,7 @@ def bench_case(case: Case, reps: int, sweep: bool, peak: float, inner: int,
     candidates = [n for n, m in STRATEGIES.items()
                   if m.AUTO and m.applicable(spec, jnp.dtype(jnp.float32)) is None
                   and math.isfinite(m.predict(spec).forward)]
+    allowed = set(jconv.planner.candidates(spec, jnp.float32, opt_in=True))
     for mode, mult in (("fwd", 1), ("fwd+bwd", 3)):
         if mode == "fwd":
             fn, fr = jax.jit(ours("auto")), jax.jit(native)
@@ -283,10 +287,18 @@ def bench_case(case: Case, reps: int, sweep: bool, peak: float, inner: int,
                 n: rel_err(t(), ref) for n, t in zip(names, sweep_thunks[:len(names)], strict=True)}
             auto = times[-1] if mode == "fwd+bwd" else per[chosen]
             r["per_strategy_ms"] = per
-            r["best_strategy"] = min(per, key=per.__getitem__)
-            r["chosen_over_best"] = auto / min(per.values())
+            r.update(over_best(per, auto, allowed))
         rec[mode] = r
     return rec
+
+
+def over_best(per: dict[str, float], auto: float, allowed: set[str]) -> dict[str, Any]:
+    """The fastest of `per` (ms per lowering) among the `allowed` lowerings (the accuracy
+    class of the call), `auto`'s time over it, and the fastest of any class."""
+    best = min((n for n in per if n in allowed), key=per.__getitem__)
+    fastest = min(per, key=per.__getitem__)
+    return {"best_strategy": best, "chosen_over_best": auto / per[best],
+            "fastest_any_class": fastest, "fastest_any_class_over_best": per[fastest] / per[best]}
 
 
 def cpu_name() -> str:
@@ -344,6 +356,14 @@ def markdown(meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
     s = meta["summary"]
     max_err = max(e for r in recs for m in ("fwd", "fwd+bwd")
                   for e in [r[m]["rel_err"], *r[m].get("per_strategy_rel_err", {}).values()])
+    faster = [f"{r['case']} {m} ({r[m]['fastest_any_class']} "
+              f"{r[m]['fastest_any_class_over_best']:.2f}x the best)"
+              for r in recs for m in ("fwd", "fwd+bwd")
+              if r[m].get("fastest_any_class", r[m].get("best_strategy"))
+              != r[m].get("best_strategy")]
+    if faster:
+        lines += ["", "Faster in the normwise accuracy class (run when speed is asked for): "
+                  + "; ".join(faster) + "."]
     lines += [
         "",
         f"Geometric mean ratio: forward {s['fwd_geomean']:.2f}, forward+backward "
