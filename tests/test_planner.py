@@ -349,7 +349,8 @@ def test_dense_gradients_differentiate_like_lax(i: int) -> None:
 
 def test_derivatives_run_the_backward_lowering(monkeypatch: pytest.MonkeyPatch) -> None:
     """Differentiated, a dense convolution's values run by the differentiated pick and its two
-    tangents by `_gradients` (the input's by the pick for `ConvSpec.input_gradient`);
+    tangents by `_gradients` (the input's by the pick for `ConvSpec.input_gradient`, scatter's
+    by `scatter.lower_flipped`);
     otherwise the values' pick runs alone: a record of which lowering traced what."""
     jax.clear_caches()  # trace afresh, with the recording lowerings
     xs, spec, kw = _dense_case()
@@ -365,6 +366,9 @@ def test_derivatives_run_the_backward_lowering(monkeypatch: pytest.MonkeyPatch) 
 
     for name in {picks.values, picks.differentiated, picks.input_gradient}:
         monkeypatch.setattr(STRATEGIES[name], "lower", recording(name, STRATEGIES[name].lower))
+    # scatter's input gradient reads the forward kernel unflipped (`_gradients.reads_kernel`)
+    flipped = STRATEGIES["scatter"].lower_flipped
+    monkeypatch.setattr(STRATEGIES["scatter"], "lower_flipped", recording("scatter", flipped))
     for term in ("input_tangent", "kernel_tangent"):
         monkeypatch.setattr(_engine, term, recording(term, getattr(_engine, term)))
     x, w = jnp.ones(xs), jnp.ones(spec.rhs_shape)
