@@ -788,7 +788,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny networks, 1 repetition")
     ap.add_argument("--layers", action="store_true",
                     help="also time each distinct convolution alone (jconv auto vs lax)")
-    ap.add_argument("--out", default=None, help="basename in benchmarks/results/")
+    ap.add_argument("--out", default=None,
+                    help="basename in benchmarks/results/ (an absolute path: written there)")
     a = ap.parse_args(argv)
     reps = a.reps if a.reps is not None else 1 if a.smoke else 3 if a.quick else 7
     if reps < 1:

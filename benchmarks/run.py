@@ -381,7 +381,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reps", type=int, default=None, help="alternating repetitions")
     ap.add_argument("--only", default="", help="run only cases whose name contains this")
     ap.add_argument("--no-sweep", action="store_true", help="skip timing every lowering")
-    ap.add_argument("--out", default=None, help="basename in benchmarks/results/")
+    ap.add_argument("--out", default=None,
+                    help="basename in benchmarks/results/ (an absolute path: written there)")
     ap.add_argument("--inner", type=int, default=None,
                     help="calls per timing sample (default 1 on CPU, 20 on an accelerator)")
     ap.add_argument("--batch-scale", type=int, default=1,
