@@ -366,7 +366,7 @@ def test_derivatives_run_the_backward_lowering(monkeypatch: pytest.MonkeyPatch) 
 
     for name in {picks.values, picks.differentiated, picks.input_gradient}:
         monkeypatch.setattr(STRATEGIES[name], "lower", recording(name, STRATEGIES[name].lower))
-    # scatter's input gradient reads the forward kernel unflipped (`_gradients.reads_kernel`)
+    # scatter's input gradient reads the forward kernel unflipped (`_gradients.input_tangent`)
     flipped = STRATEGIES["scatter"].lower_flipped
     monkeypatch.setattr(STRATEGIES["scatter"], "lower_flipped", recording("scatter", flipped))
     for term in ("input_tangent", "kernel_tangent"):

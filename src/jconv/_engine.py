@@ -22,7 +22,7 @@ from jax.custom_derivatives import SymbolicZero
 from . import planner
 from ._args import as_int, int_tuple
 from ._autopart import partitioned, uses_rules
-from ._gradients import input_tangent, kernel_tangent, reads_kernel
+from ._gradients import input_tangent, kernel_tangent
 from ._padding import apply_padding_mode
 from ._sharding import Split, explicit_split, may_partition
 from ._spec import ConvSpec, Padding, normalize_layout
@@ -46,7 +46,7 @@ def _lower(
 ) -> jax.Array:
     """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` by ``lowerings.values``, `w`
     after `x` if `tied` (`_after`); differentiated, as `_lower_jvp` says."""
-    return STRATEGIES[lowerings.values].lower(spec, x, _after(w, x) if tied else w,
+    return STRATEGIES[lowerings.values].lower(spec, x, _tie(w, x, tied),
                                               precision=precision, acc_dtype=acc_dtype)
 
 
@@ -67,14 +67,13 @@ def _lower_jvp(
     Symbolic-zero tangents are skipped."""
     x, w = primals
     dx, dw = tangents
-    tied_w = _after(w, x) if tied else w
+    tied_w = _tie(w, x, tied)
     if lowerings.input_gradient is not None:
         y = STRATEGIES[lowerings.differentiated].lower(spec, x, tied_w, precision=precision,
                                                        acc_dtype=acc_dtype)
         terms = []
         if not isinstance(dx, SymbolicZero):
-            kernel = w if reads_kernel(spec, lowerings.input_gradient) else tied_w
-            terms.append(input_tangent(spec, lowerings.input_gradient, kernel, dx,
+            terms.append(input_tangent(spec, lowerings.input_gradient, w, tied_w, dx,
                                        precision=precision, acc_dtype=acc_dtype))
         if not isinstance(dw, SymbolicZero):
             terms.append(kernel_tangent(spec, x, dw, lowering=lowerings.differentiated,
@@ -82,7 +81,7 @@ def _lower_jvp(
         return y, functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(y)
     def by(a: jax.Array, b: jax.Array) -> jax.Array:
         return STRATEGIES[lowerings.differentiated].lower(
-            spec, a, _after(b, a) if tied else b, precision=precision, acc_dtype=acc_dtype)
+            spec, a, _tie(b, a, tied), precision=precision, acc_dtype=acc_dtype)
 
     varying = [i for i, t in enumerate(tangents) if not isinstance(t, SymbolicZero)]
 
@@ -140,13 +139,18 @@ def _after(w: jax.Array, x: jax.Array) -> jax.Array:
     (a select on a predicate that is always false) and costs one element's read. It is
     itself a copy of the kernel, held from the forward pass to the backward where the
     input gradient reads it: an input gradient that makes no copy of the kernel
-    (`jconv._gradients.reads_kernel`) reads it untied (ResNet-18's training step: 74 MB of
-    temporaries against 81 tied).
+    (scatter's, `jconv._gradients.input_tangent`) reads it untied (ResNet-18's training
+    step: 74 MB of temporaries against 81 tied).
     """
     if x.size == 0:
         return w
     never = _never(lax.stop_gradient(x))
     return lax.select(jnp.broadcast_to(never, w.shape), jnp.zeros_like(w), w)
+
+
+def _tie(w: jax.Array, x: jax.Array, tied: bool) -> jax.Array:
+    """`_after(w, x)` if `tied`, else `w`."""
+    return _after(w, x) if tied else w
 
 
 def _lower_by(
@@ -170,7 +174,7 @@ def _lower_by(
         STRATEGIES[n].TRANSFORMS_KERNEL for n in (lowerings.values, lowerings.differentiated))
     if lowerings.values == lowerings.differentiated and lowerings.input_gradient is None:
         # plain autodiff of the one lowering
-        return STRATEGIES[lowerings.values].lower(spec, x, _after(w, x) if tied else w,
+        return STRATEGIES[lowerings.values].lower(spec, x, _tie(w, x, tied),
                                                   precision=precision, acc_dtype=acc_dtype)
     return _lower(x, w, spec, lowerings, precision, acc_dtype, tied)
 

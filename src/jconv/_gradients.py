@@ -38,8 +38,7 @@ from ._spec import ConvSpec
 from .strategies import STRATEGIES, hybrid, scatter, winograd
 from .strategies._common import Geometry, in_batch_chunks, pad_input
 
-__all__ = ["CHUNK", "applies", "chunk", "input_tangent", "kernel_tangent", "reads_kernel",
-           "temp_bytes"]
+__all__ = ["CHUNK", "applies", "chunk", "input_tangent", "kernel_tangent", "temp_bytes"]
 
 CHUNK = 2
 """Images per chunk of the kernel gradient (measured best of 1, 2 and 8 on dense 3x3
@@ -87,16 +86,11 @@ def _hybrid_temp(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> float:
     return float(hybrid.cost_of(Geometry.from_spec(spec, dtype)).temp_bytes)
 
 
-def reads_kernel(spec: ConvSpec, lowering: str) -> bool:
-    """Whether `input_tangent` by `lowering` reads the kernel as it is, making no copy of it:
-    scatter on one group (`scatter.lower_flipped`)."""
-    return lowering == "scatter" and spec.feature_group_count == 1 and spec.taps > 1
-
-
 def input_tangent(
     spec: ConvSpec,
     lowering: str,
     w: jax.Array,
+    tied_w: jax.Array,
     dx: jax.Array,
     *,
     precision: lax.PrecisionLike,
@@ -104,12 +98,14 @@ def input_tangent(
 ) -> jax.Array:
     """``(*window, Cg, F), (N, *in, C) -> (N_out, *out, F)``: ``conv(dx, w)``, as the
     transpose of the input gradient computed by `lowering` on `ConvSpec.input_gradient`
-    (`planner.Lowerings.input_gradient`)."""
+    (`planner.Lowerings.input_gradient`). `tied_w` is `w` tied to the layer's input
+    (`jconv._engine._after`, itself a copy), read where the lowering transforms the
+    kernel; scatter on one group reads `w` as it is (`scatter.lower_flipped`)."""
     grad_spec = spec.input_gradient()
-    if reads_kernel(spec, lowering):
+    if lowering == "scatter" and spec.feature_group_count == 1 and spec.taps > 1:
         kernel, lower = w, scatter.lower_flipped
     else:
-        kernel, lower = spec.flip_kernel(w), STRATEGIES[lowering].lower
+        kernel, lower = spec.flip_kernel(tied_w), STRATEGIES[lowering].lower
 
     def gradient(ct: jax.Array) -> jax.Array:
         return lower(grad_spec, ct, kernel, precision=precision,
