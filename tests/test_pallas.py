@@ -104,6 +104,26 @@ def test_the_kernel_computes_the_values() -> None:
     assert not any(e.primitive.name == "dot_general" for e in eqns)
 
 
+def test_on_a_gpu_it_lowers_to_one_triton_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lowered for CUDA here (nothing compiled): one Triton kernel, with the module's warps and
+    pipeline stages. Pallas' default on GPUs, Mosaic GPU, refuses it: it would stage the
+    image's rows in shared memory. (Traces are cached per backend-free key: the caches are
+    cleared around the GPU's traces.)"""
+    jax.clear_caches()
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    try:
+        for case in (CASES[1], CASES[4]):
+            x, w = (jax.ShapeDtypeStruct(s, F32) for s in case[1:3])
+            lowered = jax.jit(_pallas(case)).trace(x, w).lower(lowering_platforms=("cuda",))
+            calls = [line for line in lowered.as_text().splitlines() if "custom_call" in line]
+            assert len(calls) == 1 and "xla.gpu.triton" in calls[0]
+            assert f"num_warps = {pallas.TRITON_WARPS} " in calls[0]
+            assert f"num_stages = {pallas.TRITON_STAGES} " in calls[0]
+    finally:
+        monkeypatch.undo()
+        jax.clear_caches()
+
+
 def test_integers_are_exact_and_bfloat16_accumulates_in_float32() -> None:
     case = CASES[1]
     rng = np.random.default_rng(7)
