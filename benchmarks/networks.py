@@ -802,7 +802,8 @@ def main(argv: list[str] | None = None) -> None:
     tv = None if a.no_torch else torch_version()
     meta: dict[str, Any] = {
         "machine": f"{cpu_name()}, {os.cpu_count()} cores ({platform.machine()}, "
-                   f"{platform.system()})",
+                   f"{platform.system()}), jax device {jax.devices()[0].platform}: "
+                   f"{jax.devices()[0].device_kind}",
         "jax": jax.__version__, "torch": tv, "reps": reps, "budget_s": budget_s,
         "matmul_gflops": matmul_flops(3, 256 if a.smoke else 2048, 1) / 1e9,
         "time_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

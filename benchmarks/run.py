@@ -220,9 +220,11 @@ def torch_thunks(case: Case, x: np.ndarray, w: np.ndarray) -> tuple[Callable, Ca
 
 
 def bench_case(case: Case, reps: int, sweep: bool, peak: float, inner: int,
-               torch_col: bool) -> dict[str, Any]:
+               torch_col: bool, also: Sequence[str] = ()) -> dict[str, Any]:
     """Time one case; returns a JSON-able record. Every jconv output timed (values, and
-    gradients for forward+backward) is also compared with lax's: ``rel_err``."""
+    gradients for forward+backward) is also compared with lax's: ``rel_err``. `also`:
+    lowerings (opt-in ones too) each timed alternately with lax where they apply
+    (``rec[mode]["also"][name]``)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal(case.x, dtype=np.float32)
     w = rng.standard_normal(case.w_shape(), dtype=np.float32)
@@ -237,6 +239,15 @@ def bench_case(case: Case, reps: int, sweep: bool, peak: float, inner: int,
     def ours(strategy: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
         return lambda a, b: jconv.conv_general_dilated(a, b, **args, strategy=strategy)
 
+    def call(conv: Callable[[jax.Array, jax.Array], jax.Array], mode: str
+             ) -> Callable[[], Any]:
+        """A thunk: `conv` jitted on the case's operands ("fwd"), or its `fwd_bwd` step."""
+        if mode == "fwd":
+            f = jax.jit(conv)
+            return lambda: f(xj, wj)
+        g = fwd_bwd(conv)
+        return lambda: g(xj, wj, cj)
+
     chosen = plan(spec, jnp.dtype(jnp.float32))
     backward = plan(spec, jnp.dtype(jnp.float32), differentiated=True)
     flops = 2 * spec.macs / math.prod(spec.lhs_dilation)  # transposed: taps on real input
@@ -248,12 +259,7 @@ def bench_case(case: Case, reps: int, sweep: bool, peak: float, inner: int,
                   and math.isfinite(m.predict(spec).forward)]
     allowed = set(jconv.planner.candidates(spec, jnp.float32, opt_in=True))
     for mode, mult in (("fwd", 1), ("fwd+bwd", 3)):
-        if mode == "fwd":
-            fn, fr = jax.jit(ours("auto")), jax.jit(native)
-            thunks = [lambda fn=fn: fn(xj, wj), lambda fr=fr: fr(xj, wj)]
-        else:
-            gn, gr = fwd_bwd(ours("auto")), fwd_bwd(native)
-            thunks = [lambda gn=gn: gn(xj, wj, cj), lambda gr=gr: gr(xj, wj, cj)]
+        thunks = [call(ours("auto"), mode), call(native, mode)]
         t_ours, t_nat = timed(thunks, reps, inner=inner)
         ref = thunks[1]()
         r: dict[str, Any] = {
@@ -262,6 +268,13 @@ def bench_case(case: Case, reps: int, sweep: bool, peak: float, inner: int,
             "gflops": mult * flops / t_ours / 1e9,
             "pct_matmul": 100 * mult * flops / t_ours / peak,
             "native_gflops": mult * flops / t_nat / 1e9}
+        for name in also:
+            if STRATEGIES[name].applicable(spec, jnp.dtype(jnp.float32)) is None:
+                thunk = call(ours(name), mode)
+                t_name, t_ref = timed([thunk, thunks[1]], reps, inner=inner)
+                r.setdefault("also", {})[name] = {
+                    "ms": t_name * 1e3, "native_ms": t_ref * 1e3, "ratio": t_name / t_ref,
+                    "rel_err": rel_err(thunk(), ref)}
         if th is not None:  # timed on its own: its idle OpenMP threads would slow the next thunk
             r["torch_ms"] = timed([th[0] if mode == "fwd" else th[1]], reps)[0] * 1e3
         if sweep:
@@ -270,17 +283,9 @@ def bench_case(case: Case, reps: int, sweep: bool, peak: float, inner: int,
                 fwd_per = rec["fwd"]["per_strategy_ms"]
                 names = [n for n in candidates if fwd_per[n] <= 3 * min(fwd_per.values())]
                 names = sorted(set(names) | {chosen, backward})
-            sweep_thunks = []
-            for name in names:
-                if mode == "fwd":
-                    f = jax.jit(ours(name))
-                    sweep_thunks.append(lambda f=f: f(xj, wj))
-                else:
-                    g = fwd_bwd(ours(name))
-                    sweep_thunks.append(lambda g=g: g(xj, wj, cj))
+            sweep_thunks = [call(ours(name), mode) for name in names]
             if mode == "fwd+bwd":  # auto, differentiated, runs the backward pick
-                g = fwd_bwd(ours("auto"))
-                sweep_thunks.append(lambda g=g: g(xj, wj, cj))
+                sweep_thunks.append(call(ours("auto"), mode))
             times = [t * 1e3 for t in timed(sweep_thunks, reps, inner=inner)]
             per = dict(zip(names, times[:len(names)], strict=True))
             r["per_strategy_rel_err"] = {
@@ -317,9 +322,16 @@ def geomean(xs: list[float]) -> float:
     return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
 
+def errors(r: dict[str, Any]) -> list[float]:
+    """Relative errors against lax of every other lowering timed in one mode's record."""
+    return [*r.get("per_strategy_rel_err", {}).values(),
+            *(v["rel_err"] for v in r.get("also", {}).values())]
+
+
 def markdown(meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
     """The results as a Markdown table."""
     torch_col = any("torch_ms" in r["fwd"] for r in recs)
+    also = sorted({n for r in recs for m in ("fwd", "fwd+bwd") for n in r[m].get("also", {})})
     sweep = any("per_strategy_ms" in r["fwd"] for r in recs)
     head = ["case", "lowering (fwd/grad)", "GFLOP", "fwd native ms", "fwd ratio", "fwd GFLOP/s",
             "fwd % mm", "f+b native ms", "f+b ratio", "f+b GFLOP/s"]
@@ -327,6 +339,8 @@ def markdown(meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
         head += ["torch fwd ms", "torch f+b ms"]
     if sweep:
         head += ["pick/best fwd", "pick/best f+b"]
+    for name in also:
+        head += [f"{name} fwd ratio", f"{name} f+b ratio"]
     lines = [
         f"Machine: {meta['machine']}; jax {meta['jax']}; float32; matmul "
         f"{meta['matmul_gflops']:.0f} GFLOP/s ({meta['matmul_n']}^3); {meta['reps']} "
@@ -352,10 +366,13 @@ def markdown(meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
         if sweep:
             row += [f"{f['chosen_over_best']:.2f} ({f['best_strategy']})",
                     f"{b['chosen_over_best']:.2f} ({b['best_strategy']})"]
+        for name in also:  # "-": the lowering does not apply
+            row += [f"{m['also'][name]['ratio']:.2f}" if name in m.get("also", {}) else "-"
+                    for m in (f, b)]
         lines.append("| " + " | ".join(row) + " |")
     s = meta["summary"]
     max_err = max(e for r in recs for m in ("fwd", "fwd+bwd")
-                  for e in [r[m]["rel_err"], *r[m].get("per_strategy_rel_err", {}).values()])
+                  for e in [r[m]["rel_err"], *errors(r[m])])
     faster = [f"{r['case']} {m} ({r[m]['fastest_any_class']} "
               f"{r[m]['fastest_any_class_over_best']:.2f}x the best)"
               for r in recs for m in ("fwd", "fwd+bwd")
@@ -385,6 +402,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="basename in benchmarks/results/ (an absolute path: written there)")
     ap.add_argument("--inner", type=int, default=None,
                     help="calls per timing sample (default 1 on CPU, 20 on an accelerator)")
+    ap.add_argument("--also", default="",
+                    help="lowerings to time beside auto where they apply, comma-separated "
+                         "(opt-in ones too: --also pallas)")
     ap.add_argument("--batch-scale", type=int, default=1,
                     help="multiply every case's batch (accelerators: fill the device)")
     a = ap.parse_args(argv)
@@ -395,6 +415,10 @@ def main(argv: list[str] | None = None) -> None:
         if v < 1:
             ap.error(f"{flag}={v}: must be at least 1")
     sweep = not (a.quick or a.no_sweep)
+    also = [n for n in a.also.split(",") if n]
+    for name in also:
+        if name not in STRATEGIES:
+            ap.error(f"--also={a.also}: {name!r} is not a lowering ({', '.join(STRATEGIES)})")
     # default precision: on GPUs with tensor cores, float32 products may run as TF32 (lax too)
     tol = 1e-4 if on_cpu else 1e-2
     n_mm = 2048 if on_cpu else 8192
@@ -417,11 +441,10 @@ def main(argv: list[str] | None = None) -> None:
             continue
         t0 = time.perf_counter()
         case = dataclasses.replace(case, x=(case.x[0] * a.batch_scale, *case.x[1:]))
-        rec = bench_case(case, reps, sweep, peak, inner, torch_col=on_cpu)
+        rec = bench_case(case, reps, sweep, peak, inner, torch_col=on_cpu, also=also)
         recs.append(rec)
         errs = [rec[m]["rel_err"] for m in ("fwd", "fwd+bwd")]
-        errs += [e for m in ("fwd", "fwd+bwd")
-                 for e in rec[m].get("per_strategy_rel_err", {}).values()]
+        errs += [e for m in ("fwd", "fwd+bwd") for e in errors(rec[m])]
         if max(errs) > tol:
             mismatched.append(case.name)
         print(f"{case.name:28s} {rec['strategy']:8s} {rec['backward']:8s} "
