@@ -25,8 +25,9 @@ interpret mode (``interpret=True``: exact, but a loop over the tiles, far slower
 XLA lowerings) and `predict` is `NEVER`; on GPU (Triton, unpipelined: `TRITON_STAGES`)
 and TPU (Mosaic) it is compiled and `predict` is finite. On an H200 it matched lax to
 4.8e-7 at ``Precision.HIGHEST`` and ran dense 3x3 forward at 1.1-4.9x cuDNN's time, ahead
-of the XLA lowerings (``benchmarks/README.md``). The rule for tuning: a lowering is timed where its prediction is
-finite on the default backend, so this one on GPU and TPU only, never on the CPU.
+of the XLA lowerings (``benchmarks/README.md``). The rule for tuning: a lowering is timed
+where its prediction is finite on the default backend, so this one on GPU and TPU only,
+never on the CPU.
 (`jconv.tune` times `jconv.planner.candidates`, which holds ``AUTO`` lowerings only.)
 
 Gradients: a `pallas_call` has no transpose, so the lowering carries a `jax.custom_jvp`

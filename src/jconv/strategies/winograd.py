@@ -3,17 +3,22 @@
 
 With ``B^T`` (4x4), ``G`` (4x3), ``A^T`` (2x4) the minimal-filtering matrices of Lavin and
 Gray (2016), every 2x2 output tile is ``A^T [(G w G^T) (.) (B^T d B)] A`` for the 4x4 input
-tile ``d``. Each stage is one GEMM over the ``a^2 = 16`` transform points, with the
-Kronecker matrices ``B^T (x) B^T`` (16x16) and ``A^T (x) A^T`` (4x16):
+tile ``d``. ``B^T`` and ``A^T`` hold only 0 and +-1, so their transforms are adds
+(`lower_2d`), written over the tile's rows, then its columns:
 
-- tiles ``d (16, G, R, C_g)`` (``R = N T_h T_w`` tiles, one copy of the padded input),
-- input transform ``V = (B^T (x) B^T) d``, one GEMM of depth 16,
-- channel mixing ``M[p, g] = V[p, g] U[p, g]`` (``U = (G (x) G) w``), one GEMM batched over
-  points and feature groups,
-- output transform ``Y = (A^T (x) A^T) M``, then one transposed copy into ``(N, H, W, F)``.
+- each of the 16 transform points ``V_p = (B^T d B)_p`` is a sum of four of the tile's
+  elements (strided slices of the padded input), which XLA fuses into the operand of that
+  point's GEMM: no tile is ever copied;
+- channel mixing ``M_p = V_p U_p`` (``U = (G (x) G) w``, one small GEMM), one GEMM of depth
+  ``C_g`` per point and feature group, ``(R, C_g) @ (C_g, F_g)`` over ``R = N T_h T_w``
+  tiles;
+- ``Y = A^T M A``: each output is a sum of nine points' products, fused into the output's
+  interleave into ``(N, H, W, F)``.
 
-Every intermediate keeps the transform point as its leading axis, so no transpose sits
-between the GEMMs. `winograd4` is the same with F(4x4, 3x3) (`lower_tiles`, `tiles_cost_of`).
+`winograd4` is F(4x4, 3x3) by `lower_tiles`, where the transforms are GEMMs of depth
+``a^2 = 36`` over a copy of the tiles (its coefficients 2, 4, 5 make adds the slower way);
+every intermediate there keeps the transform point as its leading axis, so no transpose
+sits between the GEMMs.
 
 In 1-D (`lower_1d`) each 2-output tile reads 4 samples, and the transforms are the rows of
 ``B^T``, ``G``, ``A^T`` themselves, written as adds that XLA fuses into the tile copy and
@@ -23,8 +28,6 @@ stores three for a 3-tap window).
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -44,13 +47,13 @@ exact on small-integer data)."""
 TRANSFORMS_KERNEL = True
 """The kernel is copied, Winograd-transformed, ``G w G^T`` (`jconv.strategies`)."""
 
-OVERHEAD = 1.5
-"""Predicted time over the cost at the model's rates (three GEMMs, two of depth 16)."""
-OVERHEAD_1D = 1.0
-"""The same for F(2, 3), whose transforms are adds fused into the copies (measured
-0.69-0.97x scatter's time, the summing lowering it is planned against, at C = 64-256)."""
+OVERHEAD = 1.0
+"""Predicted time over the cost at the model's rates: the transforms are adds fused into the
+GEMMs' operands and the output's copy (measured against scatter's time, the summing lowering
+it is planned against: F(2, 3) 0.69-0.97x at C = 64-256, F(2x2, 3x3) 0.65-0.84x at
+C = 16-64)."""
 BACKWARD = 0.6
-"""Gradients over the forward's predicted arithmetic: the transposes of its three GEMMs."""
+"""Gradients over the forward's predicted arithmetic: the transposes of its GEMMs."""
 BACKWARD_COPY = 0.3
 """Gradients over the forward's predicted copies."""
 
@@ -134,6 +137,44 @@ def tiles_cost_of(geo: Geometry, m: int) -> Cost:
     return make_cost(flops=flops, temp_elems=temp, moved_elems=temp + geo.out_elems, geo=geo)
 
 
+def lower_2d(
+    spec: ConvSpec,
+    xp: jax.Array,
+    w: jax.Array,
+    *,
+    precision: lax.PrecisionLike,
+    acc_dtype: jnp.dtype,
+) -> jax.Array:
+    """``(N, Hp, Wp, C)`` padded, ``(3, 3, Cg, F) -> (N, Ho, Wo, F)`` by F(2x2, 3x3): the
+    transforms as adds (their coefficients are 0 and +-1), the mixing as one GEMM per
+    transform point."""
+    n = xp.shape[0]
+    ho, wo = spec.out_spatial
+    th, tw = -(-ho // 2), -(-wo // 2)
+    g, f = spec.feature_group_count, spec.out_features
+    cg, fq = spec.group_in_features, spec.group_out_features
+    x = xp.astype(acc_dtype)
+    x = jnp.pad(x, ((0, 0), (0, 2 * th + 2 - x.shape[1]), (0, 2 * tw + 2 - x.shape[2]), (0, 0)))
+    xb = x.reshape(n, th + 1, 2, tw + 1, 2, g, cg)
+    # tile element (i, j), (N, Th, Tw, G, Cg): row 2t + i and column 2s + j of tile (t, s)
+    rows = [xb[:, :th, i] if i < 2 else xb[:, 1:, i - 2] for i in range(4)]
+    d = [[r[:, :, :tw, j] if j < 2 else r[:, :, 1:, j - 2] for j in range(4)] for r in rows]
+    # B^T d B over the tile's rows, then its columns: 16 points, each fused into its GEMM's
+    # operand
+    cols = [_rows(BT, list(col)) for col in zip(*d, strict=True)]  # [j][p]
+    v = [t for p in zip(*cols, strict=True) for t in _rows(BT, list(p))]
+    u = jnp.einsum("pk,kcgf->pgcf", jnp.asarray(np.kron(G, G), acc_dtype),
+                   w.astype(acc_dtype).reshape(9, cg, g, fq), precision=lax.Precision.HIGHEST)
+    prods = [jnp.einsum("ntsgc,gcf->gntsf", vp, up, precision=precision)
+             for vp, up in zip(v, u, strict=True)]
+    # A^T M A over the points' rows, then their columns, fused into the output's interleave
+    half = [_rows(AT, prods[4 * p:4 * p + 4]) for p in range(4)]  # [p][s]
+    y = jnp.stack([jnp.stack(_rows(AT, list(col))) for col in zip(*half, strict=True)],
+                  axis=1)  # (2, 2, G, N, Th, Tw, Fq)
+    y = y.transpose(3, 4, 0, 5, 1, 2, 6).reshape(n, 2 * th, 2 * tw, f)
+    return y[:, :ho, :wo]
+
+
 def lower(
     spec: ConvSpec,
     x: jax.Array,
@@ -145,8 +186,7 @@ def lower(
     """``(N, H, W, C), (3, 3, Cg, F) -> (N, Ho, Wo, F)`` by Winograd F(2x2, 3x3), or
     ``(N, L, C), (3, Cg, F) -> (N, out, F)`` by F(2, 3), over batch chunks when the temp
     bytes call for it."""
-    tiles = lower_1d if spec.num_spatial == 1 else functools.partial(
-        lower_tiles, matrices=(BT, G, AT))
+    tiles = lower_1d if spec.num_spatial == 1 else lower_2d
     return lower_chunked(spec, x, w, cost_of, tiles, precision=precision, acc_dtype=acc_dtype)
 
 
@@ -198,9 +238,8 @@ def lower_1d(
 
 
 def cost_of(geo: Geometry) -> Cost:
-    """Cost of F(2x2, 3x3) (`tiles_cost_of` with ``m = 2``), or in 1-D of F(2, 3)
-    (`cost_of_1d`)."""
-    return cost_of_1d(geo) if geo.num_spatial == 1 else tiles_cost_of(geo, 2)
+    """Cost of F(2x2, 3x3) (`cost_of_2d`), or in 1-D of F(2, 3) (`cost_of_1d`)."""
+    return cost_of_1d(geo) if geo.num_spatial == 1 else cost_of_2d(geo)
 
 
 def _adds(mat: np.ndarray) -> int:
@@ -208,6 +247,31 @@ def _adds(mat: np.ndarray) -> int:
     coefficient other than +-1."""
     return int(sum(np.count_nonzero(r) - 1 + np.count_nonzero(np.abs(r[r != 0]) != 1)
                    for r in mat))
+
+
+def cost_of_2d(geo: Geometry) -> Cost:
+    """F(2x2, 3x3) (`lower_2d`) over ``R = N ceil(o_0/2) ceil(o_1/2)`` tiles.
+
+    FLOPs: input transform ``8 adds(B^T) R C`` (`_adds`; over the tiles' rows, then their
+    columns), mixing ``2 * 16 R C_g F``, output transform ``6 adds(A^T) R F``, kernel
+    transform ``18 * 16 C_g F``. Moved: the padded input, the points' tiles and products,
+    the output, and the kernel read and transformed (``25 C_g F``: at 4x4 and 7x7 images
+    with 256-512 channels the transform outweighs the tiles). Temp: the padded input, the
+    16 points' transformed tiles or their products, ``16 R max(C, F)`` (XLA fuses each
+    point's adds into its GEMM's operand, and the products feed the output's adds
+    together), and the transformed kernel ``16 C_g F``; with one channel per group the
+    products are elementwise and fuse into the output's adds, which leaves a second copy of
+    the padded input and four tile elements' slices ``4 R C`` (measured)."""
+    tiles = geo.n * sp.ceiling(geo.out[0] / 2) * sp.ceiling(geo.out[1] / 2)
+    c, f = geo.g * geo.cg, geo.g * geo.fq
+    flops = (8 * _adds(BT) * tiles * c + 2 * 16 * tiles * geo.cg * f + 6 * _adds(AT) * tiles * f
+             + 18 * 16 * geo.cg * f)
+    temp = sp.Piecewise(
+        (geo.pad * geo.in_elems + 16 * (tiles * sp.Max(c, f) + geo.cg * f), sp.Gt(geo.cg, 1)),
+        (2 * geo.pad * geo.in_elems + 4 * tiles * c + 16 * geo.cg * f, True))
+    moved = (geo.pad * geo.in_elems + 16 * tiles * (c + f) + geo.out_elems
+             + (9 + 16) * geo.cg * f)
+    return make_cost(flops=flops, temp_elems=temp, moved_elems=moved, geo=geo)
 
 
 def cost_of_1d(geo: Geometry) -> Cost:
@@ -237,16 +301,16 @@ def formula(num_spatial: int) -> Cost:
     return cost_of(Geometry.symbols(num_spatial))
 
 
-def predict_tiles(spec: ConvSpec, c: Cost, backward: float, backward_copy: float) -> Prediction:
+def predict_tiles(spec: ConvSpec, c: Cost, overhead: float, backward: float,
+                  backward_copy: float) -> Prediction:
     """Cost ``c`` of F(m x m, 3x3) (or F(2, 3)) at GEMMs of depth ``C_g`` and width ``F_g``
-    (the mixing), times `OVERHEAD` (`OVERHEAD_1D`), with the given backward factors."""
+    (the mixing), times ``overhead``, with the given backward factors."""
     flops, _, moved = c.evaluate()
     rate = gemm_rate(spec.group_in_features, spec.group_out_features)
-    scale = OVERHEAD_1D if spec.num_spatial == 1 else OVERHEAD
-    return Prediction.scaled(scale * flops / rate, scale * copy_seconds(moved),
+    return Prediction.scaled(overhead * flops / rate, overhead * copy_seconds(moved),
                              backward, backward_copy)
 
 
 def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Prediction:
-    """`predict_tiles` of F(2x2, 3x3)'s cost."""
-    return predict_tiles(spec, cost(spec, dtype), BACKWARD, BACKWARD_COPY)
+    """`predict_tiles` of F(2x2, 3x3)'s (F(2, 3)'s) cost."""
+    return predict_tiles(spec, cost(spec, dtype), OVERHEAD, BACKWARD, BACKWARD_COPY)

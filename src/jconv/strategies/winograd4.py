@@ -31,6 +31,8 @@ and 1/24)): planned only where the caller asks for speed
 TRANSFORMS_KERNEL = True
 """The kernel is copied, Winograd-transformed, ``G w G^T`` (`jconv.strategies`)."""
 
+OVERHEAD = 1.5
+"""Predicted time over the cost at the model's rates (three GEMMs, two of depth 36)."""
 BACKWARD = 0.6
 """Gradients over the forward's predicted arithmetic, as for F(2x2, 3x3)."""
 BACKWARD_COPY = 0.3
@@ -80,5 +82,5 @@ def formula(num_spatial: int) -> Cost:
 
 def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Prediction:
     """`winograd.predict_tiles` of F(4x4, 3x3)'s cost."""
-    return predict_tiles(spec, cost(spec, dtype), BACKWARD, BACKWARD_COPY)
+    return predict_tiles(spec, cost(spec, dtype), OVERHEAD, BACKWARD, BACKWARD_COPY)
 
