@@ -15,10 +15,8 @@ tile ``d``. ``B^T`` and ``A^T`` hold only 0 and +-1, so their transforms are add
 - ``Y = A^T M A``: each output is a sum of nine points' products, fused into the output's
   interleave into ``(N, H, W, F)``.
 
-`winograd4` is F(4x4, 3x3) by `lower_tiles`, where the transforms are GEMMs of depth
-``a^2 = 36`` over a copy of the tiles (its coefficients 2, 4, 5 make adds the slower way);
-every intermediate there keeps the transform point as its leading axis, so no transpose
-sits between the GEMMs.
+`winograd4` is F(4x4, 3x3) with the transforms as GEMMs over a copy of the tiles (its
+coefficients 2, 4, 5 make adds the slower way).
 
 In 1-D (`lower_1d`) each 2-output tile reads 4 samples, and the transforms are the rows of
 ``B^T``, ``G``, ``A^T`` themselves, written as adds that XLA fuses into the tile copy and
@@ -84,57 +82,6 @@ def tiles_applicable(spec: ConvSpec, dtype: jax.typing.DTypeLike, rank: int) -> 
     if not jnp.issubdtype(dtype, jnp.floating):
         return f"it needs a real floating dtype, got {jnp.dtype(dtype)}"
     return None
-
-
-def lower_tiles(
-    spec: ConvSpec,
-    xp: jax.Array,
-    w: jax.Array,
-    *,
-    matrices: tuple[np.ndarray, np.ndarray, np.ndarray],
-    precision: lax.PrecisionLike,
-    acc_dtype: jnp.dtype,
-) -> jax.Array:
-    """``(N, Hp, Wp, C)`` padded, ``(3, 3, Cg, F) -> (N, Ho, Wo, F)`` by F(m x m, 3x3) with
-    ``matrices = (B^T, G, A^T)`` of shapes ``(a, a)``, ``(a, 3)``, ``(m, a)``."""
-    bt, gm, at = matrices
-    m, a = at.shape
-    n = xp.shape[0]
-    ho, wo = spec.out_spatial
-    th, tw = -(-ho // m), -(-wo // m)
-    g, f = spec.feature_group_count, spec.out_features
-    cg, fq = spec.group_in_features, spec.group_out_features
-    x = xp.astype(acc_dtype)
-    x = jnp.pad(x, ((0, 0), (0, m * th + m - x.shape[1]), (0, m * tw + m - x.shape[2]), (0, 0)))
-    # tile (i, j) is rows m*i .. m*i + a - 1: block i of m rows and 2 rows of block i + 1
-    xb = x.reshape(n, th + 1, m, tw + 1, m, g, cg)
-    xr = jnp.concatenate([xb[:, :th], xb[:, 1:, :2]], axis=2)  # (N, Th, a, Tw + 1, m, G, Cg)
-    xc = jnp.concatenate([xr[:, :, :, :tw], xr[:, :, :, 1:, :2]], axis=4)  # (..., a, Tw, a, ..)
-    d = xc.transpose(2, 4, 5, 0, 1, 3, 6).reshape(a * a, g, n * th * tw, cg)
-    v = jnp.einsum("pq,qgrc->pgrc", jnp.asarray(np.kron(bt, bt), acc_dtype), d,
-                   precision=precision)
-    u = jnp.einsum("pk,kcgf->pgcf", jnp.asarray(np.kron(gm, gm), acc_dtype),
-                   w.astype(acc_dtype).reshape(9, cg, g, fq), precision=lax.Precision.HIGHEST)
-    prod = jnp.einsum("pgrc,pgcf->pgrf", v, u, precision=precision)
-    y = jnp.einsum("sp,pgrf->sgrf", jnp.asarray(np.kron(at, at), acc_dtype), prod,
-                   precision=precision)
-    y = y.reshape(m, m, g, n, th, tw, fq).transpose(3, 4, 0, 5, 1, 2, 6)
-    return y.reshape(n, m * th, m * tw, f)[:, :ho, :wo]
-
-
-def tiles_cost_of(geo: Geometry, m: int) -> Cost:
-    """F(m x m, 3x3) with ``a = m + 2`` and ``R = N ceil(o_0/m) ceil(o_1/m)`` tiles. FLOPs:
-    input transform ``2 a^4 R C``, mixing ``2 a^2 R C_g F``, output transform
-    ``2 m^2 a^2 R F``, kernel transform ``18 a^2 C_g F``. Temp: the padded input, and two
-    tile-sized buffers live at once (the tiles and their transform, ``a^2 R C`` each, or the
-    transform and the products, ``a^2 R F``), and the transformed kernel ``a^2 C_g F``."""
-    a = m + 2
-    tiles = geo.n * sp.ceiling(geo.out[0] / m) * sp.ceiling(geo.out[1] / m)
-    c, f = geo.g * geo.cg, geo.g * geo.fq
-    flops = (2 * a**4 * tiles * c + 2 * a * a * tiles * geo.cg * f + 2 * m * m * a * a * tiles * f
-             + 18 * a * a * geo.cg * f)
-    temp = geo.pad * geo.in_elems + a * a * (tiles * (c + sp.Max(c, f)) + geo.cg * f)
-    return make_cost(flops=flops, temp_elems=temp, moved_elems=temp + geo.out_elems, geo=geo)
 
 
 def lower_2d(
