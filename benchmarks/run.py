@@ -404,7 +404,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="calls per timing sample (default 1 on CPU, 20 on an accelerator)")
     ap.add_argument("--also", default="",
                     help="lowerings to time beside auto where they apply, comma-separated "
-                         "(opt-in ones too: --also pallas)")
+                         "(opt-in ones too: --also pallas on a GPU; on the CPU it is "
+                         "interpreted, far slower)")
     ap.add_argument("--batch-scale", type=int, default=1,
                     help="multiply every case's batch (accelerators: fill the device)")
     a = ap.parse_args(argv)
