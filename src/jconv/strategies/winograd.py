@@ -84,6 +84,25 @@ def tiles_applicable(spec: ConvSpec, dtype: jax.typing.DTypeLike, rank: int) -> 
     return None
 
 
+def tile_blocks(spec: ConvSpec, xp: jax.Array, m: int, acc_dtype: jnp.dtype) -> jax.Array:
+    """``(N, Hp, Wp, C)`` padded ``-> (N, Th + 1, m, Tw + 1, m, G, Cg)``: zeros to whole
+    tiles of ``m x m`` outputs and one block more, in blocks of ``m`` rows and columns (tile
+    ``(t, s)`` reads blocks ``t, t + 1`` and ``s, s + 1``; ``Th = ceil(Ho / m)``)."""
+    th, tw = (-(-o // m) for o in spec.out_spatial)
+    x = xp.astype(acc_dtype)
+    x = jnp.pad(x, ((0, 0), (0, m * th + m - x.shape[1]), (0, m * tw + m - x.shape[2]), (0, 0)))
+    return x.reshape(x.shape[0], th + 1, m, tw + 1, m, spec.feature_group_count,
+                     spec.group_in_features)
+
+
+def untile(spec: ConvSpec, y: jax.Array) -> jax.Array:
+    """``(m, m, G, N, Th, Tw, Fq) -> (N, Ho, Wo, F)``: output tiles interleaved, cropped."""
+    m, _, _, n, th, tw, _ = y.shape
+    ho, wo = spec.out_spatial
+    y = y.transpose(3, 4, 0, 5, 1, 2, 6).reshape(n, m * th, m * tw, spec.out_features)
+    return y[:, :ho, :wo]
+
+
 def lower_2d(
     spec: ConvSpec,
     xp: jax.Array,
@@ -95,14 +114,9 @@ def lower_2d(
     """``(N, Hp, Wp, C)`` padded, ``(3, 3, Cg, F) -> (N, Ho, Wo, F)`` by F(2x2, 3x3): the
     transforms as adds (their coefficients are 0 and +-1), the mixing as one GEMM per
     transform point."""
-    n = xp.shape[0]
-    ho, wo = spec.out_spatial
-    th, tw = -(-ho // 2), -(-wo // 2)
-    g, f = spec.feature_group_count, spec.out_features
-    cg, fq = spec.group_in_features, spec.group_out_features
-    x = xp.astype(acc_dtype)
-    x = jnp.pad(x, ((0, 0), (0, 2 * th + 2 - x.shape[1]), (0, 2 * tw + 2 - x.shape[2]), (0, 0)))
-    xb = x.reshape(n, th + 1, 2, tw + 1, 2, g, cg)
+    g, cg, fq = spec.feature_group_count, spec.group_in_features, spec.group_out_features
+    xb = tile_blocks(spec, xp, 2, acc_dtype)
+    th, tw = xb.shape[1] - 1, xb.shape[3] - 1
     # tile element (i, j), (N, Th, Tw, G, Cg): row 2t + i and column 2s + j of tile (t, s)
     rows = [xb[:, :th, i] if i < 2 else xb[:, 1:, i - 2] for i in range(4)]
     d = [[r[:, :, :tw, j] if j < 2 else r[:, :, 1:, j - 2] for j in range(4)] for r in rows]
@@ -116,10 +130,8 @@ def lower_2d(
              for vp, up in zip(v, u, strict=True)]
     # A^T M A over the points' rows, then their columns, fused into the output's interleave
     half = [_rows(AT, prods[4 * p:4 * p + 4]) for p in range(4)]  # [p][s]
-    y = jnp.stack([jnp.stack(_rows(AT, list(col))) for col in zip(*half, strict=True)],
-                  axis=1)  # (2, 2, G, N, Th, Tw, Fq)
-    y = y.transpose(3, 4, 0, 5, 1, 2, 6).reshape(n, 2 * th, 2 * tw, f)
-    return y[:, :ho, :wo]
+    return untile(spec, jnp.stack([jnp.stack(_rows(AT, list(col)))
+                                   for col in zip(*half, strict=True)], axis=1))
 
 
 def lower(

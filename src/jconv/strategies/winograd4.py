@@ -2,9 +2,9 @@
 
 Three GEMMs over ``a^2 = 36`` transform points per 4x4 output tile (`lower_tiles`: the
 transforms as GEMMs over a copy of the tiles, where `winograd` adds), with the matrices of
-Lavin and Gray (2016) for F(4, 3). Their entries reach 8 (``A^T``)
-and 1/24 (``G``): the rounding error measured about 20x that of F(2x2, 3x3) (a few 1e-6
-of ``sum |x| |w|`` in float32, against about 1e-7), the price of the fewer multiplies.
+Lavin and Gray (2016) for F(4, 3). Their entries reach 8 (``A^T``) and 1/24 (``G``): the
+rounding error measured about 20x that of F(2x2, 3x3) (a few 1e-6 of ``sum |x| |w|`` in
+float32, against about 1e-7), the price of the fewer multiplies.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from jax import lax
 from .._spec import ConvSpec
 from ._common import Cost, Geometry, check_rank, chunked_cost, lower_chunked, make_cost
 from ._model import Prediction
-from .winograd import predict_tiles, tiles_applicable
+from .winograd import predict_tiles, tile_blocks, tiles_applicable, untile
 
 AUTO = False
 """`strategy="auto"` never picks F(4x4, 3x3): its rounding error measured 20-40x that of
@@ -78,15 +78,10 @@ def lower_tiles(
     mixing batched over points and groups, output transform ``(A^T (x) A^T) M``; every
     intermediate keeps the transform point leading, so no transpose sits between them."""
     m, a = AT.shape
-    n = xp.shape[0]
-    ho, wo = spec.out_spatial
-    th, tw = -(-ho // m), -(-wo // m)
-    g, f = spec.feature_group_count, spec.out_features
-    cg, fq = spec.group_in_features, spec.group_out_features
-    x = xp.astype(acc_dtype)
-    x = jnp.pad(x, ((0, 0), (0, m * th + m - x.shape[1]), (0, m * tw + m - x.shape[2]), (0, 0)))
+    g, cg, fq = spec.feature_group_count, spec.group_in_features, spec.group_out_features
     # tile (i, j) is rows m*i .. m*i + a - 1: block i of m rows and 2 rows of block i + 1
-    xb = x.reshape(n, th + 1, m, tw + 1, m, g, cg)
+    xb = tile_blocks(spec, xp, m, acc_dtype)
+    n, th, tw = xb.shape[0], xb.shape[1] - 1, xb.shape[3] - 1
     xr = jnp.concatenate([xb[:, :th], xb[:, 1:, :2]], axis=2)  # (N, Th, a, Tw + 1, m, G, Cg)
     xc = jnp.concatenate([xr[:, :, :, :tw], xr[:, :, :, 1:, :2]], axis=4)  # (..., a, Tw, a, ..)
     d = xc.transpose(2, 4, 5, 0, 1, 3, 6).reshape(a * a, g, n * th * tw, cg)
@@ -97,8 +92,7 @@ def lower_tiles(
     prod = jnp.einsum("pgrc,pgcf->pgrf", v, u, precision=precision)
     y = jnp.einsum("sp,pgrf->sgrf", jnp.asarray(np.kron(AT, AT), acc_dtype), prod,
                    precision=precision)
-    y = y.reshape(m, m, g, n, th, tw, fq).transpose(3, 4, 0, 5, 1, 2, 6)
-    return y.reshape(n, m * th, m * tw, f)[:, :ho, :wo]
+    return untile(spec, y.reshape(m, m, g, n, th, tw, fq))
 
 
 def cost_of(geo: Geometry) -> Cost:
