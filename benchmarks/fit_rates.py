@@ -1,12 +1,15 @@
 """Refit the planner's shared rates (`jconv.strategies._model.Rates`) from a benchmark sweep.
 
 `benchmarks/run.py` times every lowering on every case (the per-lowering sweep) and writes
-them to ``benchmarks/results/<name>.json``. This script searches a multiplicative grid
-around the rates in force for the `Rates` under which the planner's pick (least predicted
-forward, and least predicted forward plus backward, among the lowerings the sweep timed) is
-within ``--tolerance`` of the fastest measured lowering in the most cases, and prints the
-count before and after. ``--out FILE`` writes the best rates as JSON: point
-``JCONV_RATES=FILE`` at it (or paste them into `RATES`) to use them.
+them to ``benchmarks/results/<name>.json``. This script searches multiplicative grids
+(``--rounds`` of them, each around the last one's best) from the rates of the platform the
+sweep ran on (its machine line; the CPU's where `RATES` has none) for the `Rates` under
+which the planner's pick is within ``--tolerance`` of the fastest measured lowering in the
+most cases, and prints the count before and after. The pick is the planner's: least
+predicted forward, and differentiated the least predicted forward plus backward, or the
+forward's where the engine computes the gradients itself; cases are read at the sweep's
+``--batch-scale``. ``--out FILE`` writes the best rates as JSON: point ``JCONV_RATES=FILE``
+at it (or paste them into `RATES`) to use them.
 
     python benchmarks/run.py --out mymachine      # the sweep, ~4 min on 2 cores
     python benchmarks/fit_rates.py benchmarks/results/mymachine.json --out rates.json
@@ -19,14 +22,19 @@ import dataclasses
 import functools
 import itertools
 import json
+import math
 import pathlib
+import re
 import sys
 from typing import Any
+
+import jax.numpy as jnp
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from run import CASES
 
+from jconv import ConvSpec, planner
 from jconv.strategies import STRATEGIES, _model
 
 STEPS = (0.5, 0.71, 1.0, 1.41, 2.0)
@@ -34,10 +42,22 @@ STEPS = (0.5, 0.71, 1.0, 1.41, 2.0)
 MODES = (("fwd", "forward"), ("fwd+bwd", "total"))
 
 
-def score(sweep: list[dict[str, Any]], rates: _model.Rates, tolerance: float) -> int:
+def platform(meta: dict[str, Any]) -> str:
+    """The jax platform a sweep ran on, read off its machine line ("jax device gpu: ...")."""
+    found = re.search(r"jax device (\w+):", meta.get("machine", ""))
+    return found.group(1) if found else "cpu"
+
+
+def case_specs(meta: dict[str, Any]) -> dict[str, ConvSpec]:
+    """The sweep's convolutions by case name: `CASES` with the batch scaled as it ran."""
+    scale = meta.get("batch_scale", 1)
+    return {c.name: dataclasses.replace(c, x=(c.x[0] * scale, *c.x[1:])).spec() for c in CASES}
+
+
+def score(sweep: list[dict[str, Any]], specs: dict[str, ConvSpec], rates: _model.Rates,
+          tolerance: float) -> int:
     """Cases x modes whose predicted pick measured within `tolerance` of the best."""
     _model.set_rates(rates)
-    specs = {c.name: c.spec() for c in CASES}
     good = 0
     for rec in sweep:
         spec = specs.get(rec["case"])
@@ -47,9 +67,38 @@ def score(sweep: list[dict[str, Any]], rates: _model.Rates, tolerance: float) ->
             measured = rec[mode].get("per_strategy_ms") or {}
             if not measured:
                 continue
-            pick = min(measured, key=lambda n: getattr(STRATEGIES[n].predict(spec), attr))
+            # as the planner: a dense convolution's gradients are the engine's own, the same
+            # whatever computes its values, so its differentiated pick is the forward's
+            rule = "forward" if planner.engine_gradients(spec, jnp.float32) else attr
+            pick = min(measured, key=lambda n: getattr(STRATEGIES[n].predict(spec), rule))
             good += measured[pick] <= (1 + tolerance) * min(measured.values())
     return good
+
+
+def fit(sweep: list[dict[str, Any]], specs: dict[str, ConvSpec], base: _model.Rates,
+        tolerance: float, rounds: int) -> _model.Rates:
+    """The rates with the best `score`: `rounds` multiplicative grid searches (`STEPS` on
+    every field), each centred on the last one's best; among equal scores the rates
+    nearest `base` (least summed ``|log|`` of the ratios), so that a fit moves only the
+    rates the sweep tells apart."""
+    fields = [f.name for f in dataclasses.fields(base)]
+
+    def distance(r: _model.Rates) -> float:
+        return sum(abs(math.log(getattr(r, f) / getattr(base, f))) for f in fields)
+
+    best, key = base, (score(sweep, specs, base, tolerance), 0.0)
+    for _ in range(rounds):
+        centre = best
+        for factors in itertools.product(STEPS, repeat=len(fields)):
+            values = {f: getattr(centre, f) * k for f, k in zip(fields, factors, strict=True)}
+            values["gemm_knee"] = max(1, round(values["gemm_knee"]))
+            candidate = _model.Rates(**values)
+            k = (score(sweep, specs, candidate, tolerance), -distance(candidate))
+            if k > key:
+                best, key = candidate, k
+        if best == centre:
+            break
+    return best
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,31 +108,30 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tolerance", type=float, default=0.10,
                     help="a pick within this fraction of the fastest counts as good")
     ap.add_argument("--out", default=None, help="write the best rates to this JSON file")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="grid searches, each around the best rates of the one before")
     args = ap.parse_args(argv)
     try:
-        sweep = json.loads(pathlib.Path(args.sweep).read_text())["cases"]
+        result = json.loads(pathlib.Path(args.sweep).read_text())
+        sweep, meta = result["cases"], result["meta"]
     except (OSError, ValueError, KeyError) as e:
         ap.error(f"cannot read a sweep from {args.sweep!r}: {e}")
     for mod in STRATEGIES.values():  # the costs do not depend on the rates: compute each once
         mod.cost = functools.lru_cache(maxsize=None)(mod.cost)  # type: ignore[misc]
-    base = _model.rates()
+    plat = platform(meta)
+    table = plat if plat in _model.RATES else "cpu"  # a platform not fitted yet starts there
+    base = _model.RATES[table]
+    specs = case_specs(meta)
     total = sum(bool(rec[m].get("per_strategy_ms")) for rec in sweep for m, _ in MODES)
     if not total:
         ap.error(f"{args.sweep!r} has no per-lowering sweep (run benchmarks/run.py without "
                  "--no-sweep or --quick)")
-    start = score(sweep, base, args.tolerance)
-    best, best_score = base, start
-    fields = [f.name for f in dataclasses.fields(base)]
-    for factors in itertools.product(STEPS, repeat=len(fields)):
-        values = {f: getattr(base, f) * k for f, k in zip(fields, factors, strict=True)}
-        values["gemm_knee"] = max(1, round(values["gemm_knee"]))
-        candidate = _model.Rates(**values)
-        s = score(sweep, candidate, args.tolerance)
-        if s > best_score:
-            best, best_score = candidate, s
+    start = score(sweep, specs, base, args.tolerance)
+    best = fit(sweep, specs, base, args.tolerance, args.rounds)
+    best_score = score(sweep, specs, best, args.tolerance)
     _model.set_rates(None)
-    print(f"picks within {args.tolerance:.0%} of the fastest: {start}/{total} with the rates "
-          f"in force, {best_score}/{total} with")
+    print(f"{plat} sweep: picks within {args.tolerance:.0%} of the fastest: {start}/{total} "
+          f"with RATES[{table!r}], {best_score}/{total} with")
     print(json.dumps(dataclasses.asdict(best), indent=1))
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(dataclasses.asdict(best), indent=1) + "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 import sys
+from typing import Any
 
 import pytest
 
@@ -43,3 +44,48 @@ def test_also_names_must_be_lowerings(capsys: pytest.CaptureFixture[str]) -> Non
     with pytest.raises(SystemExit):
         run.main(["--also", "pallas,nope", "--out", "/nonexistent/never"])
     assert "--also=pallas,nope: 'nope' is not a lowering" in capsys.readouterr().err
+
+
+def test_fit_rates_recovers_the_rates_that_rank_a_sweep(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """A sweep timed as rates ``truth`` predict (GEMMs reaching their peak at 8x the CPU
+    table's depth and width, beyond one grid's reach) ranks six cases' lowerings otherwise
+    than the table: three rounds of the fit rank every case as the sweep does, one does
+    not, and a sweep the table already ranks leaves the table as it is. Cases are read at
+    the sweep's batch scale, the platform off its machine line."""
+    import functools
+
+    import fit_rates
+
+    from jconv.strategies import STRATEGIES, _model
+
+    for mod in STRATEGIES.values():
+        monkeypatch.setattr(mod, "cost", functools.lru_cache(maxsize=None)(mod.cost))
+    meta = {"machine": "x86, jax device gpu: H", "batch_scale": 2}
+    assert fit_rates.platform(meta) == "gpu"
+    assert fit_rates.platform({"machine": "old"}) == "cpu"
+    specs = fit_rates.case_specs(meta)
+    assert specs["dense 3x3 C=64"].batch == 16
+    base = _model.RATES["cpu"]
+    truth = _model.Rates(**{**vars(base), "gemm_knee": 8 * base.gemm_knee})
+    names = ("stem 7x7/2 C_in=3", "3-D 3x3x3 C=32 16^3", "dense 3x3 C=16", "grouped g=4 C=128",
+             "1-D k=3 C=64 L=4096", "dense 3x3 C=64")
+
+    def timed_as(rates: _model.Rates) -> list[dict[str, Any]]:
+        """The sweep of `names` whose forward times are those `rates` predict."""
+        _model.set_rates(rates)
+        try:
+            return [{"case": c, "fwd+bwd": {}, "fwd": {"per_strategy_ms": {
+                n: 1e3 * m.predict(specs[c]).forward for n, m in STRATEGIES.items()
+                if m.AUTO and m.applicable(specs[c], "float32") is None}}} for c in names]
+        finally:
+            _model.set_rates(None)
+
+    sweep = timed_as(truth)
+    assert fit_rates.score(sweep, specs, base, 0.0) == 0
+    one = fit_rates.fit(sweep, specs, base, 0.0, rounds=1)
+    assert fit_rates.score(sweep, specs, one, 0.0) < len(names)
+    fitted = fit_rates.fit(sweep, specs, base, 0.0, rounds=3)
+    assert fit_rates.score(sweep, specs, fitted, 0.0) == len(names)
+    assert fit_rates.fit(timed_as(base), specs, base, 0.0, rounds=1) == base
+    _model.set_rates(None)
