@@ -27,6 +27,10 @@ alternately in one process; ratios are ratios of medians against lax. Every step
 the same parameters and a zero momentum, so its momentum output is the gradient: jconv's
 logits, loss and gradients are checked against lax's (relative norm, `TOL`; gradients
 that differ more are compared with float64, `F64_FACTOR`), and PyTorch's against lax's.
+Off the CPU, where JAX's default matmul precision is lower than float32 (TF32 on NVIDIA
+GPUs, bfloat16 passes on TPUs), the values checked come from the same programs compiled at
+``jax.default_matmul_precision("highest")`` (`CHECK_PRECISION`), so that the tolerances
+measure jconv rather than the tensor cores' rounding; the timed programs keep the default.
 """
 
 from __future__ import annotations
@@ -376,16 +380,35 @@ def temp_bytes(compiled: Any) -> int:
     return int(analysis.temp_size_in_bytes)
 
 
+CHECK_PRECISION = "highest"
+"""`jax.default_matmul_precision` of the programs whose outputs are checked, off the CPU."""
+
+
+def checks_apart() -> bool:
+    """Whether the outputs checked come from programs compiled apart, at `CHECK_PRECISION`:
+    off the CPU, whose default precision is already float32's."""
+    return jax.default_backend() != "cpu"
+
+
 def compile_variant(net: Net, conv: Conv, params: Params, opt_state: Any, x: jax.Array,
                     y: jax.Array) -> Compiled:
-    """Compile `net`'s forward and training step with the hook `conv` and run each once."""
+    """Compile `net`'s forward and training step with the hook `conv` and run each once
+    (off the CPU, the outputs checked come from the programs compiled again at
+    `CHECK_PRECISION`)."""
+    def compile_both() -> tuple[Any, Any]:
+        return (jax.jit(lambda p, a: apply(net, conv, p, a)).lower(params, x).compile(),
+                jax.jit(train_step(net, conv)).lower(params, opt_state, x, y).compile())
+
     t0 = time.perf_counter()
-    fwd = jax.jit(lambda p, a: apply(net, conv, p, a)).lower(params, x).compile()
-    step = jax.jit(train_step(net, conv)).lower(params, opt_state, x, y).compile()
+    fwd, step = compile_both()
     compile_s = time.perf_counter() - t0
     temps = {"forward": temp_bytes(fwd), "train": temp_bytes(step)}
-    logits = np.asarray(fwd(params, x))
-    _, state, loss = step(params, opt_state, x, y)
+    check_fwd, check_step = fwd, step
+    if checks_apart():
+        with jax.default_matmul_precision(CHECK_PRECISION):
+            check_fwd, check_step = compile_both()
+    logits = np.asarray(check_fwd(params, x))
+    _, state, loss = check_step(params, opt_state, x, y)
     return Compiled(fwd, step, temps, compile_s, logits, float(loss),
                     jax.device_get(gradient(state)))
 

@@ -47,6 +47,33 @@ def test_jconv_matches_lax(name: str, tune_dir: pathlib.Path) -> None:
     assert rel_err(ours.grad, ref.grad) < 1e-5
 
 
+def test_off_the_cpu_the_outputs_checked_run_at_highest_precision(
+        tune_dir: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the default matmul precision is below float32's (GPU, TPU), the logits, loss
+    and gradient checked come from programs traced at ``"highest"``; the timed programs,
+    and on the CPU everything, at the default. The hook records the precision each
+    convolution was traced at."""
+    net = SMOKE["audio_m5"]
+    params, (x, y) = networks.init(net), networks.inputs(net)
+    state = networks.OPTIMIZER.init(params)
+    seen: list[str | None] = []
+
+    def conv(*args: object, **kwargs: object) -> jax.Array:
+        seen.append(jax.config.jax_default_matmul_precision)
+        return networks.lax_conv(*args, **kwargs)
+
+    ref = networks.compile_variant(net, networks.lax_conv, params, state, x, y)
+    assert not networks.checks_apart()  # the suite runs on the CPU
+    networks.compile_variant(net, conv, params, state, x, y)
+    assert set(seen) == {None}
+    seen.clear()
+    monkeypatch.setattr(networks, "checks_apart", lambda: True)
+    got = networks.compile_variant(net, conv, params, state, x, y)
+    n = len(networks.layers(net))
+    assert seen.count(None) == seen.count("highest") == 2 * n  # traced by forward and step
+    assert rel_err(got.logits, ref.logits) < 1e-6 and rel_err(got.grad, ref.grad) < 1e-6
+
+
 def test_momentum_is_the_gradient(tune_dir: pathlib.Path) -> None:
     net = SMOKE["audio_m5"]
     params, (x, y) = networks.init(net), networks.inputs(net)
