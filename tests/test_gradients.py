@@ -85,6 +85,45 @@ def test_a_pointwise_input_gradient_reads_the_kernel_in_place() -> None:
     np.testing.assert_allclose(ours(x, w), want, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize(("x", "window"), [((2, 9, 9, 16), (3, 3)), ((2, 33, 16), (3,))])
+def test_winograds_input_gradient_transforms_the_kernel_as_it_is(
+        x: tuple[int, ...], window: tuple[int, ...]) -> None:
+    """A Winograd layer's input gradient transforms the forward kernel as it is and reads
+    its points permuted and transposed (`winograd.lower_flipped`): the program reverses no
+    kernel (the flip's transposed reads, fused into the transform's adds, made a 512-channel
+    layer's input gradient 4x its forward), and the gradient equals lax's and the flipped
+    kernel's Winograd exactly on integers, in 2-D and 1-D."""
+    rng = np.random.default_rng(0)
+    dn = DN if len(window) == 2 else ("NWC", "WIO", "NWC")
+    ones = (1,) * len(window)
+    xs = jnp.asarray(rng.integers(-3, 4, x), jnp.float32)
+    ws = jnp.asarray(rng.integers(-3, 4, (*window, x[-1], 24)), jnp.float32)
+    spec = ConvSpec.from_lax(xs.shape, ws.shape, ones, "SAME", dimension_numbers=dn)
+    assert planner.resolve("winograd", spec, jnp.float32).input_gradient == "winograd"
+    ct = jnp.asarray(rng.integers(-3, 4, spec.out_shape), jnp.float32)
+
+    def input_gradient(conv, **kw):
+        def f(a: jax.Array, b: jax.Array) -> jax.Array:
+            return jnp.vdot(conv(a, b, ones, "SAME", dimension_numbers=dn, **kw), ct)
+        return jax.grad(f)
+
+    ours = input_gradient(jconv.conv_general_dilated, strategy="winograd")
+    assert "rev[" not in str(jax.make_jaxpr(ours)(xs, ws))
+    want = input_gradient(lax.conv_general_dilated)(xs, ws)
+    np.testing.assert_array_equal(jax.jit(ours)(xs, ws), want)
+    grad_spec = spec.input_gradient()
+    cct = jnp.asarray(ct).reshape(spec.canonical_out_shape)
+    flipped = winograd.lower_flipped(grad_spec, cct, ws, precision=None, acc_dtype=jnp.float32)
+    copied = winograd.lower(grad_spec, cct, spec.flip_kernel(ws), precision=None,
+                            acc_dtype=jnp.float32)
+    np.testing.assert_array_equal(flipped, copied)
+    with pytest.raises(ValueError, match="feature_group_count"):
+        grouped = ConvSpec.from_lax((2, 9, 9, 16), (3, 3, 8, 24), (1, 1), "SAME",
+                                    dimension_numbers=DN, feature_group_count=2)
+        winograd.lower_flipped(grouped, jnp.zeros((2, 9, 9, 16)), jnp.zeros((3, 3, 8, 24)),
+                               precision=None, acc_dtype=jnp.float32)
+
+
 @pytest.mark.parametrize(("x", "stride", "strategy"),
                          [((8, 7, 7, 256), 1, "scatter"), ((8, 14, 14, 128), 2, "auto")])
 def test_scatters_input_gradient_reads_the_kernel_in_place(x: tuple[int, ...], stride: int,

@@ -11,8 +11,10 @@ so that its transpose is the fast one:
 - ``conv(dx, w)`` (`input_tangent`) is the transpose of the input gradient written as a
   convolution of the cotangent with the flipped kernel (`ConvSpec.input_gradient`), by a
   lowering the planner picks for that convolution: reverse mode transposes it back.
-  Scatter reads the forward kernel as it is (`jconv.strategies.scatter.lower_flipped`),
-  making no flipped copy that XLA would compute in the forward pass and hold.
+  Scatter and Winograd read the forward kernel as it is (`scatter.lower_flipped`,
+  `winograd.lower_flipped`), making no flipped copy: scatter's XLA would compute in the
+  forward pass and hold; fused into Winograd's kernel transform, its transposed reads made
+  a 512-channel layer's input gradient 4x its forward.
 - ``conv(x, dw)`` (`kernel_tangent`) is the hybrid lowering (`jconv.strategies.hybrid`)
   over chunks of `CHUNK` images, each chunk rematerialised (`jax.checkpoint`): its
   transpose, the kernel gradient, is a loop that pads one chunk, builds its row patches
@@ -100,10 +102,13 @@ def input_tangent(
     transpose of the input gradient computed by `lowering` on `ConvSpec.input_gradient`
     (`planner.Lowerings.input_gradient`). `tied_w` is `w` tied to the layer's input
     (`jconv._engine._after`, itself a copy), read where the lowering transforms the
-    kernel; scatter on one group reads `w` as it is (`scatter.lower_flipped`)."""
+    kernel; scatter and Winograd on one group read the unflipped kernel (`lower_flipped`:
+    scatter `w`, Winograd, whose transform is a copy, `tied_w`)."""
     grad_spec = spec.input_gradient()
     if lowering == "scatter" and spec.feature_group_count == 1 and spec.taps > 1:
         kernel, lower = w, scatter.lower_flipped
+    elif lowering == "winograd" and spec.feature_group_count == 1:
+        kernel, lower = tied_w, winograd.lower_flipped
     else:
         kernel, lower = spec.flip_kernel(tied_w), STRATEGIES[lowering].lower
 

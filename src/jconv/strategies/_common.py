@@ -351,3 +351,11 @@ def check_rank(lowering: str, num_spatial: int, rank: int) -> None:
     """ValueError unless ``num_spatial == rank`` (for `formula` of a lowering of one rank)."""
     if num_spatial != rank:
         raise ValueError(f"`num_spatial` (={num_spatial!r}) must be {rank} for {lowering!r}.")
+
+
+def check_one_group(spec: ConvSpec) -> None:
+    """ValueError unless `spec` has one feature group (for a lowering's ``lower_flipped``,
+    which reads the forward kernel's channel axes swapped)."""
+    if spec.feature_group_count != 1:
+        raise ValueError(f"`spec.feature_group_count` (={spec.feature_group_count}) must be "
+                         "1 for a flipped kernel.")

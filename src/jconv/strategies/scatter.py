@@ -30,6 +30,7 @@ from ._common import (
     Cost,
     Expr,
     Geometry,
+    check_one_group,
     chunked_cost,
     group_input,
     group_kernel,
@@ -97,9 +98,7 @@ def lower_flipped(
     transposed), and the products are reversed instead of the kernel. A flipped copy
     would depend on the kernel alone: XLA's CPU scheduler computed such copies during the
     forward pass and held them until the backward."""
-    if spec.feature_group_count != 1:
-        raise ValueError(f"`spec.feature_group_count` (={spec.feature_group_count}) must be "
-                         "1 for a flipped kernel.")
+    check_one_group(spec)
     return _lower(spec, x, w, True, precision=precision, acc_dtype=acc_dtype)
 
 

@@ -9,9 +9,9 @@ tile ``d``. ``B^T`` and ``A^T`` hold only 0 and +-1, so their transforms are add
 - each of the 16 transform points ``V_p = (B^T d B)_p`` is a sum of four of the tile's
   elements (strided slices of the padded input), which XLA fuses into the operand of that
   point's GEMM: no tile is ever copied;
-- channel mixing ``M_p = V_p U_p`` (``U = (G (x) G) w``, one small GEMM), one GEMM of depth
-  ``C_g`` per point and feature group, ``(R, C_g) @ (C_g, F_g)`` over ``R = N T_h T_w``
-  tiles;
+- channel mixing ``M_p = V_p U_p`` (``U = G w G^T``, adds and halvings over the kernel's
+  taps, `kernel_points`), one GEMM of depth ``C_g`` per point and feature group,
+  ``(R, C_g) @ (C_g, F_g)`` over ``R = N T_h T_w`` tiles;
 - ``Y = A^T M A``: each output is a sum of nine points' products, fused into the output's
   interleave into ``(N, H, W, F)``.
 
@@ -27,6 +27,8 @@ stores three for a 3-tap window).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +36,15 @@ import sympy as sp
 from jax import lax
 
 from .._spec import ConvSpec
-from ._common import Cost, Geometry, check_rank, chunked_cost, lower_chunked, make_cost
+from ._common import (
+    Cost,
+    Geometry,
+    check_one_group,
+    check_rank,
+    chunked_cost,
+    lower_chunked,
+    make_cost,
+)
 from ._model import Prediction, copy_seconds, gemm_rate
 
 AUTO = True
@@ -110,10 +120,11 @@ def lower_2d(
     *,
     precision: lax.PrecisionLike,
     acc_dtype: jnp.dtype,
+    flipped: bool = False,
 ) -> jax.Array:
     """``(N, Hp, Wp, C)`` padded, ``(3, 3, Cg, F) -> (N, Ho, Wo, F)`` by F(2x2, 3x3): the
-    transforms as adds (their coefficients are 0 and +-1), the mixing as one GEMM per
-    transform point."""
+    transforms as adds (their coefficients are 0, +-1 and +-1/2), the mixing as one GEMM per
+    transform point; `flipped`: `w` as `lower_flipped` reads it."""
     g, cg, fq = spec.feature_group_count, spec.group_in_features, spec.group_out_features
     xb = tile_blocks(spec, xp, 2, acc_dtype)
     th, tw = xb.shape[1] - 1, xb.shape[3] - 1
@@ -124,9 +135,8 @@ def lower_2d(
     # operand
     cols = [_rows(BT, list(col)) for col in zip(*d, strict=True)]  # [j][p]
     v = [t for p in zip(*cols, strict=True) for t in _rows(BT, list(p))]
-    u = jnp.einsum("pk,kcgf->pgcf", jnp.asarray(np.kron(G, G), acc_dtype),
-                   w.astype(acc_dtype).reshape(9, cg, g, fq), precision=lax.Precision.HIGHEST)
-    prods = [jnp.einsum("ntsgc,gcf->gntsf", vp, up, precision=precision)
+    u = [up.reshape(cg, g, fq) for up in kernel_points(w.astype(acc_dtype), 2, flipped)]
+    prods = [jnp.einsum("ntsgc,cgf->gntsf", vp, up, precision=precision)
              for vp, up in zip(v, u, strict=True)]
     # A^T M A over the points' rows, then their columns, fused into the output's interleave
     half = [_rows(AT, prods[4 * p:4 * p + 4]) for p in range(4)]  # [p][s]
@@ -147,6 +157,50 @@ def lower(
     bytes call for it."""
     tiles = lower_1d if spec.num_spatial == 1 else lower_2d
     return lower_chunked(spec, x, w, cost_of, tiles, precision=precision, acc_dtype=acc_dtype)
+
+
+def lower_flipped(
+    spec: ConvSpec,
+    x: jax.Array,
+    w: jax.Array,
+    *,
+    precision: lax.PrecisionLike,
+    acc_dtype: jnp.dtype,
+) -> jax.Array:
+    """`lower` of a dense convolution's input gradient from the forward kernel as it is,
+    ``(N, *in, C), (*window, F, C) -> (N, *out, F)``, as `scatter.lower_flipped` reads it
+    (`jconv._gradients.input_tangent`; one group). Reversing the window permutes the
+    transform points (`FLIP`), and the GEMMs contract the kernel's second channel axis: no
+    flipped copy is made. Fused into the transform's adds, the flip's transposed reads made a
+    512-channel layer's input gradient 4x slower than its forward."""
+    check_one_group(spec)
+    tiles = lower_1d if spec.num_spatial == 1 else lower_2d
+    return lower_chunked(spec, x, w, cost_of, functools.partial(tiles, flipped=True),
+                         precision=precision, acc_dtype=acc_dtype)
+
+
+FLIP = (3, 1, 2, 0)
+"""F(2, 3)'s kernel transform points of a reversed 3-tap window: ``G``'s first and last
+rows read the first and last taps, its middle rows are symmetric in them."""
+
+
+def kernel_points(w: jax.Array, rank: int, flipped: bool = False) -> list[jax.Array]:
+    """``(3,) * rank + (Cg, F)`` kernel ``->`` its transform ``G w G^T`` (2-D) or ``G w``
+    (1-D) at each of the ``4 ** rank`` points, ``(Cg, F)`` each: adds and halvings (exact)
+    over the window's rows, then its columns. Each point is its own array, read in place by
+    its GEMM (as one GEMM of depth 9, ``(16, 9) @ (9, Cg F)``, the transform of a 512x512
+    kernel took 17-22 ms on 2 cores; as adds, 2.5). `flipped`: the transform of the kernel
+    reversed in its window with its channel axes swapped (`lower_flipped`), ``(F, Cg)``
+    read transposed."""
+    if rank == 1:
+        u = _rows(G, list(w))
+    else:
+        u = [up for r in _rows(G, list(w)) for up in _rows(G, list(r))]
+    if not flipped:
+        return u
+    order = [sum(4 ** (rank - 1 - a) * FLIP[i] for a, i in enumerate(p))
+             for p in np.ndindex(*(4,) * rank)]
+    return [u[q].T for q in order]
 
 
 def _rows(mat: np.ndarray, terms: list[jax.Array]) -> list[jax.Array]:
@@ -172,9 +226,10 @@ def lower_1d(
     *,
     precision: lax.PrecisionLike,
     acc_dtype: jnp.dtype,
+    flipped: bool = False,
 ) -> jax.Array:
     """``(N, Lp, C)`` padded, ``(3, Cg, F) -> (N, out, F)`` by F(2, 3): tile ``t`` is samples
-    ``2t .. 2t + 3``, two blocks of 2."""
+    ``2t .. 2t + 3``, two blocks of 2; `flipped`: `w` as `lower_flipped` reads it."""
     n, c = xp.shape[0], xp.shape[-1]
     (o,) = spec.out_spatial
     t = -(-o // 2)
@@ -183,7 +238,7 @@ def lower_1d(
     x = jnp.pad(x, ((0, 0), (0, 2 * t + 2 - x.shape[1]), (0, 0)))  # (N, 2T + 2, C)
     xb = x.reshape(n, t + 1, 2, c)
     v = _rows(BT, [xb[:, :t, 0], xb[:, :t, 1], xb[:, 1:, 0], xb[:, 1:, 1]])
-    u = _rows(G, list(w.astype(acc_dtype)))  # 4 x (Cg, F)
+    u = kernel_points(w.astype(acc_dtype), 1, flipped)  # 4 x (Cg, F)
     if g == 1:
         prods = [jnp.matmul(vi.reshape(n * t, c), ui, precision=precision,
                             preferred_element_type=acc_dtype).reshape(n, t, f)
@@ -213,9 +268,10 @@ def cost_of_2d(geo: Geometry) -> Cost:
 
     FLOPs: input transform ``8 adds(B^T) R C`` (`_adds`; over the tiles' rows, then their
     columns), mixing ``2 * 16 R C_g F``, output transform ``6 adds(A^T) R F``, kernel
-    transform ``18 * 16 C_g F``. Moved: the padded input, the points' tiles and products,
-    the output, and the kernel read and transformed (``25 C_g F``: at 4x4 and 7x7 images
-    with 256-512 channels the transform outweighs the tiles). Temp: the padded input, the
+    transform ``7 adds(G) C_g F`` (over the kernel's 3 columns, then 4 rows of points).
+    Moved: the padded input, the points' tiles and products, the output, and the kernel
+    read and transformed (``25 C_g F``: at 4x4 and 7x7 images with 256-512 channels the
+    transform outweighs the tiles). Temp: the padded input, the
     16 points' transformed tiles or their products, ``16 R max(C, F)`` (XLA fuses each
     point's adds into its GEMM's operand, and the products feed the output's adds
     together), and the transformed kernel ``16 C_g F``; with one channel per group the
@@ -224,7 +280,7 @@ def cost_of_2d(geo: Geometry) -> Cost:
     tiles = geo.n * sp.ceiling(geo.out[0] / 2) * sp.ceiling(geo.out[1] / 2)
     c, f = geo.g * geo.cg, geo.g * geo.fq
     flops = (8 * _adds(BT) * tiles * c + 2 * 16 * tiles * geo.cg * f + 6 * _adds(AT) * tiles * f
-             + 18 * 16 * geo.cg * f)
+             + 7 * _adds(G) * geo.cg * f)
     temp = sp.Piecewise(
         (geo.pad * geo.in_elems + 16 * (tiles * sp.Max(c, f) + geo.cg * f), sp.Gt(geo.cg, 1)),
         (2 * geo.pad * geo.in_elems + 4 * tiles * c + 16 * geo.cg * f, True))
