@@ -19,8 +19,9 @@ so that its transpose is the fast one:
   over chunks of `CHUNK` images, each chunk rematerialised (`jax.checkpoint`): its
   transpose, the kernel gradient, is a loop that pads one chunk, builds its row patches
   while they are in cache and adds one GEMM per leading offset (measured 0.5-1.2x lax's
-  kernel gradient). A 1-D 3-tap convolution planned on Winograd F(2, 3) loops over
-  Winograd's own transpose instead: four GEMMs over a chunk's transformed tiles.
+  kernel gradient). A layer planned on Winograd loops over Winograd's own transpose
+  instead where it pays (`winograd_kernel_gradient`: in 1-D, four GEMMs over a chunk's
+  transformed tiles; in 2-D, 16, where a chunk's tiles are deep enough).
 
 Forward mode computes the same two convolutions by the transposes of those loops. Both
 terms are exact-class (sums of products), whatever lowering computes the values.
@@ -40,7 +41,17 @@ from ._spec import ConvSpec
 from .strategies import STRATEGIES, hybrid, scatter, winograd
 from .strategies._common import Geometry, in_batch_chunks, pad_input
 
-__all__ = ["CHUNK", "applies", "chunk", "input_tangent", "kernel_tangent", "temp_bytes"]
+__all__ = [
+    "CHUNK",
+    "WINOGRAD_KERNEL_GRADIENT_CHANNELS",
+    "WINOGRAD_KERNEL_GRADIENT_DEPTH",
+    "applies",
+    "chunk",
+    "input_tangent",
+    "kernel_tangent",
+    "temp_bytes",
+    "winograd_kernel_gradient",
+]
 
 CHUNK = 2
 """Images per chunk of the kernel gradient (measured best of 1, 2 and 8 on dense 3x3
@@ -125,6 +136,32 @@ def input_tangent(
     return tangent.astype(acc_dtype)
 
 
+WINOGRAD_KERNEL_GRADIENT_DEPTH = 3
+"""A 2-D Winograd layer's kernel gradient is Winograd's own transpose where a chunk's tiles
+(its GEMMs' depth) are at least this many times ``C_g``. Measured against the hybrid's
+kernel gradient (2-core x86, two-image chunks): 0.75-0.87x at 56x56x64, 28x28x64 (tiles
+24x and 6x ``C_g``) and 28x28x128 (3x); 1.1x at 16x16x64 (2x); 1.0-2x at 14x14x128-256 and
+1.5-3x at 7x7 and 4x4 with 256-512 channels (below 1x), where the 16 points' ``C_g x F``
+products outweigh their shallow GEMMs."""
+
+WINOGRAD_KERNEL_GRADIENT_CHANNELS = 64
+"""Nor below this many channels a group: at 56x56x16 (tiles 98x ``C_g``) the 16 points'
+``16 x 16`` GEMMs a chunk measured 1.1-2x the hybrid's kernel gradient."""
+
+
+def winograd_kernel_gradient(spec: ConvSpec) -> bool:
+    """Whether a layer whose values run Winograd takes its kernel gradient by Winograd's own
+    transpose (one GEMM per transform point, of depth a chunk's tiles, then the kernel
+    transform's adds transposed) rather than the hybrid's: in 1-D, and in 2-D where a
+    chunk's tiles are at least `WINOGRAD_KERNEL_GRADIENT_DEPTH` times ``C_g`` and ``C_g``
+    is at least `WINOGRAD_KERNEL_GRADIENT_CHANNELS`."""
+    if spec.num_spatial == 1:
+        return True
+    tiles = chunk(spec) * math.prod(-(-o // 2) for o in spec.out_spatial)
+    cg = spec.group_in_features
+    return cg >= WINOGRAD_KERNEL_GRADIENT_CHANNELS and tiles >= WINOGRAD_KERNEL_GRADIENT_DEPTH * cg
+
+
 def kernel_tangent(
     spec: ConvSpec,
     x: jax.Array,
@@ -135,10 +172,14 @@ def kernel_tangent(
     acc_dtype: jnp.dtype,
 ) -> jax.Array:
     """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)``: ``conv(x, dw)`` over
-    rematerialised chunks of images (`chunk`), by the hybrid lowering, or by Winograd
-    F(2, 3) where `lowering` (the values') is `winograd` in 1-D."""
-    lower_padded = (winograd.lower_1d if lowering == "winograd" and spec.num_spatial == 1
-                    else hybrid.lower_padded)
+    rematerialised chunks of images (`chunk`), by the hybrid lowering, or by Winograd where
+    `lowering` (the values') is `winograd` and its transpose pays (`winograd_kernel_gradient`)."""
+    lower_padded = hybrid.lower_padded
+    if lowering == "winograd" and winograd_kernel_gradient(spec):
+        lower_padded = winograd.lower_1d if spec.num_spatial == 1 else winograd.lower_2d
+    # varying as `x` from the start: inside `shard_map`, the transpose sums the kernel's
+    # gradient over the devices, not its transform's (16/9 of its bytes for Winograd)
+    dw = vary_like(dw, x)
 
     def step(sub: ConvSpec, xc: jax.Array, wc: jax.Array) -> jax.Array:
         return jax.checkpoint(lambda a, b: lower_padded(
