@@ -92,8 +92,8 @@ def test_winograds_input_gradient_transforms_the_kernel_as_it_is(
     """A Winograd layer's input gradient transforms the forward kernel as it is and reads
     its points permuted and transposed (`winograd.lower_flipped`): the program reverses no
     kernel (the flip's transposed reads, fused into the transform's adds, made a 512-channel
-    layer's input gradient 4x its forward), and the gradient equals lax's and the flipped
-    kernel's Winograd exactly on integers, in 2-D and 1-D."""
+    layer's input gradient 47 ms against its forward's 8), and the gradient equals lax's and
+    the flipped kernel's Winograd exactly on integers, in 2-D and 1-D."""
     rng = np.random.default_rng(0)
     dn = DN if len(window) == 2 else ("NWC", "WIO", "NWC")
     ones = (1,) * len(window)

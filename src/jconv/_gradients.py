@@ -14,7 +14,7 @@ so that its transpose is the fast one:
   Scatter and Winograd read the forward kernel as it is (`scatter.lower_flipped`,
   `winograd.lower_flipped`), making no flipped copy: scatter's XLA would compute in the
   forward pass and hold; fused into Winograd's kernel transform, its transposed reads made
-  a 512-channel layer's input gradient 4x its forward.
+  a 512-channel layer's input gradient 47 ms against its forward's 8.
 - ``conv(x, dw)`` (`kernel_tangent`) is the hybrid lowering (`jconv.strategies.hybrid`)
   over chunks of `CHUNK` images, each chunk rematerialised (`jax.checkpoint`): its
   transpose, the kernel gradient, is a loop that pads one chunk, builds its row patches

@@ -172,7 +172,7 @@ def lower_flipped(
     (`jconv._gradients.input_tangent`; one group). Reversing the window permutes the
     transform points (`FLIP`), and the GEMMs contract the kernel's second channel axis: no
     flipped copy is made. Fused into the transform's adds, the flip's transposed reads made a
-    512-channel layer's input gradient 4x slower than its forward."""
+    512-channel layer's input gradient 47 ms against its forward's 8."""
     check_one_group(spec)
     tiles = lower_1d if spec.num_spatial == 1 else lower_2d
     return lower_chunked(spec, x, w, cost_of, functools.partial(tiles, flipped=True),
