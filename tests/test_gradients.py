@@ -220,18 +220,20 @@ def test_a_one_dimensional_winograd_layer_takes_winograds_kernel_gradient() -> N
 @pytest.mark.parametrize(("x", "winograds"), [((2, 24, 24, 64), True), ((4, 6, 6, 64), False),
                                               ((2, 24, 24, 16), False)])
 def test_a_2d_winograd_layers_kernel_gradient_is_winograds_where_its_tiles_are_deep(
-        x: tuple[int, ...], winograds: bool) -> None:
+        x: tuple[int, ...], winograds: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 3x3 layer planned on Winograd takes its kernel gradient by Winograd's own transpose
-    (16 GEMMs a chunk, one per transform point, contracting the chunk's tiles) where a
-    chunk's tiles are at least `WINOGRAD_KERNEL_GRADIENT_DEPTH` times ``C_g`` and ``C_g`` at
-    least `WINOGRAD_KERNEL_GRADIENT_CHANNELS` (2 x 12 x 12 tiles, 64 channels), else the
-    hybrid's (3 GEMMs a chunk, one per leading offset; 2 x 3 x 3 tiles against 64 channels,
-    or 16 channels); both equal lax's exactly on integers, also under `vmap`."""
+    (16 GEMMs a chunk, one per transform point, contracting the chunk's tiles) on the CPU
+    where a chunk's tiles are at least `WINOGRAD_KERNEL_GRADIENT_DEPTH` times ``C_g`` and
+    ``C_g`` at least `WINOGRAD_KERNEL_GRADIENT_CHANNELS` (2 x 12 x 12 tiles, 64 channels),
+    else the hybrid's (3 GEMMs a chunk, one per leading offset; 2 x 3 x 3 tiles against 64
+    channels, or 16 channels; or another platform's default backend); both equal lax's
+    exactly on integers, also under `vmap`."""
     rng = np.random.default_rng(0)
     xs = jnp.asarray(rng.integers(-3, 4, x), jnp.float32)
     ws = jnp.asarray(rng.integers(-3, 4, (3, 3, x[-1], 8)), jnp.float32)
     spec = ConvSpec.from_lax(xs.shape, ws.shape, (1, 1), "SAME", dimension_numbers=DN)
-    assert _gradients.winograd_kernel_gradient(spec) is winograds
+    assert _gradients.winograd_kernel_gradient(spec, "cpu") is winograds
+    assert not any(_gradients.winograd_kernel_gradient(spec, p) for p in ("gpu", "tpu"))
     ct = jnp.asarray(rng.integers(-3, 4, spec.out_shape), jnp.float32)
 
     def kernel_grad(conv: Any, **kw: Any) -> Any:
@@ -241,6 +243,12 @@ def test_a_2d_winograd_layers_kernel_gradient_is_winograds_where_its_tiles_are_d
     ours = kernel_grad(jconv.conv_general_dilated, strategy="winograd")
     count = _count_dots(jax.make_jaxpr(ours)(xs, ws).jaxpr)
     assert count == 16 + (16 if winograds else 3), count  # the forward's 16, then the loop's
+    if winograds:  # traced as on a GPU (not compiled), it is the hybrid's
+        jax.clear_caches()
+        monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+        assert _count_dots(jax.make_jaxpr(ours)(xs, ws).jaxpr) == 16 + 3
+        monkeypatch.undo()
+        jax.clear_caches()
     want = kernel_grad(lax.conv_general_dilated)(xs, ws)
     np.testing.assert_array_equal(jax.jit(ours)(xs, ws), want)
     batched = jax.vmap(jax.jit(ours), in_axes=(None, 0))(xs, jnp.stack([ws, -ws]))

@@ -21,7 +21,7 @@ so that its transpose is the fast one:
   while they are in cache and adds one GEMM per leading offset (measured 0.5-1.2x lax's
   kernel gradient). A layer planned on Winograd loops over Winograd's own transpose
   instead where it pays (`winograd_kernel_gradient`: in 1-D, four GEMMs over a chunk's
-  transformed tiles; in 2-D, 16, where a chunk's tiles are deep enough).
+  transformed tiles; in 2-D, 16, where a chunk's tiles are deep enough; on the CPU).
 
 Forward mode computes the same two convolutions by the transposes of those loops. Both
 terms are exact-class (sums of products), whatever lowering computes the values.
@@ -45,6 +45,7 @@ __all__ = [
     "CHUNK",
     "WINOGRAD_KERNEL_GRADIENT_CHANNELS",
     "WINOGRAD_KERNEL_GRADIENT_DEPTH",
+    "WINOGRAD_KERNEL_GRADIENT_PLATFORMS",
     "applies",
     "chunk",
     "input_tangent",
@@ -149,12 +150,22 @@ WINOGRAD_KERNEL_GRADIENT_CHANNELS = 64
 ``16 x 16`` GEMMs a chunk measured 1.1-2x the hybrid's kernel gradient."""
 
 
-def winograd_kernel_gradient(spec: ConvSpec) -> bool:
+WINOGRAD_KERNEL_GRADIENT_PLATFORMS = ("cpu",)
+"""Where Winograd's own transpose is ever taken. On an NVIDIA H200 (the layer suite's dense
+cases at batch x16, forward+backward, alternating with lax), it took 1.49x the hybrid's time
+at 56x56x64, 1.85x at 28x28x128, the same at 14x14x256 and 1.14x in 1-D (k = 3, C = 64):
+its 16 per-point GEMMs a chunk are launches, not cache reuse, there."""
+
+
+def winograd_kernel_gradient(spec: ConvSpec, platform: str) -> bool:
     """Whether a layer whose values run Winograd takes its kernel gradient by Winograd's own
     transpose (one GEMM per transform point, of depth a chunk's tiles, then the kernel
-    transform's adds transposed) rather than the hybrid's: in 1-D, and in 2-D where a
-    chunk's tiles are at least `WINOGRAD_KERNEL_GRADIENT_DEPTH` times ``C_g`` and ``C_g``
-    is at least `WINOGRAD_KERNEL_GRADIENT_CHANNELS`."""
+    transform's adds transposed) rather than the hybrid's, on `platform` (a
+    `jax.default_backend()` name): on the `WINOGRAD_KERNEL_GRADIENT_PLATFORMS`, in 1-D,
+    and in 2-D where a chunk's tiles are at least `WINOGRAD_KERNEL_GRADIENT_DEPTH` times
+    ``C_g`` and ``C_g`` is at least `WINOGRAD_KERNEL_GRADIENT_CHANNELS`."""
+    if platform not in WINOGRAD_KERNEL_GRADIENT_PLATFORMS:
+        return False
     if spec.num_spatial == 1:
         return True
     tiles = chunk(spec) * math.prod(-(-o // 2) for o in spec.out_spatial)
@@ -173,9 +184,10 @@ def kernel_tangent(
 ) -> jax.Array:
     """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)``: ``conv(x, dw)`` over
     rematerialised chunks of images (`chunk`), by the hybrid lowering, or by Winograd where
-    `lowering` (the values') is `winograd` and its transpose pays (`winograd_kernel_gradient`)."""
+    `lowering` (the values') is `winograd` and its transpose pays on the default backend
+    (`winograd_kernel_gradient`)."""
     lower_padded = hybrid.lower_padded
-    if lowering == "winograd" and winograd_kernel_gradient(spec):
+    if lowering == "winograd" and winograd_kernel_gradient(spec, jax.default_backend()):
         lower_padded = winograd.lower_1d if spec.num_spatial == 1 else winograd.lower_2d
     # varying as `x` from the start: inside `shard_map`, the transpose sums the kernel's
     # gradient over the devices, not its transform's (16/9 of its bytes for Winograd)
