@@ -52,20 +52,25 @@ def test_transposed_convs_skip_the_zeros() -> None:
     assert planner.plan(spec, F32, differentiated=True) in ("polyphase", "scatter")
 
 
-@pytest.mark.parametrize(("x", "f"), [((4, 16, 16, 16, 32), 32), ((2, 32, 32, 32, 16), 16),
-                                      ((8, 8, 8, 8, 64), 64), ((1, 48, 48, 48, 8), 8)])
-def test_3d_volumes_sum_their_offsets_in_a_loop(x: tuple[int, ...], f: int) -> None:
-    """A 3x3x3 layer runs `accumulate` (measured the fastest forward on these four volumes,
-    0.29-0.90x shift's time), values and gradients; its 2-D slice (3x3 over one plane of
-    the same channels) does not: `accumulate.OVERHEAD_3D` scales 3-D alone."""
+@pytest.mark.parametrize(("x", "k", "f"), [
+    ((4, 16, 16, 16, 32), (3, 3, 3), 32), ((2, 32, 32, 32, 16), (3, 3, 3), 16),
+    ((8, 8, 8, 8, 64), (3, 3, 3), 64), ((1, 48, 48, 48, 8), (3, 3, 3), 8),
+    ((8, 4096, 64), (31,), 64)])
+def test_long_windows_sum_their_offsets_in_a_loop(
+        x: tuple[int, ...], k: tuple[int, ...], f: int) -> None:
+    """Windows of 27 taps and more run `accumulate` (measured the fastest forward on these
+    four volumes, 0.29-0.90x shift's time, and 0.71-0.87x shift's at 1-D k = 31), values and
+    gradients; shorter windows over the same channels do not (3x3 over one plane, 1-D
+    k = 15, where it measured 1.01-1.51x shift's): `accumulate.LONG_WINDOW_OVERHEAD` scales
+    long windows alone."""
     from jconv.strategies import accumulate
 
-    spec = _spec(x, (3, 3, 3), f)
+    spec = _spec(x, k, f)
     assert planner.plan(spec, F32) == "accumulate"
     assert planner.plan(spec, F32, differentiated=True) == "accumulate"
-    flat = _spec((x[0] * x[1], *x[2:]), (3, 3), f)
-    assert planner.plan(flat, F32) != "accumulate"
-    unscaled = STRATEGIES["accumulate"].predict(spec).forward / accumulate.OVERHEAD_3D
+    short = (_spec((x[0] * x[1], *x[2:]), (3, 3), f) if len(k) == 3 else _spec(x, (15,), f))
+    assert planner.plan(short, F32) != "accumulate"
+    unscaled = STRATEGIES["accumulate"].predict(spec).forward / accumulate.LONG_WINDOW_OVERHEAD
     assert unscaled > STRATEGIES["shift"].predict(spec).forward  # what the constant overturns
 
 

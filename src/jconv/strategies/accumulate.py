@@ -42,14 +42,19 @@ ACCURACY = "summation"
 TRANSFORMS_KERNEL = False
 """The kernel is read as it is (`jconv.strategies`)."""
 
-OVERHEAD_3D = 0.5
-"""Predicted time over the cost at the model's rates for 3-D and up, where the per-offset
-copies the model counts overstate the loop. Measured (2-core x86, forward, alternating): on
-3x3x3 kernels over 8-64 channels and 8^3-48^3 volumes the loop took 0.29-0.90x shift's
-time and 0.31-0.71x scatter's, where shift keeps 27 output-sized products alive and
-scatter writes GEMM outputs 27 kernels wide. With 0.5 the planner's pick was the fastest
-forward on four of six 3-D shapes and within 1.07x of the fastest forward+backward on five
-(with 1.0, its picks, shift and scatter, were within 1.15x on one and none)."""
+LONG_WINDOW_TAPS = 27
+"""Windows of at least this many taps (3x3x3, 1-D k >= 27) scale the predicted time by
+`LONG_WINDOW_OVERHEAD`."""
+LONG_WINDOW_OVERHEAD = 0.5
+"""Predicted time over the cost at the model's rates for long windows, where the per-offset
+copies the model counts overstate the loop against shift, which keeps one output-sized
+product per tap alive until its sum, and scatter, whose GEMM writes outputs that many
+kernels wide. Measured (2-core x86, forward, alternating): 3x3x3 kernels over 8-64
+channels and 8^3-48^3 volumes, 0.29-0.90x shift's time and 0.31-0.71x scatter's; 1-D k = 31
+over 64 channels, 0.71-0.87x shift's in ten runs of the layer suite (k = 15: 1.01-1.51x, so
+not below 27 taps). With it the planner's pick was the fastest forward on four of six 3-D
+shapes and within 1.07x of the fastest forward+backward on five (without it, shift and
+scatter, within 1.15x on one and none)."""
 BACKWARD = 1.0
 """Gradients over the forward's predicted arithmetic: two GEMMs per offset, transposed."""
 BACKWARD_COPY = 2.0
@@ -131,9 +136,9 @@ def formula(num_spatial: int) -> Cost:
 
 def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Prediction:
     """One GEMM of depth ``C_g`` and width ``F_g`` per offset, and the copies of `cost_of`
-    (times `OVERHEAD_3D` in 3-D and up)."""
+    (times `LONG_WINDOW_OVERHEAD` for windows of `LONG_WINDOW_TAPS` taps and more)."""
     flops, _, moved = cost(spec, dtype).evaluate()
-    scale = OVERHEAD_3D if spec.num_spatial >= 3 else 1.0
+    scale = LONG_WINDOW_OVERHEAD if spec.taps >= LONG_WINDOW_TAPS else 1.0
     rate = gemm_rate(spec.group_in_features, spec.group_out_features)
     return Prediction.scaled(scale * flops / rate, scale * copy_seconds(moved), BACKWARD,
                              BACKWARD_COPY)
