@@ -7,8 +7,9 @@ the product to the carry. Temporaries: the padded input and one step's window an
 where `shift` keeps every offset's product alive until its fused sum
 (``prod(window)`` output-sized arrays: 27 for a 3x3x3 kernel). The step is rematerialised,
 so the gradients also hold one offset's slice at a time. For inputs nothing else fits
-(volumes, high-resolution images of one sample, where batch chunks cannot help); it adds a
-read and a write of the output per offset.
+(volumes, high-resolution images of one sample, where batch chunks cannot help), and for
+long windows (`LONG_WINDOW_TAPS`), where it measured faster than keeping every product; it
+adds a read and a write of the output per offset.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from ._common import (
 from ._model import Prediction, copy_seconds, gemm_rate
 
 AUTO = True
-"""`strategy="auto"` may pick it: the cost model does where the others exceed the memory
-budget, `jconv.tune` where it is measured fastest."""
+"""`strategy="auto"` may pick it: the cost model does for long windows and where the others
+exceed the memory budget, `jconv.tune` where it is measured fastest."""
 ACCURACY = "summation"
 """Rounding error of summing the taps in the accumulation dtype (lax's class)."""
 TRANSFORMS_KERNEL = False
