@@ -13,6 +13,9 @@ at it (or paste them into `RATES`) to use them.
 
     python benchmarks/run.py --out mymachine      # the sweep, ~4 min on 2 cores
     python benchmarks/fit_rates.py benchmarks/results/mymachine.json --out rates.json
+
+A suite swept in parts (``run.py --only dense --out a``, ``--only 1-D,3-D --out b``) is fitted
+as one: ``fit_rates.py a.json b.json``.
 """
 
 from __future__ import annotations
@@ -52,6 +55,25 @@ def case_specs(meta: dict[str, Any]) -> dict[str, ConvSpec]:
     """The sweep's convolutions by case name: `CASES` with the batch scaled as it ran."""
     scale = meta.get("batch_scale", 1)
     return {c.name: dataclasses.replace(c, x=(c.x[0] * scale, *c.x[1:])).spec() for c in CASES}
+
+
+def read_sweeps(paths: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The cases of every sweep in `paths` and the first one's meta: sweeps of one
+    platform at one batch scale (a suite run in parts, ``--only``), else ValueError."""
+    cases: list[dict[str, Any]] = []
+    metas: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            result = json.loads(pathlib.Path(path).read_text())
+            cases += result["cases"]
+            metas.append(result["meta"])
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"cannot read a sweep from {path!r}: {e}") from e
+    kinds = {(platform(m), m.get("batch_scale", 1)) for m in metas}
+    if len(kinds) > 1:
+        raise ValueError(f"sweeps {paths} ran on different platforms or batch scales "
+                         f"({sorted(kinds)}): fit each platform and scale on its own")
+    return cases, metas[0]
 
 
 def score(sweep: list[dict[str, Any]], specs: dict[str, ConvSpec], rates: _model.Rates,
@@ -103,8 +125,9 @@ def fit(sweep: list[dict[str, Any]], specs: dict[str, ConvSpec], base: _model.Ra
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("sweep", nargs="?", default="benchmarks/results/latest.json",
-                    help="a benchmarks/run.py result with the per-lowering sweep")
+    ap.add_argument("sweep", nargs="*", default=["benchmarks/results/latest.json"],
+                    help="benchmarks/run.py results with the per-lowering sweep (several: "
+                         "one suite run in parts, on one platform at one batch scale)")
     ap.add_argument("--tolerance", type=float, default=0.10,
                     help="a pick within this fraction of the fastest counts as good")
     ap.add_argument("--out", default=None, help="write the best rates to this JSON file")
@@ -112,10 +135,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="grid searches, each around the best rates of the one before")
     args = ap.parse_args(argv)
     try:
-        result = json.loads(pathlib.Path(args.sweep).read_text())
-        sweep, meta = result["cases"], result["meta"]
-    except (OSError, ValueError, KeyError) as e:
-        ap.error(f"cannot read a sweep from {args.sweep!r}: {e}")
+        sweep, meta = read_sweeps(args.sweep)
+    except ValueError as e:
+        ap.error(str(e))
     for mod in STRATEGIES.values():  # the costs do not depend on the rates: compute each once
         mod.cost = functools.lru_cache(maxsize=None)(mod.cost)  # type: ignore[misc]
     plat = platform(meta)
@@ -124,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     specs = case_specs(meta)
     total = sum(bool(rec[m].get("per_strategy_ms")) for rec in sweep for m, _ in MODES)
     if not total:
-        ap.error(f"{args.sweep!r} has no per-lowering sweep (run benchmarks/run.py without "
+        ap.error(f"{args.sweep} has no per-lowering sweep (run benchmarks/run.py without "
                  "--no-sweep or --quick)")
     start = score(sweep, specs, base, args.tolerance)
     best = fit(sweep, specs, base, args.tolerance, args.rounds)

@@ -396,7 +396,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 reps, no per-lowering sweep")
     ap.add_argument("--reps", type=int, default=None, help="alternating repetitions")
-    ap.add_argument("--only", default="", help="run only cases whose name contains this")
+    ap.add_argument("--only", default="",
+                    help="run only cases whose name contains one of these (comma-separated)")
     ap.add_argument("--no-sweep", action="store_true", help="skip timing every lowering")
     ap.add_argument("--out", default=None,
                     help="basename in benchmarks/results/ (an absolute path: written there)")
@@ -416,6 +417,10 @@ def main(argv: list[str] | None = None) -> None:
         if v < 1:
             ap.error(f"{flag}={v}: must be at least 1")
     sweep = not (a.quick or a.no_sweep)
+    only = [p for p in a.only.split(",") if p]
+    cases = [c for c in CASES if not only or any(p in c.name for p in only)]
+    if not cases:
+        ap.error(f"--only={a.only}: no case's name contains any of them")
     also = [n for n in a.also.split(",") if n]
     for name in also:
         if name not in STRATEGIES:
@@ -437,9 +442,7 @@ def main(argv: list[str] | None = None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     recs: list[dict[str, Any]] = []
     mismatched: list[str] = []
-    for case in CASES:
-        if a.only and a.only not in case.name:
-            continue
+    for case in cases:
         t0 = time.perf_counter()
         case = dataclasses.replace(case, x=(case.x[0] * a.batch_scale, *case.x[1:]))
         rec = bench_case(case, reps, sweep, peak, inner, torch_col=on_cpu, also=also)

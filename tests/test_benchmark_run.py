@@ -46,6 +46,49 @@ def test_also_names_must_be_lowerings(capsys: pytest.CaptureFixture[str]) -> Non
     assert "--also=pallas,nope: 'nope' is not a lowering" in capsys.readouterr().err
 
 
+def test_only_takes_several_names_and_refuses_none_matching(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--only a,b`` runs the cases whose names contain either; a list matching no case is
+    refused before anything is timed."""
+    ran: list[str] = []
+    monkeypatch.setattr(run, "matmul_flops", lambda *a: 1e9)
+    monkeypatch.setattr(run, "bench_case", lambda case, *a, **k: ran.append(case.name) or {
+        "case": case.name, "strategy": "s", "backward": "s", "gflop": 1.0,
+        **{m: {"ratio": 1.0, "rel_err": 0.0, "jconv_ms": 1.0, "native_ms": 1.0, "gflops": 1.0,
+               "pct_matmul": 1.0, "native_gflops": 1.0} for m in ("fwd", "fwd+bwd")}})
+    run.main(["--only", "1-D k=3 ,3-D", "--no-sweep", "--out", str(tmp_path / "r")])
+    assert ran == ["1-D k=3 C=64 L=4096", "3-D 3x3x3 C=32 16^3"]
+    assert (tmp_path / "r.json").exists()
+    ran.clear()
+    with pytest.raises(SystemExit):
+        run.main(["--only", "nope,nada", "--out", str(tmp_path / "never")])
+    assert "--only=nope,nada: no case's name contains any of them" in capsys.readouterr().err
+    assert ran == [] and not (tmp_path / "never.json").exists()
+
+
+def test_fit_rates_reads_a_suite_swept_in_parts(tmp_path: pathlib.Path) -> None:
+    """Sweeps of one platform and batch scale are fitted as one (their cases joined); sweeps
+    of different batch scales, or an unreadable file, are refused naming the files."""
+    import json
+
+    import fit_rates
+
+    meta = {"machine": "x86, jax device cpu: cpu", "batch_scale": 1}
+    for name, case in (("a", "dense 3x3 C=16"), ("b", "3-D 3x3x3 C=32 16^3")):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"meta": meta, "cases": [
+            {"case": case, "fwd": {}, "fwd+bwd": {}}]}))
+    (tmp_path / "c.json").write_text(json.dumps({"meta": {**meta, "batch_scale": 16},
+                                                 "cases": []}))
+    cases, got = fit_rates.read_sweeps([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    assert [c["case"] for c in cases] == ["dense 3x3 C=16", "3-D 3x3x3 C=32 16^3"]
+    assert got == meta
+    with pytest.raises(ValueError, match="different platforms or batch scales"):
+        fit_rates.read_sweeps([str(tmp_path / "a.json"), str(tmp_path / "c.json")])
+    with pytest.raises(ValueError, match="cannot read a sweep from"):
+        fit_rates.read_sweeps([str(tmp_path / "missing.json")])
+
+
 def test_fit_rates_recovers_the_rates_that_rank_a_sweep(monkeypatch: pytest.MonkeyPatch
                                                         ) -> None:
     """A sweep timed as rates ``truth`` predict (GEMMs reaching their peak at 8x the CPU
