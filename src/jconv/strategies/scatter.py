@@ -240,7 +240,7 @@ def cost(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Cost:
     """Cost of scatter for ``spec`` (see `cost_of`); over batch chunks (`batch_chunk`) the
     products scale with the chunk, the padded input (when it slices) stays whole."""
     spread = spreads(spec)
-    return chunked_cost(spec, dtype, lambda geo: cost_of(geo, int(spread)), padded=not spread)
+    return chunked_cost(spec, dtype, lambda geo: cost_of(geo, int(spread)))
 
 
 def formula(num_spatial: int) -> Cost:
