@@ -15,7 +15,8 @@ at it (or paste them into `RATES`) to use them.
     python benchmarks/fit_rates.py benchmarks/results/mymachine.json --out rates.json
 
 A suite swept in parts (``run.py --only dense --out a``, ``--only 1-D,3-D --out b``) is fitted
-as one: ``fit_rates.py a.json b.json``.
+as one: ``fit_rates.py a.json b.json``; so are the suite and the users' layers
+(``run.py --cases users``): ``fit_rates.py latest.json users.json``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from run import CASES
+from run import CASE_SETS
 
 from jconv import ConvSpec, planner
 from jconv.strategies import STRATEGIES, _model
@@ -52,9 +53,11 @@ def platform(meta: dict[str, Any]) -> str:
 
 
 def case_specs(meta: dict[str, Any]) -> dict[str, ConvSpec]:
-    """The sweep's convolutions by case name: `CASES` with the batch scaled as it ran."""
+    """The sweep's convolutions by case name (the suite's and the users' cases, `CASE_SETS`),
+    with the batch scaled as it ran."""
     scale = meta.get("batch_scale", 1)
-    return {c.name: dataclasses.replace(c, x=(c.x[0] * scale, *c.x[1:])).spec() for c in CASES}
+    return {c.name: dataclasses.replace(c, x=(c.x[0] * scale, *c.x[1:])).spec()
+            for cases in CASE_SETS.values() for c in cases}
 
 
 def read_sweeps(paths: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:

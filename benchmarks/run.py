@@ -2,6 +2,7 @@
 
     python benchmarks/run.py            # full suite, writes benchmarks/results/latest.{json,md}
     python benchmarks/run.py --quick    # fewer repetitions, no per-lowering sweep
+    python benchmarks/run.py --cases users   # layers as users size them, results/users.*
 
 For every case, forward and forward+backward (``y = conv(x, w)`` and the pullback of a
 cotangent to input and kernel, as a layer does in training) are jitted, warmed up, then
@@ -111,6 +112,28 @@ CASES = [
     Case("3-D 3x3x3 C=32 16^3", (4, 16, 16, 16, 32), (3, 3, 3), 32),
     Case("transposed 3x3 s=2 64->32", (8, 28, 28, 64), (3, 3), 32, lhs_dilation=2),
 ]
+
+USER_CASES = [
+    Case("MNIST 3x3 32->64 14^2 b64", (64, 14, 14, 32), (3, 3), 64),
+    Case("MNIST 3x3 32 28^2 b64", (64, 28, 28, 32), (3, 3), 32),
+    Case("CIFAR 3x3 16 32^2 b128", (128, 32, 32, 16), (3, 3), 16),
+    Case("CIFAR 3x3 32 32^2 b128", (128, 32, 32, 32), (3, 3), 32),
+    Case("CIFAR 3x3 64 32^2 b128", (128, 32, 32, 64), (3, 3), 64),
+    Case("CIFAR 3x3 64 16^2 b128", (128, 16, 16, 64), (3, 3), 64),
+    Case("CIFAR 3x3 128 8^2 b128", (128, 8, 8, 128), (3, 3), 128),
+    Case("CIFAR 3x3/2 16->32 b128", (128, 32, 32, 16), (3, 3), 32, stride=2),
+    Case("CIFAR 3x3/2 32->64 b128", (128, 32, 32, 32), (3, 3), 64, stride=2),
+    Case("CIFAR 3x3/2 64->128 16^2 b128", (128, 16, 16, 64), (3, 3), 128, stride=2),
+    Case("U-Net 3x3 16 256^2 b1", (1, 256, 256, 16), (3, 3), 16),
+    Case("U-Net 3x3 32 128^2 b4", (4, 128, 128, 32), (3, 3), 32),
+    Case("narrow 3x3 8 330^2 b1", (1, 330, 330, 8), (3, 3), 8),
+    Case("narrow 3x3 16 128^2 b2", (2, 128, 128, 16), (3, 3), 16),
+    Case("5x5 32->64 28^2 b32", (32, 28, 28, 32), (5, 5), 64),
+]
+"""``--cases users``: layers at the sizes users train them (MNIST and CIFAR classifiers at
+their usual batches, U-Net levels, narrow layers over large images), to check the planner
+beyond the suite's shapes."""
+CASE_SETS = {"suite": CASES, "users": USER_CASES}
 
 
 def timed(fns: Sequence[Callable[[], Any]], reps: int, budget_s: float = 4.0,
@@ -396,6 +419,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 reps, no per-lowering sweep")
     ap.add_argument("--reps", type=int, default=None, help="alternating repetitions")
+    ap.add_argument("--cases", choices=sorted(CASE_SETS), default="suite",
+                    help="which cases: the suite's, or layers as users size them "
+                         "(default name of the results: users)")
     ap.add_argument("--only", default="",
                     help="run only cases whose name contains one of these (comma-separated)")
     ap.add_argument("--no-sweep", action="store_true", help="skip timing every lowering")
@@ -418,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
             ap.error(f"{flag}={v}: must be at least 1")
     sweep = not (a.quick or a.no_sweep)
     only = [p for p in a.only.split(",") if p]
-    cases = [c for c in CASES if not only or any(p in c.name for p in only)]
+    cases = [c for c in CASE_SETS[a.cases] if not only or any(p in c.name for p in only)]
     if not cases:
         ap.error(f"--only={a.only}: no case's name contains any of them")
     also = [n for n in a.also.split(",") if n]
@@ -438,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
         "matmul_n": n_mm, "matmul_gflops": peak / 1e9, "rel_err_tol": tol,
         "time_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    base = a.out or ("quick" if a.quick else "latest")
+    base = a.out or ("quick" if a.quick else "latest" if a.cases == "suite" else a.cases)
     RESULTS.mkdir(parents=True, exist_ok=True)
     recs: list[dict[str, Any]] = []
     mismatched: list[str] = []

@@ -67,6 +67,27 @@ def test_only_takes_several_names_and_refuses_none_matching(
     assert ran == [] and not (tmp_path / "never.json").exists()
 
 
+def test_cases_users_runs_the_layers_users_size(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--cases users`` times the users' layers (with ``--only`` among them, not the
+    suite's), and `fit_rates` reads a sweep of them at their shapes."""
+    import fit_rates
+
+    ran: list[str] = []
+    monkeypatch.setattr(run, "matmul_flops", lambda *a: 1e9)
+    monkeypatch.setattr(run, "bench_case", lambda case, *a, **k: ran.append(case.name) or {
+        "case": case.name, "strategy": "s", "backward": "s", "gflop": 1.0,
+        **{m: {"ratio": 1.0, "rel_err": 0.0, "jconv_ms": 1.0, "native_ms": 1.0, "gflops": 1.0,
+               "pct_matmul": 1.0, "native_gflops": 1.0} for m in ("fwd", "fwd+bwd")}})
+    run.main(["--cases", "users", "--only", "narrow,3-D", "--no-sweep",
+              "--out", str(tmp_path / "u")])
+    assert ran == ["narrow 3x3 8 330^2 b1", "narrow 3x3 16 128^2 b2"]
+    spec = fit_rates.case_specs({"batch_scale": 1})["CIFAR 3x3/2 32->64 b128"]
+    assert spec.lhs_shape == (128, 32, 32, 32) and spec.window_strides == (2, 2)
+    names = [c.name for cases in run.CASE_SETS.values() for c in cases]
+    assert len(names) == len(set(names))
+
+
 def test_fit_rates_reads_a_suite_swept_in_parts(tmp_path: pathlib.Path) -> None:
     """Sweeps of one platform and batch scale are fitted as one (their cases joined); sweeps
     of different batch scales, or an unreadable file, are refused naming the files."""
