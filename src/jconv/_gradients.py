@@ -79,8 +79,8 @@ BLOCK = 1024
 """Outputs a step of a 1-D kernel gradient's loop covers (`blocked_1d`). At k = 15, C = F = 64
 (batch 8, 4096 samples; 2-core x86) steps of 128 x 8 to 1024 x 1 outputs measured alike,
 29.5-31 ms against lax's 24-25; the hybrid's two-image chunks took 70-75 ms, its row-major
-patches contracted along their long axis. k = 31: 67-71 ms against lax's 50 and 140; k = 7:
-18 against 13 and 29."""
+patches contracted along their long axis. k = 31: 67-71 ms against lax's 50 and the
+chunks' 138-145; k = 7: 18 against 13 and 29."""
 
 
 def blocked_1d(spec: ConvSpec) -> bool:

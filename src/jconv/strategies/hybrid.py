@@ -115,7 +115,7 @@ def cost_of(geo: Geometry) -> Cost:
 
 def cost(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Cost:
     """Cost of the hybrid lowering for ``spec`` (see `cost_of`); when it runs over batch chunks
-    (`batch_chunk`) only the padded input stays whole, the rest scales with the chunk."""
+    (`batch_chunk`, each padded in the loop), its temporaries scale with the chunk."""
     return chunked_cost(spec, dtype, cost_of)
 
 

@@ -109,7 +109,7 @@ def cost_of(geo: Geometry) -> Cost:
 
 def cost(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Cost:
     """Cost of the patches lowering for ``spec`` (see `cost_of`); when it runs over batch
-    chunks only the padded input stays whole, the rest scales with the chunk."""
+    chunks (each padded in the loop), its temporaries scale with the chunk."""
     return chunked_cost(spec, dtype, cost_of)
 
 

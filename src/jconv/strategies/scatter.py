@@ -237,8 +237,8 @@ def cost_of(geo: Geometry, spread: Expr = 0) -> Cost:
 
 
 def cost(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Cost:
-    """Cost of scatter for ``spec`` (see `cost_of`); over batch chunks (`batch_chunk`) the
-    products scale with the chunk, the padded input (when it slices) stays whole."""
+    """Cost of scatter for ``spec`` (see `cost_of`); over batch chunks (`batch_chunk`, each
+    padded in the loop when it slices) its temporaries scale with the chunk."""
     spread = spreads(spec)
     return chunked_cost(spec, dtype, lambda geo: cost_of(geo, int(spread)))
 
