@@ -46,6 +46,17 @@ def test_also_names_must_be_lowerings(capsys: pytest.CaptureFixture[str]) -> Non
     assert "--also=pallas,nope: 'nope' is not a lowering" in capsys.readouterr().err
 
 
+def _recording(ran: list[str]) -> Any:
+    """A stand-in for `run.bench_case` that records the case's name and times nothing."""
+    def bench_case(case: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        ran.append(case.name)
+        return {"case": case.name, "strategy": "s", "backward": "s", "gflop": 1.0,
+                **{m: {"ratio": 1.0, "rel_err": 0.0, "jconv_ms": 1.0, "native_ms": 1.0,
+                       "gflops": 1.0, "pct_matmul": 1.0, "native_gflops": 1.0}
+                   for m in ("fwd", "fwd+bwd")}}
+    return bench_case
+
+
 def test_only_takes_several_names_and_refuses_none_matching(
         tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,10 +64,7 @@ def test_only_takes_several_names_and_refuses_none_matching(
     refused before anything is timed."""
     ran: list[str] = []
     monkeypatch.setattr(run, "matmul_flops", lambda *a: 1e9)
-    monkeypatch.setattr(run, "bench_case", lambda case, *a, **k: ran.append(case.name) or {
-        "case": case.name, "strategy": "s", "backward": "s", "gflop": 1.0,
-        **{m: {"ratio": 1.0, "rel_err": 0.0, "jconv_ms": 1.0, "native_ms": 1.0, "gflops": 1.0,
-               "pct_matmul": 1.0, "native_gflops": 1.0} for m in ("fwd", "fwd+bwd")}})
+    monkeypatch.setattr(run, "bench_case", _recording(ran))
     run.main(["--only", "1-D k=3 ,3-D", "--no-sweep", "--out", str(tmp_path / "r")])
     assert ran == ["1-D k=3 C=64 L=4096", "3-D 3x3x3 C=32 16^3"]
     assert (tmp_path / "r.json").exists()
@@ -75,10 +83,7 @@ def test_cases_users_runs_the_layers_users_size(
 
     ran: list[str] = []
     monkeypatch.setattr(run, "matmul_flops", lambda *a: 1e9)
-    monkeypatch.setattr(run, "bench_case", lambda case, *a, **k: ran.append(case.name) or {
-        "case": case.name, "strategy": "s", "backward": "s", "gflop": 1.0,
-        **{m: {"ratio": 1.0, "rel_err": 0.0, "jconv_ms": 1.0, "native_ms": 1.0, "gflops": 1.0,
-               "pct_matmul": 1.0, "native_gflops": 1.0} for m in ("fwd", "fwd+bwd")}})
+    monkeypatch.setattr(run, "bench_case", _recording(ran))
     run.main(["--cases", "users", "--only", "narrow,3-D", "--no-sweep",
               "--out", str(tmp_path / "u")])
     assert ran == ["narrow 3x3 8 330^2 b1", "narrow 3x3 16 128^2 b2"]
