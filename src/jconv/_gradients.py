@@ -90,7 +90,7 @@ def blocked_1d(spec: ConvSpec) -> bool:
     if spec.num_spatial != 1 or spec.feature_group_count != 1 or partition_factor(spec.batch) > 1:
         return False
     _, outputs, blocks = _blocks(spec)
-    return blocks == 1 or _halo(spec) <= outputs * spec.window_strides[0]
+    return blocks == 1 or _span(spec, outputs) <= 2 * outputs * spec.window_strides[0]
 
 
 def _blocks(spec: ConvSpec) -> tuple[int, int, int]:
@@ -103,17 +103,17 @@ def _blocks(spec: ConvSpec) -> tuple[int, int, int]:
     return images, t, 1
 
 
-def _halo(spec: ConvSpec) -> int:
-    """Input samples a 1-D block of outputs reads past its own ``outputs * stride``: the
-    window's span less one stride (negative where the stride skips some)."""
-    return spec.effective_window[0] - spec.window_strides[0]
+def _span(spec: ConvSpec, outputs: int) -> int:
+    """Input samples `outputs` consecutive outputs of a 1-D spec read: ``(outputs - 1)``
+    strides and the window's dilated size."""
+    return (outputs - 1) * spec.window_strides[0] + spec.effective_window[0]
 
 
 def _blocked_temp(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> float:
     """Temporary bytes of `blocked_1d`'s kernel gradient: the input's blocks, one step's
     patches and the cotangent padded to whole blocks."""
     images, outputs, blocks = _blocks(spec)
-    width = outputs * spec.window_strides[0] + _halo(spec)
+    width = _span(spec, outputs)
     c, f = spec.in_features, spec.out_features
     elems = (spec.batch * blocks * width * c + spec.window[0] * c * images * outputs
              + spec.batch * blocks * outputs * f)
@@ -136,7 +136,7 @@ def _blocked_tangent(
     k, s, d, t = spec.window[0], spec.window_strides[0], spec.rhs_dilation[0], spec.out_spatial[0]
     images, outputs, blocks = _blocks(spec)
     stride = outputs * s  # input samples between blocks
-    width = stride + _halo(spec)
+    width = _span(spec, outputs)
     xp = pad_input(spec, x)  # (N, P, C)
     if blocks == 1:
         xb = xp[:, :width]
