@@ -15,17 +15,17 @@ so that its transpose is the fast one:
   `winograd.lower_flipped`), making no flipped copy: scatter's XLA would compute in the
   forward pass and hold; fused into Winograd's kernel transform, its transposed reads made
   a 512-channel layer's input gradient 47 ms against its forward's 8.
-- ``conv(x, dw)`` (`kernel_tangent`) is the hybrid lowering (`jconv.strategies.hybrid`)
-  over chunks of `CHUNK` images, each chunk rematerialised (`jax.checkpoint`): its
-  transpose, the kernel gradient, is a loop that pads one chunk, builds its row patches
-  while they are in cache and adds one GEMM per leading offset (measured 0.5-1.2x lax's
-  kernel gradient). A layer planned on Winograd loops over Winograd's own transpose
-  instead where it pays (`winograd_kernel_gradient`: in 1-D, four GEMMs over a chunk's
-  transformed tiles; in 2-D, 16, where a chunk's tiles are deep enough; on the CPU).
-  Any other dense 1-D layer loops over blocks of `BLOCK` outputs (`blocked_1d`): each
-  block's patches built channel-major, ``(k * C, outputs)``, from rows of the input
-  transposed, so that the kernel gradient's GEMM contracts both operands along their
-  contiguous axis.
+- ``conv(x, dw)`` (`kernel_tangent`) loops over blocks of outputs (`blocked`,
+  `BLOCK_BYTES`), each block rematerialised (`jax.checkpoint`) with its patches built
+  channel-major, ``(taps * C, outputs)``, from rows of the input transposed: its
+  transpose, the kernel gradient, is one GEMM a block that contracts both operands along
+  their contiguous axis while the block is in cache. A layer planned on Winograd loops over
+  Winograd's own transpose instead where it pays (`winograd_kernel_gradient`: in 1-D, four
+  GEMMs over a chunk's transformed tiles; in 2-D, 16, where a chunk's tiles are deep
+  enough; on the CPU). Grouped layers, one-tap layers that read more channels than they
+  write, and batches XLA may split over devices take the hybrid lowering
+  (`jconv.strategies.hybrid`) over chunks of `CHUNK` images instead: a loop that pads one
+  chunk, builds its row patches and adds one GEMM per leading offset.
 
 Forward mode computes the same two convolutions by the transposes of those loops. Both
 terms are exact-class (sums of products), whatever lowering computes the values.
@@ -43,16 +43,16 @@ from jax import lax
 from ._sharding import partition_factor, vary_like
 from ._spec import ConvSpec
 from .strategies import STRATEGIES, hybrid, scatter, winograd
-from .strategies._common import Geometry, in_batch_chunks, pad_input
+from .strategies._common import Geometry, in_batch_chunks, offsets, pad_input
 
 __all__ = [
-    "BLOCK",
+    "BLOCK_BYTES",
     "CHUNK",
     "WINOGRAD_KERNEL_GRADIENT_CHANNELS",
     "WINOGRAD_KERNEL_GRADIENT_DEPTH",
     "WINOGRAD_KERNEL_GRADIENT_PLATFORMS",
     "applies",
-    "blocked_1d",
+    "blocked",
     "chunk",
     "input_tangent",
     "kernel_tangent",
@@ -75,48 +75,86 @@ def applies(spec: ConvSpec) -> bool:
             and spec.group_in_features > 1 and not spec.empty)
 
 
-BLOCK = 1024
-"""Outputs a step of a 1-D kernel gradient's loop covers (`blocked_1d`). At k = 15, C = F = 64
-(batch 8, 4096 samples; 2-core x86) steps of 128 x 8 to 1024 x 1 outputs measured alike,
-29.5-31 ms against lax's 24-25; the hybrid's two-image chunks took 70-75 ms, its row-major
-patches contracted along their long axis. k = 31: 67-71 ms against lax's 50 and the
-chunks' 138-145; k = 7: 18 against 13 and 29."""
+BLOCK_BYTES = 4 * 2**20
+"""Bytes of a blocked kernel gradient's patches a step holds at most, counted in float32
+(`blocked`, `_blocks`), unless one row of the leading spatial axis holds more. Measured
+(2-core x86, alternating with lax; ms):
+
+- 1-D, batch 8 x 4096 samples, C = F = 64: k = 15 in steps of 1024 outputs (3.8 MiB of
+  patches) 29.5-31 against lax's 24-25 and the hybrid's two-image chunks' 70-75 (row-major
+  patches contracted along their long axis); 2048 outputs 31, 4096 47. k = 31: 67-75
+  against lax's 50-56 and the chunks' 138-145; 4096 outputs 109.
+- 2-D, 3x3: 1 x 256 x 256 x 16 in steps of 1024, 2048 and 4096 outputs (2.3 MiB) 9.5, 7.1
+  and 5.7 against lax's 26 and the hybrid's 27; 4 x 128 x 128 x 32: 19.6, 17.4 and 16.2
+  (4.5 MiB) against lax's 16 and the hybrid's 41-46."""
 
 
-def blocked_1d(spec: ConvSpec) -> bool:
-    """Whether `kernel_tangent` runs `spec` over blocks of outputs (`BLOCK`): 1-D, one group,
-    no batch split over devices (whose chunks `in_batch_chunks` keeps on them), and a window
-    that reaches at most one block past its own."""
-    if spec.num_spatial != 1 or spec.feature_group_count != 1 or partition_factor(spec.batch) > 1:
+def blocked(spec: ConvSpec) -> bool:
+    """Whether `kernel_tangent` runs `spec` over blocks of outputs (`_blocks`): one group, no
+    batch split over devices (whose chunks `in_batch_chunks` keeps on them), a window that
+    reaches at most one block past its own, and not one tap reading more channels than it
+    writes: there the hybrid's GEMM reads the input in place, where the blocks copy it
+    transposed (1x1 over 8 x 28 x 28 x 512 to 128: 11.8 ms against the blocks' 15.7; lax
+    22; with C <= F the blocks were 0.7-1.0x the hybrid's time)."""
+    if spec.feature_group_count != 1 or partition_factor(spec.batch) > 1:
         return False
-    _, outputs, blocks = _blocks(spec)
-    return blocks == 1 or _span(spec, outputs) <= 2 * outputs * spec.window_strides[0]
+    if spec.taps == 1 and spec.in_features > spec.out_features:
+        return False
+    _, rows, blocks = _blocks(spec)
+    return blocks == 1 or _span(spec, rows) <= 2 * rows * spec.window_strides[0]
 
 
 def _blocks(spec: ConvSpec) -> tuple[int, int, int]:
-    """``(images a step, outputs a block, blocks an image)`` of a 1-D spec: blocks of `BLOCK`
-    outputs, or each image whole, as many a step as divide the batch and fit `BLOCK`."""
-    t = spec.out_spatial[0]
-    if t > BLOCK:
-        return 1, BLOCK, -(-t // BLOCK)
-    images = max(i for i in range(1, spec.batch + 1) if spec.batch % i == 0 and i * t <= BLOCK)
+    """``(images a step, rows a block, blocks an image)``, rows along the leading spatial axis
+    (each row all the outputs of the other axes): as few blocks as fit their patches in
+    `BLOCK_BYTES` (a row at least), or each image whole, at most `CHUNK` a step (dividing
+    the batch) and as many as fit; the whole batch in one step where a loop's two
+    kernel-sized buffers (the gradient it carries and a step's) would outweigh it (late
+    layers: big kernels, small images). More images a step held more temporaries for no
+    speed: ResNet-18's training step (batch 8 at 112 x 112) 84 MB with up to eight, 74
+    with two, at 0.75x lax's time both."""
+    t, row = spec.out_spatial[0], math.prod(spec.out_spatial[1:])
+    outputs = BLOCK_BYTES // (4 * spec.taps * spec.in_features)  # a step's, at most
+    if t * row > outputs:
+        blocks = -(-t // max(1, outputs // row))
+        return 1, -(-t // blocks), blocks  # rows evened out over the blocks
+    n = spec.batch
+    images = max(i for i in range(1, min(CHUNK, n) + 1)
+                 if n % i == 0 and (i == 1 or i * t * row <= outputs))
+    if images < n and _step_elems(spec, images, t) + 2 * math.prod(spec.rhs_shape) >= (
+            _step_elems(spec, n, t)):
+        return n, t, 1  # one step: a loop would carry two kernel-sized buffers
     return images, t, 1
 
 
-def _span(spec: ConvSpec, outputs: int) -> int:
-    """Input samples `outputs` consecutive outputs of a 1-D spec read: ``(outputs - 1)``
-    strides and the window's dilated size."""
-    return (outputs - 1) * spec.window_strides[0] + spec.effective_window[0]
+def _step_elems(spec: ConvSpec, images: int, rows: int) -> int:
+    """Temporary elements of one step over `rows` output rows of `images` images: their
+    input (padded, then transposed) and their patches (strided windows copied before they
+    are stacked)."""
+    c, row_in = spec.in_features, math.prod(spec.padded_in[1:])
+    copies = 2 if spec.strided else 1
+    patches = spec.taps * c * rows * math.prod(spec.out_spatial[1:])
+    return images * (2 * _span(spec, rows) * row_in * c + copies * patches)
+
+
+def _span(spec: ConvSpec, rows: int) -> int:
+    """Input rows (along the leading spatial axis) that `rows` consecutive output rows read:
+    ``(rows - 1)`` strides and the window's dilated size."""
+    return (rows - 1) * spec.window_strides[0] + spec.effective_window[0]
 
 
 def _blocked_temp(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> float:
-    """Temporary bytes of `blocked_1d`'s kernel gradient: the input's blocks, one step's
-    patches and the cotangent padded to whole blocks."""
-    images, outputs, blocks = _blocks(spec)
-    width = _span(spec, outputs)
-    c, f = spec.in_features, spec.out_features
-    elems = (spec.batch * blocks * width * c + spec.window[0] * c * images * outputs
-             + spec.batch * blocks * outputs * f)
+    """Temporary bytes of `blocked`'s kernel gradient: a step's (`_step_elems`); where an
+    image has several blocks, the input's blocks and the cotangent padded to whole blocks;
+    where it loops, the two kernel-sized buffers it carries."""
+    images, rows, blocks = _blocks(spec)
+    elems = _step_elems(spec, images, rows)
+    if blocks > 1:
+        row_in, row_out = math.prod(spec.padded_in[1:]), math.prod(spec.out_spatial[1:])
+        elems += spec.batch * blocks * (_span(spec, rows) * row_in * spec.in_features
+                                        + rows * row_out * spec.out_features)
+    if spec.batch * blocks > images:
+        elems += 2 * math.prod(spec.rhs_shape)
     return float(jnp.dtype(dtype).itemsize * elems)
 
 
@@ -128,35 +166,53 @@ def _blocked_tangent(
     precision: lax.PrecisionLike,
     acc_dtype: jnp.dtype,
 ) -> jax.Array:
-    """``(N, L, C), (k, C, F) -> (N, T, F)``: ``conv(x, dw)`` in 1-D over blocks of outputs
-    (`_blocks`), each a rematerialised step. A step stacks its block's ``k`` windows into
-    patches ``(k * C, outputs)`` from the block's input transposed to ``(C, samples)``, so
-    that the transpose's GEMM, ``patches @ cotangent``, reads both along their rows."""
+    """``(N, *in, C), (*window, C, F) -> (N, *out, F)``: ``conv(x, dw)`` over blocks of rows
+    of the leading spatial axis (`_blocks`), each a rematerialised step. A step stacks its
+    block's windows into patches ``(taps * C, outputs)`` from the block's input transposed
+    to ``(C, images, rows, *rest)``, so that the transpose's GEMM, ``patches @ cotangent``,
+    reads both along their rows. Whole images are padded in their step; an image of
+    several blocks is cut into them first, each with the halo its last windows read."""
     n, c, f = spec.batch, spec.in_features, spec.out_features
-    k, s, d, t = spec.window[0], spec.window_strides[0], spec.rhs_dilation[0], spec.out_spatial[0]
-    images, outputs, blocks = _blocks(spec)
-    stride = outputs * s  # input samples between blocks
-    width = _span(spec, outputs)
-    xp = pad_input(spec, x)  # (N, P, C)
+    s, t = spec.window_strides[0], spec.out_spatial[0]
+    images, rows, blocks = _blocks(spec)
+    stride = rows * s  # input rows between blocks
+    width = _span(spec, rows)
     if blocks == 1:
-        xb = xp[:, :width]
-    else:  # each block and the halo its last windows read from the next block's samples
-        xp = lax.pad(xp, jnp.zeros((), xp.dtype),
-                     [(0, 0, 0), (0, (blocks + 1) * stride - xp.shape[1], 0), (0, 0, 0)])
-        own = xp[:, :blocks * stride].reshape(n, blocks, stride, c)
-        ahead = xp[:, stride:].reshape(n, blocks, stride, c)
-        xb = jnp.concatenate([own, ahead[:, :, :max(width - stride, 0)]], axis=2)[:, :, :width]
-    xb = jnp.transpose(xb.reshape(n * blocks // images, images, width, c), (0, 3, 1, 2))
-    wk = dw.reshape(k * c, f)
+        xb = x.reshape(n // images, images, *x.shape[1:])
 
-    def step(xi: jax.Array, w: jax.Array) -> jax.Array:  # (C, images, width) -> (images*outputs, F)
-        patches = jnp.stack([lax.slice_in_dim(xi, j * d, j * d + (outputs - 1) * s + 1, s, axis=2)
-                             for j in range(k)]).reshape(k * c, images * outputs)
+        def block(xi: jax.Array) -> jax.Array:
+            return pad_input(spec, xi)[:, :width]
+    else:
+        xp = pad_input(spec, x)  # (N, P, *rest, C)
+        rest = xp.shape[2:-1]
+        xp = lax.pad(xp, jnp.zeros((), xp.dtype),
+                     [(0, 0, 0), (0, (blocks + 1) * stride - xp.shape[1], 0)]
+                     + [(0, 0, 0)] * (len(rest) + 1))
+        own = xp[:, :blocks * stride].reshape(n, blocks, stride, *rest, c)
+        ahead = xp[:, stride:].reshape(n, blocks, stride, *rest, c)
+        xb = jnp.concatenate([own, ahead[:, :, :max(width - stride, 0)]], axis=2)[:, :, :width]
+        xb = xb.reshape(n * blocks, 1, width, *rest, c)
+
+        def block(xi: jax.Array) -> jax.Array:
+            return xi
+    wk = dw.reshape(spec.taps * c, f)
+    counts = (rows, *spec.out_spatial[1:])
+
+    def window(xi: jax.Array, k: tuple[int, ...]) -> jax.Array:  # (C, images, *counts)
+        start = [0, 0, *(j * d for j, d in zip(k, spec.rhs_dilation, strict=True))]
+        limit = [*xi.shape[:2], *((o - 1) * st + lo + 1 for o, st, lo in
+                                  zip(counts, spec.window_strides, start[2:], strict=True))]
+        return lax.slice(xi, start, limit, [1, 1, *spec.window_strides])
+
+    def step(xi: jax.Array, w: jax.Array) -> jax.Array:  # (images, *, C) -> (M, F)
+        xi = jnp.moveaxis(block(xi), -1, 0)  # (C, images, width, *rest)
+        patches = jnp.stack([window(xi, k) for k in offsets(spec)])
+        patches = patches.reshape(spec.taps * c, images * math.prod(counts))
         return lax.dot_general(patches, w, (((0,), (0,)), ((), ())), precision=precision,
                                preferred_element_type=acc_dtype)
 
-    ys = lax.map(lambda xi: jax.checkpoint(step)(xi, wk), xb)  # (steps, images*outputs, F)
-    return ys.reshape(n, blocks * outputs, f)[:, :t]
+    ys = lax.map(lambda xi: jax.checkpoint(step)(xi, wk), xb)  # (steps, M, F)
+    return ys.reshape(n, blocks * rows, *spec.out_spatial[1:], f)[:, :t]
 
 
 def chunk(spec: ConvSpec) -> int:
@@ -175,9 +231,9 @@ def chunk(spec: ConvSpec) -> int:
 
 def temp_bytes(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> float:
     """Temporary bytes of the kernel gradient (`kernel_tangent` transposed): the blocks'
-    (`blocked_1d`), or the hybrid's on one chunk and, where it loops, the two kernel-sized
+    (`blocked`), or the hybrid's on one chunk and, where it loops, the two kernel-sized
     buffers it carries."""
-    if blocked_1d(spec):
+    if blocked(spec):
         return _blocked_temp(spec, dtype)
     c = chunk(spec)
     carried = 0 if c == spec.batch else 2 * jnp.dtype(dtype).itemsize * math.prod(spec.rhs_shape)
@@ -278,7 +334,7 @@ def kernel_tangent(
     """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)``: ``conv(x, dw)`` over
     rematerialised chunks of images (`chunk`), by the hybrid lowering, or by Winograd where
     `lowering` (the values') is `winograd` and its transpose pays on the default backend
-    (`winograd_kernel_gradient`); else in 1-D over blocks of outputs (`blocked_1d`)."""
+    (`winograd_kernel_gradient`); else over blocks of outputs where `blocked`."""
     lower_padded = hybrid.lower_padded
     winograds = lowering == "winograd" and winograd_kernel_gradient(spec, jax.default_backend())
     if winograds:
@@ -286,7 +342,7 @@ def kernel_tangent(
     # varying as `x` from the start: inside `shard_map`, the transpose sums the kernel's
     # gradient over the devices, not its transform's (16/9 of its bytes for Winograd)
     dw = vary_like(dw, x)
-    if not winograds and blocked_1d(spec):
+    if not winograds and blocked(spec):
         return _blocked_tangent(spec, x, dw, precision=precision, acc_dtype=acc_dtype)
 
     def step(sub: ConvSpec, xc: jax.Array, wc: jax.Array) -> jax.Array:
