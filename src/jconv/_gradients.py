@@ -43,7 +43,7 @@ from jax import lax
 from ._sharding import partition_factor, vary_like
 from ._spec import ConvSpec
 from .strategies import STRATEGIES, hybrid, scatter, winograd
-from .strategies._common import Geometry, in_batch_chunks, offsets, pad_input
+from .strategies._common import Geometry, in_batch_chunks, offsets, pad_input, window_slice
 
 __all__ = [
     "BLOCK_BYTES",
@@ -196,18 +196,16 @@ def _blocked_tangent(
         def block(xi: jax.Array) -> jax.Array:
             return xi
     wk = dw.reshape(spec.taps * c, f)
-    counts = (rows, *spec.out_spatial[1:])
-
-    def window(xi: jax.Array, k: tuple[int, ...]) -> jax.Array:  # (C, images, *counts)
-        start = [0, 0, *(j * d for j, d in zip(k, spec.rhs_dilation, strict=True))]
-        limit = [*xi.shape[:2], *((o - 1) * st + lo + 1 for o, st, lo in
-                                  zip(counts, spec.window_strides, start[2:], strict=True))]
-        return lax.slice(xi, start, limit, [1, 1, *spec.window_strides])
+    # a step is a VALID convolution of its padded rows
+    sub = dataclasses.replace(spec, lhs_shape=(images, width, *spec.padded_in[1:], c),
+                              padding=((0, 0),) * spec.num_spatial,
+                              lhs_dilation=(1,) * spec.num_spatial)
 
     def step(xi: jax.Array, w: jax.Array) -> jax.Array:  # (images, *, C) -> (M, F)
-        xi = jnp.moveaxis(block(xi), -1, 0)  # (C, images, width, *rest)
-        patches = jnp.stack([window(xi, k) for k in offsets(spec)])
-        patches = patches.reshape(spec.taps * c, images * math.prod(counts))
+        xi = block(xi)  # (images, width, *rest, C)
+        patches = jnp.stack([jnp.moveaxis(window_slice(sub, xi, k), -1, 0)
+                             for k in offsets(spec)])  # (taps, C, images, rows, *out_rest)
+        patches = patches.reshape(spec.taps * c, images * math.prod(sub.out_spatial))
         return lax.dot_general(patches, w, (((0,), (0,)), ((), ())), precision=precision,
                                preferred_element_type=acc_dtype)
 
