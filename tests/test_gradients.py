@@ -350,8 +350,7 @@ def test_a_blocked_kernel_gradients_temporaries_are_its_blocks(
     patches, the padded cotangent) is within 1.5x of the compiled program's temporaries,
     and where the layer is large, under the hybrid's chunk's that it replaces (1-D k = 15
     and 31 over 8 x 4096 x 64: 17 and 18 MB against 65 and 132 measured; 3x3 over
-    1 x 256 x 256 x 16: 17 against 55). The 2-D layers are
-    blocked by the rule itself: their hybrid chunks exceed `CHUNK_ABOVE_BYTES`."""
+    1 x 256 x 256 x 16: 17 against 55)."""
     n = len(k)
     kw = dict(window_strides=(stride,) * n, padding="SAME", rhs_dilation=(dilation,) * n,
               dimension_numbers=_NHWC if n == 2 else _NWC)

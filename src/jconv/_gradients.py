@@ -62,7 +62,8 @@ __all__ = [
 
 CHUNK = 2
 """Images per chunk of the kernel gradient (measured best of 1, 2 and 8 on dense 3x3
-C = 16-256, 1x1, a 3x3 stride-2 and the 7x7/2 stem)."""
+C = 16-256, 1x1, a 3x3 stride-2 and the 7x7/2 stem), and at most per step of its blocks
+(`_blocks`)."""
 
 
 def applies(spec: ConvSpec) -> bool:
@@ -329,10 +330,10 @@ def kernel_tangent(
     precision: lax.PrecisionLike,
     acc_dtype: jnp.dtype,
 ) -> jax.Array:
-    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)``: ``conv(x, dw)`` over
-    rematerialised chunks of images (`chunk`), by the hybrid lowering, or by Winograd where
-    `lowering` (the values') is `winograd` and its transpose pays on the default backend
-    (`winograd_kernel_gradient`); else over blocks of outputs where `blocked`."""
+    """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)``: ``conv(x, dw)`` by Winograd
+    over rematerialised chunks of images (`chunk`) where `lowering` (the values') is
+    `winograd` and its transpose pays on the default backend (`winograd_kernel_gradient`);
+    else over blocks of outputs where `blocked`; else by the hybrid lowering over chunks."""
     lower_padded = hybrid.lower_padded
     winograds = lowering == "winograd" and winograd_kernel_gradient(spec, jax.default_backend())
     if winograds:
