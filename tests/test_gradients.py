@@ -217,17 +217,22 @@ def test_a_one_dimensional_winograd_layer_takes_winograds_kernel_gradient() -> N
     assert temp < 0.6 * whole.lower(x, w).compile().memory_analysis().temp_size_in_bytes
 
 
-@pytest.mark.parametrize(("x", "winograds"), [((2, 24, 24, 64), True), ((4, 6, 6, 64), False),
-                                              ((2, 24, 24, 16), False)])
+@pytest.mark.parametrize(("x", "bound", "winograds"), [
+    ((2, 24, 24, 64), None, True), ((4, 6, 6, 64), None, False), ((2, 24, 24, 16), None, True),
+    ((2, 24, 24, 16), 2**18, False)])
 def test_a_2d_winograd_layers_kernel_gradient_is_winograds_where_its_tiles_are_deep(
-        x: tuple[int, ...], winograds: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+        x: tuple[int, ...], bound: int | None, winograds: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A 3x3 layer planned on Winograd takes its kernel gradient by Winograd's own transpose
     (16 GEMMs a chunk, one per transform point, contracting the chunk's tiles) on the CPU
     where a chunk's tiles are at least `WINOGRAD_KERNEL_GRADIENT_DEPTH` times ``C_g`` and
-    ``C_g`` at least `WINOGRAD_KERNEL_GRADIENT_CHANNELS` (2 x 12 x 12 tiles, 64 channels),
-    else the blocks' (one GEMM a block; 2 x 3 x 3 tiles against 64 channels, or 16
-    channels; or another platform's default backend); both equal lax's exactly on
-    integers, also under `vmap`."""
+    their transform fits `WINOGRAD_KERNEL_GRADIENT_BYTES` (2 x 12 x 12 tiles, 64 or 16
+    channels), else the blocks' (one GEMM a block; 2 x 3 x 3 tiles against 64 channels, or
+    a bound below the 16-channel chunk's 288 KiB; or another platform's default backend);
+    both equal lax's exactly on integers, also under `vmap`."""
+    if bound is not None:
+        monkeypatch.setattr(_gradients, "WINOGRAD_KERNEL_GRADIENT_BYTES", bound)
+        jax.clear_caches()
     rng = np.random.default_rng(0)
     xs = jnp.asarray(rng.integers(-3, 4, x), jnp.float32)
     ws = jnp.asarray(rng.integers(-3, 4, (3, 3, x[-1], 8)), jnp.float32)
@@ -253,6 +258,9 @@ def test_a_2d_winograd_layers_kernel_gradient_is_winograds_where_its_tiles_are_d
     np.testing.assert_array_equal(jax.jit(ours)(xs, ws), want)
     batched = jax.vmap(jax.jit(ours), in_axes=(None, 0))(xs, jnp.stack([ws, -ws]))
     np.testing.assert_array_equal(batched[0], want)
+    if bound is not None:  # no later test traces under the lowered bound
+        monkeypatch.undo()
+        jax.clear_caches()
 
 
 def _count_dots(jaxpr: Any) -> int:

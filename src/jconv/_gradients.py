@@ -22,10 +22,10 @@ so that its transpose is the fast one:
   their contiguous axis while the block is in cache. A layer planned on Winograd loops over
   Winograd's own transpose instead where it pays (`winograd_kernel_gradient`: in 1-D, four
   GEMMs over a chunk's transformed tiles; in 2-D, 16, where a chunk's tiles are deep
-  enough; on the CPU). Grouped layers, one-tap layers that read more channels than they
-  write, and batches XLA may split over devices take the hybrid lowering
-  (`jconv.strategies.hybrid`) over chunks of `CHUNK` images instead: a loop that pads one
-  chunk, builds its row patches and adds one GEMM per leading offset.
+  enough and their transform stays in cache; on the CPU). Grouped layers, one-tap layers
+  that read more channels than they write, and batches XLA may split over devices take the
+  hybrid lowering (`jconv.strategies.hybrid`) over chunks of `CHUNK` images instead: a loop
+  that pads one chunk, builds its row patches and adds one GEMM per leading offset.
 
 Forward mode computes the same two convolutions by the transposes of those loops. Both
 terms are exact-class (sums of products), whatever lowering computes the values.
@@ -48,7 +48,7 @@ from .strategies._common import Geometry, in_batch_chunks, offsets, pad_input, w
 __all__ = [
     "BLOCK_BYTES",
     "CHUNK",
-    "WINOGRAD_KERNEL_GRADIENT_CHANNELS",
+    "WINOGRAD_KERNEL_GRADIENT_BYTES",
     "WINOGRAD_KERNEL_GRADIENT_DEPTH",
     "WINOGRAD_KERNEL_GRADIENT_PLATFORMS",
     "applies",
@@ -293,9 +293,15 @@ kernel gradient (2-core x86, two-image chunks): 0.75-0.87x at 56x56x64, 28x28x64
 1.5-3x at 7x7 and 4x4 with 256-512 channels (below 1x), where the 16 points' ``C_g x F``
 products outweigh their shallow GEMMs."""
 
-WINOGRAD_KERNEL_GRADIENT_CHANNELS = 64
-"""Nor below this many channels a group: at 56x56x16 (tiles 98x ``C_g``) the 16 points'
-``16 x 16`` GEMMs a chunk measured 1.1-2x the hybrid's kernel gradient."""
+WINOGRAD_KERNEL_GRADIENT_BYTES = 8 * 2**20
+"""Nor where a chunk's transformed tiles (16 points, float32) exceed these bytes: out of
+cache, its 16 GEMMs lose to the blocks'. Measured against the blocks (kernel gradient alone
+and forward+backward, alternating with lax; 2-core x86): 64 x 28 x 28 x 32 (0.8 MB) 1.11-1.67
+against 1.45-3.31 and 0.79-1.15 against 1.26-1.80 lax's; 128 x 32 x 32 x 16 (0.5 MB) 1.39
+against 1.74 forward+backward; 8 x 28 x 28 x 128 (3.2 MB) 0.78 against 1.02; 8 x 56 x 56 x
+64 (6.4 MB) alike (0.82, 0.86); over the bound 1 x 128 x 128 x 64 (17 MB) 1.26 against 0.82,
+4 x 128 x 128 x 32 1.55 against 1.34, 1 x 330 x 330 x 8 0.66 against 0.31, with 1.3-2x the
+blocks' temporaries."""
 
 
 WINOGRAD_KERNEL_GRADIENT_PLATFORMS = ("cpu",)
@@ -311,14 +317,15 @@ def winograd_kernel_gradient(spec: ConvSpec, platform: str) -> bool:
     transform's adds transposed) rather than the hybrid's, on `platform` (a
     `jax.default_backend()` name): on the `WINOGRAD_KERNEL_GRADIENT_PLATFORMS`, in 1-D,
     and in 2-D where a chunk's tiles are at least `WINOGRAD_KERNEL_GRADIENT_DEPTH` times
-    ``C_g`` and ``C_g`` is at least `WINOGRAD_KERNEL_GRADIENT_CHANNELS`."""
+    ``C_g`` and their transform fits `WINOGRAD_KERNEL_GRADIENT_BYTES`."""
     if platform not in WINOGRAD_KERNEL_GRADIENT_PLATFORMS:
         return False
     if spec.num_spatial == 1:
         return True
     tiles = chunk(spec) * math.prod(-(-o // 2) for o in spec.out_spatial)
     cg = spec.group_in_features
-    return cg >= WINOGRAD_KERNEL_GRADIENT_CHANNELS and tiles >= WINOGRAD_KERNEL_GRADIENT_DEPTH * cg
+    return (tiles >= WINOGRAD_KERNEL_GRADIENT_DEPTH * cg
+            and 16 * 4 * tiles * cg <= WINOGRAD_KERNEL_GRADIENT_BYTES)
 
 
 def kernel_tangent(

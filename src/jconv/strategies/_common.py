@@ -154,14 +154,16 @@ CHUNK_TARGET_BYTES = 16 * 2**20
 """Temp bytes aimed at per batch chunk."""
 
 
-def batch_chunk(spec: ConvSpec, temp_bytes: float) -> int:
+def batch_chunk(spec: ConvSpec, temp_bytes: float, above: int | None = None) -> int:
     """Images per chunk: the batch, or the largest divisor of it whose share of
-    `temp_bytes` fits `CHUNK_TARGET_BYTES` when the whole exceeds `CHUNK_ABOVE_BYTES`
-    (measured, dense 3x3 C=64 at 56x56, batch 8: 2.2x -> 1.25x native with chunks of 2).
+    `temp_bytes` fits `CHUNK_TARGET_BYTES` when the whole exceeds `above` (default
+    `CHUNK_ABOVE_BYTES`; measured, dense 3x3 C=64 at 56x56, batch 8: 2.2x -> 1.25x native
+    with chunks of 2).
     Where XLA may split the batch over devices (`partition_factor`), chunks are multiples
     of the number of devices it can be split over (`in_batch_chunks`)."""
     n = spec.batch
-    if spec.batch_group_count != 1 or n == 1 or temp_bytes <= CHUNK_ABOVE_BYTES:
+    above = CHUNK_ABOVE_BYTES if above is None else above
+    if spec.batch_group_count != 1 or n == 1 or temp_bytes <= above:
         return n
     per_image = temp_bytes / n
     p = partition_factor(n)
@@ -223,15 +225,16 @@ def lower_chunked(
     precision: lax.PrecisionLike,
     acc_dtype: jnp.dtype,
     padded: bool = True,
+    above: int | None = None,
 ) -> jax.Array:
     """``lower_all(spec, xp, w, ...)`` on the padded input ``xp`` (`pad_input`; ``x`` itself
-    when not ``padded``), over batch chunks once `cost_of`'s temp bytes call for it
+    when not ``padded``), over batch chunks once `cost_of`'s temp bytes exceed `above`
     (`batch_chunk`), each chunk padded in the loop: XLA fuses the padding into the chunk's
     first reads, where a padded copy of the whole batch is one more pass and one more
     buffer (Winograd over 128 x 32 x 32 x 32 in chunks of 16 images: 17-18 ms against
     28; 4 x 128 x 128 x 32 one image a chunk: 7-8 against 11-12)."""
     full = cost_of(Geometry.from_spec(spec, x.dtype))
-    chunk = batch_chunk(spec, float(full.temp_bytes))
+    chunk = batch_chunk(spec, float(full.temp_bytes), above)
     return in_batch_chunks(spec, x, w, chunk, lambda s, xc, wc: lower_all(
         s, pad_input(s, xc) if padded else xc, wc, precision=precision, acc_dtype=acc_dtype))
 
@@ -240,11 +243,12 @@ def chunked_cost(
     spec: ConvSpec,
     dtype: jax.typing.DTypeLike,
     cost_of: Callable[[Geometry], Cost],
+    above: int | None = None,
 ) -> Cost:
-    """`cost_of` for ``spec``, with the temp bytes of a `lower_chunked` run: over batch chunks
-    (each padded in the loop) they scale with the chunk."""
+    """`cost_of` for ``spec``, with the temp bytes of a `lower_chunked` run (chunking above
+    `above`): over batch chunks (each padded in the loop) they scale with the chunk."""
     full = cost_of(Geometry.from_spec(spec, dtype))
-    chunk = batch_chunk(spec, float(full.temp_bytes))
+    chunk = batch_chunk(spec, float(full.temp_bytes), above)
     if chunk == spec.batch:
         return full
     temp = full.temp_bytes * sp.Rational(chunk, spec.batch)

@@ -46,6 +46,13 @@ BACKWARD = 2.0
 """Gradients over the forward's predicted arithmetic: two GEMMs per leading offset."""
 BACKWARD_COPY = 0.6
 """Gradients over the forward's predicted copies."""
+CHUNK_ABOVE_BYTES = 16 * 2**20
+"""The hybrid runs over batch chunks (`_common.batch_chunk`) once its temp bytes exceed this,
+half the other lowerings' bound: its row patches and slices are read several times over.
+Measured against 32 MiB (2-core x86, forward, alternating with lax): 3x3/2 over 128 x 32 x
+32 x 16 to 32 0.97 against 1.23 lax's, over 128 x 16 x 16 x 64 to 128 0.70 against 0.94,
+over 8 x 56 x 56 x 64 to 128 0.67 against 0.80; 7x7/2 over 8 x 112 x 112 x 3 to 32 alike
+(0.41, 0.40); forward and backward alike or 0.93-0.97x as long."""
 
 
 def applicable(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> str | None:
@@ -66,7 +73,7 @@ def lower(
 ) -> jax.Array:
     """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)``: row patches, shifted."""
     return lower_chunked(spec, x, w, cost_of, lower_padded, precision=precision,
-                         acc_dtype=acc_dtype)
+                         acc_dtype=acc_dtype, above=CHUNK_ABOVE_BYTES)
 
 
 def lower_padded(
@@ -116,7 +123,7 @@ def cost_of(geo: Geometry) -> Cost:
 def cost(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Cost:
     """Cost of the hybrid lowering for ``spec`` (see `cost_of`); when it runs over batch chunks
     (`batch_chunk`, each padded in the loop), its temporaries scale with the chunk."""
-    return chunked_cost(spec, dtype, cost_of)
+    return chunked_cost(spec, dtype, cost_of, CHUNK_ABOVE_BYTES)
 
 
 def formula(num_spatial: int) -> Cost:
