@@ -576,9 +576,9 @@ def plan_row(spec: jconv.ConvSpec, dtype: Any, count: int) -> dict[str, Any]:
 
 def layer_times(net: Net, reps: int, budget_s: float) -> list[dict[str, Any]]:
     """Each distinct convolution of `net`'s training step alone, jconv's auto against lax:
-    forward, and forward with the pullback of a cotangent to input and kernel (`fwd_bwd`,
-    what a layer does in training), median ms of alternate runs; with its count and
-    lowerings (`plans`)."""
+    forward, and forward with the pullback of the squared error's cotangent to input and
+    kernel (`fwd_bwd`, what a layer does in training), median ms of alternate runs; with
+    its count and lowerings (`plans`)."""
     params, (x, y) = init(net), inputs(net)
     convs = distinct_convs(train_step(net, jconv_conv), params, OPTIMIZER.init(params), x, y)
     return [plan_row(*c) | _time_layer(c[0], reps, budget_s) for c in convs]

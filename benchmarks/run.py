@@ -4,21 +4,21 @@
     python benchmarks/run.py --quick    # fewer repetitions, no per-lowering sweep
     python benchmarks/run.py --cases users   # layers as users size them, results/users.*
 
-For every case, forward and forward+backward (``y = conv(x, w)`` and the pullback of a
-cotangent to input and kernel, as a layer does in training) are jitted, warmed up, then
-timed alternately with the native convolution in one process; the reported ratio is
-median(jconv) / median(native). GFLOP/s use the dense count ``2 * MACs`` (divided by the
-lhs dilation's phases for transposed convolutions; x3 for forward+backward); "% mm" is that
-rate over the machine's measured float32 matmul rate. Unless --quick or --no-sweep, every
-lowering the planner considers is timed as well (alternately among themselves), forward
-and, for those within 3x of the best forward, forward+backward: "pick/best" is the
-planner's forward choice over the fastest lowering measured that the call's accuracy
-class allows (what `jconv.tune` times and may store), and for forward+backward jconv's
-"auto" (which, differentiated, runs the backward pick: "fwd/grad" in the "lowering"
-column) timed in the same group over the fastest such lowering. Normwise-class lowerings
-(`dft`), which the default policy runs only when speed is asked for, are timed beside them
-and listed under the table where faster. Long timings use fewer
-repetitions (at least 3). Every output timed is compared with lax's (``rel_err``).
+For every case, forward and forward+backward (``y = conv(x, w)`` and the pullback of the
+squared error's cotangent ``y - t`` to input and kernel, as a layer does in training) are
+jitted, warmed up, then timed alternately with the native convolution in one process; the
+reported ratio is median(jconv) / median(native). GFLOP/s use the dense count ``2 * MACs``
+(divided by the lhs dilation's phases for transposed convolutions; x3 for forward+backward);
+"% mm" is that rate over the machine's measured float32 matmul rate. Unless --quick or --no-
+sweep, every lowering the planner considers is timed as well (alternately among themselves),
+forward and, for those within 3x of the best forward, forward+backward: "pick/best" is the
+planner's forward choice over the fastest lowering measured that the call's accuracy class
+allows (what `jconv.tune` times and may store), and for forward+backward jconv's "auto"
+(which, differentiated, runs the backward pick: "fwd/grad" in the "lowering" column) timed
+in the same group over the fastest such lowering. Normwise-class lowerings (`dft`), which
+the default policy runs only when speed is asked for, are timed beside them and listed under
+the table where faster. Long timings use fewer repetitions (at least 3). Every output timed
+is compared with lax's (``rel_err``).
 
 On an accelerator each timing sample dispatches ``--inner`` calls and waits for the last,
 and ``--batch-scale`` enlarges the batches so that the device, not the dispatch, is timed.
@@ -180,12 +180,16 @@ def matmul_flops(reps: int, n: int, inner: int) -> float:
 
 
 def fwd_bwd(conv: Callable[[jax.Array, jax.Array], jax.Array]) -> Callable[..., Any]:
-    """Jitted training step of one layer: ``y = conv(x, w)`` and the pullback of cotangent
-    `ct` to x and w, returning all three (so XLA can neither drop the forward nor fuse it
-    into a loss reduction)."""
-    def step(x: jax.Array, w: jax.Array, ct: jax.Array) -> tuple[jax.Array, ...]:
+    """Jitted training step of one layer: ``y = conv(x, w)`` and the pullback to x and w of
+    the cotangent ``y - t``, the squared error's against a target `t`, returning all three
+    (so XLA can neither drop the forward nor fuse it into a loss reduction). The cotangent
+    depends on the output, as every layer's does in training: with one that did not, XLA
+    was free to run the forward beside the gradients and held both's temporaries at once
+    (jconv's went past glibc's 32 MiB mmap threshold there, and every call faulted its
+    pages in again)."""
+    def step(x: jax.Array, w: jax.Array, t: jax.Array) -> tuple[jax.Array, ...]:
         y, pullback = jax.vjp(conv, x, w)
-        return (y, *pullback(ct))
+        return (y, *pullback(y - t))
     return jax.jit(step)
 
 
