@@ -9,16 +9,16 @@ squared error's cotangent ``y - t`` to input and kernel, as a layer does in trai
 jitted, warmed up, then timed alternately with the native convolution in one process; the
 reported ratio is median(jconv) / median(native). GFLOP/s use the dense count ``2 * MACs``
 (divided by the lhs dilation's phases for transposed convolutions; x3 for forward+backward);
-"% mm" is that rate over the machine's measured float32 matmul rate. Unless --quick or --no-
-sweep, every lowering the planner considers is timed as well (alternately among themselves),
-forward and, for those within 3x of the best forward, forward+backward: "pick/best" is the
-planner's forward choice over the fastest lowering measured that the call's accuracy class
-allows (what `jconv.tune` times and may store), and for forward+backward jconv's "auto"
-(which, differentiated, runs the backward pick: "fwd/grad" in the "lowering" column) timed
-in the same group over the fastest such lowering. Normwise-class lowerings (`dft`), which
-the default policy runs only when speed is asked for, are timed beside them and listed under
-the table where faster. Long timings use fewer repetitions (at least 3). Every output timed
-is compared with lax's (``rel_err``).
+"% mm" is that rate over the machine's measured float32 matmul rate. Unless --quick or
+--no-sweep, every lowering the planner considers is timed as well (alternately among
+themselves), forward and, for those within 3x of the best forward, forward+backward:
+"pick/best" is the planner's forward choice over the fastest lowering measured that the
+call's accuracy class allows (what `jconv.tune` times and may store), and for
+forward+backward jconv's "auto" (which, differentiated, runs the backward pick: "fwd/grad"
+in the "lowering" column) timed in the same group over the fastest such lowering.
+Normwise-class lowerings (`dft`), which the default policy runs only when speed is asked
+for, are timed beside them and listed under the table where faster. Long timings use fewer
+repetitions (at least 3). Every output timed is compared with lax's (``rel_err``).
 
 On an accelerator each timing sample dispatches ``--inner`` calls and waits for the last,
 and ``--batch-scale`` enlarges the batches so that the device, not the dispatch, is timed.
