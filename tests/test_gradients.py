@@ -333,6 +333,39 @@ def test_a_layers_kernel_gradient_loops_over_blocks_of_outputs(
     np.testing.assert_array_equal(tangent, lax.conv_general_dilated(xs, ws - 1, **kw))
 
 
+@pytest.mark.parametrize("n", [8, 64])
+def test_a_large_batch_of_small_images_takes_its_kernel_gradient_in_block_steps(n: int) -> None:
+    """Whole images a step: at most `CHUNK` in a small batch, the batch over `BLOCK_STEPS`
+    in a large one (64 images of 4 x 4: 4 a step, one GEMM of ``(27, 64)`` patches a step
+    over 16 steps), within `BLOCK_BYTES`; gradients equal lax's exactly on integers."""
+    images = max(_gradients.CHUNK, n // _gradients.BLOCK_STEPS)
+    rng = np.random.default_rng(1)
+    kw = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=_NHWC)
+    xs = jnp.asarray(rng.integers(-3, 4, (n, 4, 4, 3)), jnp.float32)
+    ws = jnp.asarray(rng.integers(-3, 4, (3, 3, 3, 2)), jnp.float32)
+    spec = ConvSpec.from_lax(xs.shape, ws.shape, **kw)
+    assert _gradients.blocked(spec) and _gradients._blocks(spec) == (images, 4, 1)
+    ct = jnp.asarray(rng.integers(-3, 4, spec.out_shape), jnp.float32)
+
+    def grads(conv: Any, **extra: Any) -> Any:
+        return lambda a, b: jax.vjp(lambda u, v: conv(u, v, **kw, **extra), a, b)[1](ct)
+
+    ours = grads(jconv.conv_general_dilated, strategy="shift")
+    jaxpr = jax.make_jaxpr(ours)(xs, ws).jaxpr
+    assert (27, images * 16) in [shape for shape, _ in _loop_dots(jaxpr)]
+    assert n // images in _scan_lengths(jaxpr)
+    for a, b in zip(jax.jit(ours)(xs, ws), grads(lax.conv_general_dilated)(xs, ws),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def _scan_lengths(jaxpr: Any) -> list[int]:
+    """The lengths of the loops (`scan`) in `jaxpr` and the jaxprs nested in it."""
+    return [n for e in jaxpr.eqns
+            for n in ([e.params["length"]] if e.primitive.name == "scan" else [])
+            + [m for j in jax.extend.core.jaxprs_in_params(e.params) for m in _scan_lengths(j)]]
+
+
 def _loop_dots(jaxpr: Any, in_loop: bool = False) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """``(operand shape, contracted dimensions)`` of each operand of each dot_general inside
     a loop (`scan`) in `jaxpr` or the jaxprs nested in it."""
