@@ -40,9 +40,20 @@ def test_depthwise_uses_the_fused_shift_einsum() -> None:
     assert planner.plan(spec, F32) == "shift"
 
 
-def test_thin_groups_use_direct_multiply_adds() -> None:
+def test_thin_groups_use_direct_multiply_adds_undifferentiated_only() -> None:
+    """Thin groups run `direct`'s multiply-adds; differentiated, another lowering computes
+    the values (``direct.DIFFERENTIATED`` is False: XLA computes its elementwise loop again
+    in each consumer of its output, which a training step's cotangent is). Every lowering
+    states it; `direct` is the only one that may not."""
     spec = _spec((8, 28, 28, 256), (3, 3), 256, feature_group_count=32)
     assert planner.plan(spec, F32) == "direct"
+    assert planner.plan(spec, F32, differentiated=True) != "direct"
+    assert "direct" in planner.candidates(spec, F32)
+    assert "direct" not in planner.candidates(spec, F32, differentiated=True)
+    lowerings = planner.resolve("auto", spec, F32)
+    assert lowerings.values == "direct" and lowerings.differentiated != "direct"
+    assert {n for n, m in STRATEGIES.items() if m.DIFFERENTIATED is not True} == {"direct"}
+    assert all(isinstance(m.DIFFERENTIATED, bool) for m in STRATEGIES.values())
 
 
 def test_transposed_convs_skip_the_zeros() -> None:

@@ -36,7 +36,8 @@ def test_tune_stores_the_fastest_measured_and_auto_runs_it(_cache: pathlib.Path)
     (conv,) = report.convs
     assert not conv.cached and set(conv.seconds) == set(planner.candidates(SPEC, F32))
     assert conv.forward == min(conv.seconds, key=lambda n: conv.seconds[n][0])
-    assert conv.differentiated == min(conv.seconds, key=lambda n: conv.seconds[n][1])
+    differentiable = [n for n in conv.seconds if STRATEGIES[n].DIFFERENTIATED]
+    assert conv.differentiated == min(differentiable, key=lambda n: conv.seconds[n][1])
     stored = json.loads(_cache.read_text())
     assert stored == {_tune_cache.key(SPEC, F32, False): {
         "forward": conv.forward, "differentiated": conv.differentiated}}
@@ -211,3 +212,23 @@ def test_a_program_slower_or_larger_with_the_tuned_picks_keeps_the_models(
     assert report.kept == kept and report.convs[0].forward == other
     assert planner.plan(SPEC, F32) == (other if kept else model)
     assert ("kept the tuned picks" in str(report)) == kept
+
+
+def test_a_differentiated_pick_is_a_lowering_that_may_compute_its_values(
+        _cache: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where `direct` is measured fastest forward and forward with gradients (thin groups),
+    the forward pick is `direct` and the differentiated one the fastest of the others
+    (``direct.DIFFERENTIATED`` is False)."""
+    spec = ConvSpec.from_lax((2, 8, 8, 16), (3, 3, 2, 16), (1, 1), "SAME",
+                             dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=8)
+    names = planner.candidates(spec, F32, opt_in=True)
+    runner_up = next(n for n in names if n != "direct")
+
+    def measure(spec, dtype, precision, names, reps):
+        rank = {"direct": 1.0, runner_up: 2.0}
+        return {n: (rank.get(n, 3.0), rank.get(n, 3.0)) for n in names}
+
+    monkeypatch.setattr(_tune, "_measure", measure)
+    row = _tune._tune_one(spec, F32, None, 1, True, lambda _: None)
+    assert "direct" in names
+    assert (row.conv.forward, row.conv.differentiated) == ("direct", runner_up)

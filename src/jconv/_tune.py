@@ -215,8 +215,10 @@ def _tune_one(spec: ConvSpec, dtype: jnp.dtype, precision: Any, reps: int, retun
     names = planner.candidates(spec, dtype, precision, opt_in=True)
     seconds = _measure(spec, dtype, precision, names, reps)
     advance(str(spec.lhs_shape))
+    # a differentiated call's values by a lowering that may compute them (``DIFFERENTIATED``)
+    differentiable = [n for n in names if STRATEGIES[n].DIFFERENTIATED] or names
     conv = TunedConv(spec, str(dtype), min(names, key=lambda n: seconds[n][0]),
-                     min(names, key=lambda n: seconds[n][1]), *model, seconds, False)
+                     min(differentiable, key=lambda n: seconds[n][1]), *model, seconds, False)
     return _Row(key, conv)
 
 

@@ -1,12 +1,15 @@
 """`strategy="auto"`: a plain choice over what the lowerings state, under a memory budget.
 
 Every lowering module (`jconv.strategies`) states whether it can run a spec
-(``applicable``), its temp bytes (``cost``) and its predicted time (``predict``). The planner
-drops lowerings that cannot run the spec, that ``auto`` may not pick (``AUTO``), whose temp
-bytes exceed the budget, or whose accuracy class (``ACCURACY``) the call does not allow, and
-takes the least predicted time: of the forward alone (`plan`), or of the forward plus both
-gradients (``plan(..., differentiated=True)``). Where `jconv.tune` measured the spec on this
-machine, its pick (if it can run the spec within the budget) replaces the prediction.
+(``applicable``), its temp bytes (``cost``) and its predicted time (``predict``). The
+planner drops lowerings that cannot run the spec, that ``auto`` may not pick (``AUTO``),
+whose temp bytes exceed the budget, or whose accuracy class (``ACCURACY``) the call does not
+allow, and takes the least predicted time: of the forward alone (`plan`), or of the forward
+plus both gradients (``plan(..., differentiated=True)``), leaving out there the lowerings
+that may not compute a differentiated call's values (``DIFFERENTIATED``: `direct`, whose
+elementwise loop XLA computes again in each consumer of its output, and a training step's
+cotangent reads it). Where `jconv.tune` measured the spec on this machine, its pick (if it
+can run the spec within the budget) replaces the prediction.
 
 Accuracy policy: by default the planner keeps to lax's accuracy class on the backend,
 ``"summation"`` lowerings whose error is that of summing the taps in the accumulation
@@ -151,21 +154,24 @@ def _why_not(name: str, spec: ConvSpec, dtype: jnp.dtype, budget: int) -> str | 
 
 
 def candidates(spec: ConvSpec, dtype: jax.typing.DTypeLike, precision: Any = None, *,
-               opt_in: bool = False) -> list[str]:
+               opt_in: bool = False, differentiated: bool = False) -> list[str]:
     """The lowerings `strategy="auto"` may run for `spec` accumulating in `dtype`: those that
     can run it, that auto may pick, whose accuracy class `precision` allows and whose temp
-    bytes fit the budget. With `opt_in`, also the lowerings auto does not predict its way
-    to (``AUTO = False``) whose prediction on this platform is finite: `jconv.tune` times
-    them, and a tuned pick among them is used (the Pallas kernel on GPU and TPU, not on
-    the CPU where it is interpreted; F(4x4, 3x3) Winograd where speed is asked for)."""
+    bytes fit the budget; with `differentiated`, those that may compute a differentiated
+    call's values (``DIFFERENTIATED``). With `opt_in`, also the lowerings auto does not
+    predict its way to (``AUTO = False``) whose prediction on this platform is finite:
+    `jconv.tune` times them, and a tuned pick among them is used (the Pallas kernel on GPU
+    and TPU, not on the CPU where it is interpreted; F(4x4, 3x3) Winograd where speed is
+    asked for)."""
     return _candidates(spec, jnp.dtype(dtype), get_memory_budget(), allows_normwise(precision),
-                       opt_in)
+                       opt_in, differentiated)
 
 
 def _candidates(spec: ConvSpec, dtype: jnp.dtype, budget: int, normwise: bool,
-                opt_in: bool = False) -> list[str]:
+                opt_in: bool = False, differentiated: bool = False) -> list[str]:
     return [n for n, m in STRATEGIES.items()
             if (normwise or m.ACCURACY == "summation")
+            and (m.DIFFERENTIATED or not differentiated)
             and _why_not(n, spec, dtype, budget) is None
             and (m.AUTO or (opt_in and math.isfinite(m.predict(spec, dtype).forward)))]
 
@@ -174,10 +180,12 @@ def _candidates(spec: ConvSpec, dtype: jnp.dtype, budget: int, normwise: bool,
 def _plan(spec: ConvSpec, dtype: jnp.dtype, budget: int, differentiated: bool,
           normwise: bool, tuned_generation: int, rates: Rates) -> str:
     """`plan`, cached on everything it depends on (`rates`: the predictions' machine)."""
-    options = _candidates(spec, dtype, budget, normwise)
+    options = (_candidates(spec, dtype, budget, normwise, differentiated=differentiated)
+               or _candidates(spec, dtype, budget, normwise))
     tuned = None if tuned_generation < 0 else _tune_cache.lookup(
         spec, dtype, normwise, differentiated)
-    if tuned is not None and tuned in _candidates(spec, dtype, budget, normwise, opt_in=True):
+    if tuned is not None and tuned in _candidates(spec, dtype, budget, normwise, opt_in=True,
+                                                  differentiated=differentiated):
         return tuned
     if not options:
         shift = float(STRATEGIES["shift"].cost(spec, dtype).temp_bytes)

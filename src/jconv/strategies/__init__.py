@@ -18,7 +18,8 @@ pad, slice, reshape and einsum/`dot_general` (FFTs for `fft`). Each module state
   ``ACCURACY``: ``"summation"`` (the error of summing the taps, lax's class) or
   ``"normwise"`` (planned only when the caller asks for speed, `jconv.planner`), and
   ``TRANSFORMS_KERNEL``: whether it copies the kernel into a new form (transposed,
-  transformed), which the engine then computes after the input.
+  transformed), which the engine then computes after the input, and ``DIFFERENTIATED``:
+  whether ``auto`` may run it for the values of a differentiated call.
 
 `STRATEGIES` is the registry; ``strategy=`` takes its keys. This namespace is public: the
 modules' interface above is stable for those who study or extend the lowerings.
@@ -61,6 +62,7 @@ class Lowering(Protocol):
     AUTO: bool
     ACCURACY: str
     TRANSFORMS_KERNEL: bool
+    DIFFERENTIATED: bool
     BACKWARD: float
     BACKWARD_COPY: float
 

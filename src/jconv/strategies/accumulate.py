@@ -42,6 +42,8 @@ ACCURACY = "summation"
 """Rounding error of summing the taps in the accumulation dtype (lax's class)."""
 TRANSFORMS_KERNEL = False
 """The kernel is read as it is (`jconv.strategies`)."""
+DIFFERENTIATED = True
+"""`auto` may run it for a differentiated call's values (`jconv.planner`)."""
 
 LONG_WINDOW_TAPS = 27
 """Windows of at least this many taps (3x3x3, 1-D k >= 27) scale the predicted time by

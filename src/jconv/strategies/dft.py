@@ -42,6 +42,8 @@ ACCURACY = "normwise"
 planned only where the caller asks for speed (`jconv.planner.allows_normwise`)."""
 TRANSFORMS_KERNEL = True
 """The kernel is copied, padded and Fourier-transformed (`jconv.strategies`)."""
+DIFFERENTIATED = True
+"""`auto` may run it for a differentiated call's values (`jconv.planner`)."""
 
 MIN_TAPS = 7
 """Planned only for windows of at least this many taps: round-off spreads over every

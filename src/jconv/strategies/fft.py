@@ -27,6 +27,8 @@ ACCURACY = "normwise"
 planned only where the caller asks for speed (`jconv.planner.allows_normwise`)."""
 TRANSFORMS_KERNEL = True
 """The kernel is copied, padded and Fourier-transformed (`jconv.strategies`)."""
+DIFFERENTIATED = True
+"""`auto` may run it for a differentiated call's values (`jconv.planner`)."""
 
 MIN_TAPS = 49
 """Planned only for windows of at least this many taps (7x7, or k >= 49 in 1-D): its

@@ -38,6 +38,8 @@ ACCURACY = "summation"
 exact on small-integer data)."""
 TRANSFORMS_KERNEL = True
 """The kernel is copied, sliced per leading offset for the GEMMs (`jconv.strategies`)."""
+DIFFERENTIATED = True
+"""`auto` may run it for a differentiated call's values (`jconv.planner`)."""
 
 OVERHEAD_3D = 2.5
 """Predicted time over the cost at the model's rates for 3-D and up: nine copies of rows

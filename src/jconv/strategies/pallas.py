@@ -61,6 +61,8 @@ ACCURACY = "summation"
 """Rounding error of summing the taps in the accumulation dtype, as shift-and-sum."""
 TRANSFORMS_KERNEL = False
 """The kernel is read as it is (`jconv.strategies`)."""
+DIFFERENTIATED = True
+"""`auto` may run it for a differentiated call's values (`jconv.planner`)."""
 
 BACKWARD = 2.0
 """Gradients over the forward's predicted arithmetic: `shift`'s transposes, two GEMMs of the

@@ -36,6 +36,8 @@ ACCURACY = "summation"
 exact on small-integer data)."""
 TRANSFORMS_KERNEL = False
 """The kernel is read as it is (`jconv.strategies`)."""
+DIFFERENTIATED = True
+"""`auto` may run it for a differentiated call's values (`jconv.planner`)."""
 
 OVERHEAD = 1.5
 """Predicted time over the cost at the model's rates: XLA's CPU backend writes the

@@ -36,6 +36,8 @@ ACCURACY = "summation"
 exact on small-integer data)."""
 TRANSFORMS_KERNEL = True
 """The kernel is copied, split into strided phases (`jconv.strategies`)."""
+DIFFERENTIATED = True
+"""`auto` may run it for a differentiated call's values (`jconv.planner`)."""
 
 BACKWARD = 2.0
 """Gradients over the forward's predicted arithmetic."""

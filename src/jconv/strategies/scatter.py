@@ -49,6 +49,8 @@ exact on small-integer data)."""
 TRANSFORMS_KERNEL = True
 """The kernel is copied, transposed to ``(C, taps * F)`` for the one GEMM
 (`jconv.strategies`)."""
+DIFFERENTIATED = True
+"""`auto` may run it for a differentiated call's values (`jconv.planner`)."""
 
 BACKWARD = 0.8
 """Gradients over the forward's predicted arithmetic."""

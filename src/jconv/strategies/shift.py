@@ -44,6 +44,8 @@ ACCURACY = "summation"
 exact on small-integer data)."""
 TRANSFORMS_KERNEL = True
 """The kernel is copied, sliced per offset for the GEMMs (`jconv.strategies`)."""
+DIFFERENTIATED = True
+"""`auto` may run it for a differentiated call's values (`jconv.planner`)."""
 
 BACKWARD = 0.5
 """Gradients over the forward's predicted arithmetic: two GEMMs per tap, transposed."""

@@ -35,6 +35,8 @@ ACCURACY = "summation"
 exact on small-integer data): the band's zeros add exact zeros."""
 TRANSFORMS_KERNEL = True
 """The kernel is copied into the band, ``R`` shifted copies (`jconv.strategies`)."""
+DIFFERENTIATED = True
+"""`auto` may run it for a differentiated call's values (`jconv.planner`)."""
 
 MIN_SPAN_PER_STRIDE = 4
 """Planned only where the dilated window spans at least this many strides: below, the

@@ -54,6 +54,8 @@ ACCURACY = "summation"
 exact on small-integer data)."""
 TRANSFORMS_KERNEL = True
 """The kernel is copied, Winograd-transformed, ``G w G^T`` (`jconv.strategies`)."""
+DIFFERENTIATED = True
+"""`auto` may run it for a differentiated call's values (`jconv.planner`)."""
 
 OVERHEAD = 1.0
 """Predicted time over the cost at the model's rates: the transforms are adds fused into the

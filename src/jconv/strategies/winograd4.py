@@ -30,6 +30,8 @@ and 1/24)): planned only where the caller asks for speed
 (`jconv.planner.allows_normwise`)."""
 TRANSFORMS_KERNEL = True
 """The kernel is copied, Winograd-transformed, ``G w G^T`` (`jconv.strategies`)."""
+DIFFERENTIATED = True
+"""`auto` may run it for a differentiated call's values (`jconv.planner`)."""
 
 OVERHEAD = 1.5
 """Predicted time over the cost at the model's rates (three GEMMs, two of depth 36)."""
