@@ -120,10 +120,10 @@ def _blocks(spec: ConvSpec) -> tuple[int, int, int]:
     (each row all the outputs of the other axes): as few blocks as fit their patches in
     `BLOCK_BYTES` (a row at least), or each image whole, as many a step as fit (dividing the
     batch) but at most `CHUNK`, or the batch over `BLOCK_STEPS` where that is more; the whole
-    batch in one step where the kernel-sized
-    buffer a loop carries would outweigh it (late layers: big kernels, small images). More
-    images a step held more temporaries for no speed: ResNet-18's training step (batch 8 at
-    112 x 112) 84 MB with up to eight, 74 with two, at 0.75x lax's time both."""
+    batch in one step where the kernel-sized buffer a loop carries would outweigh it (late
+    layers: big kernels, small images). More images a step held more temporaries for no
+    speed: ResNet-18's training step (batch 8 at 112 x 112) 84 MB with up to eight, 74 with
+    two, at 0.75x lax's time both."""
     t, row = spec.out_spatial[0], math.prod(spec.out_spatial[1:])
     outputs = BLOCK_BYTES // (4 * spec.taps * spec.in_features)  # a step's, at most
     if t * row > outputs:
@@ -336,7 +336,7 @@ def winograd_kernel_gradient(spec: ConvSpec, platform: str) -> bool:
     tiles = chunk(spec) * math.prod(-(-o // 2) for o in spec.out_spatial)
     cg = spec.group_in_features
     return (tiles >= WINOGRAD_KERNEL_GRADIENT_DEPTH * cg
-            and 16 * 4 * tiles * cg <= WINOGRAD_KERNEL_GRADIENT_BYTES)
+            and 16 * 4 * tiles * cg <= WINOGRAD_KERNEL_GRADIENT_BYTES)  # 16 points, float32
 
 
 def kernel_tangent(
