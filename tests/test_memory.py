@@ -166,6 +166,41 @@ def test_batch_chunked_lowerings(name: str) -> None:
     assert predicted < 0.5 * full
 
 
+def test_the_hybrid_chunks_its_batch_from_its_own_bound() -> None:
+    """The hybrid runs over batch chunks above `hybrid.CHUNK_ABOVE_BYTES` (16 MiB), below
+    the other lowerings' bound: a 3x3/2 layer whose hybrid temporaries are 16-32 MiB runs
+    in chunks (a loop; predicted temp within the tolerance of XLA's, well below the
+    unchunked model) and equals lax's exactly on integers."""
+    from jconv.strategies import hybrid
+    from jconv.strategies._common import CHUNK_ABOVE_BYTES, batch_chunk
+
+    xs, ws = (128, 32, 32, 16), (3, 3, 16, 32)
+    spec = ConvSpec.from_lax(xs, ws, (2, 2), "SAME", dimension_numbers=_dn(2))
+    full = float(hybrid.cost_of(Geometry.from_spec(spec)).temp_bytes)
+    assert hybrid.CHUNK_ABOVE_BYTES < full <= CHUNK_ABOVE_BYTES
+    assert batch_chunk(spec, full) == spec.batch
+    assert batch_chunk(spec, full, hybrid.CHUNK_ABOVE_BYTES) < spec.batch
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(-2, 3, xs), jnp.float32)
+    w = jnp.asarray(rng.integers(-2, 3, ws), jnp.float32)
+
+    def run(a: jax.Array, b: jax.Array) -> jax.Array:
+        return jconv.conv(a, b, stride=2, padding="SAME", strategy="hybrid")
+
+    def scans(jaxpr: Any) -> int:
+        return sum((e.primitive.name == "scan")
+                   + sum(scans(j) for j in jax.extend.core.jaxprs_in_params(e.params))
+                   for e in jaxpr.eqns)
+
+    assert scans(jax.make_jaxpr(run)(x, w).jaxpr) == 1
+    predicted = float(hybrid.cost(spec).temp_bytes)
+    measured = _measure(run, x, w)
+    assert abs(measured - predicted) <= TOL * predicted, (measured, predicted)
+    assert predicted < 0.6 * full
+    np.testing.assert_array_equal(jax.jit(run)(x, w), lax.conv_general_dilated(
+        x, w, (2, 2), "SAME", dimension_numbers=_dn(2)))
+
+
 @pytest.mark.parametrize("name", ["shift", "hybrid", "winograd", "patches"])
 def test_batch_chunks_are_padded_in_their_loop(name: str) -> None:
     """A lowering run over batch chunks pads each chunk inside the loop, not a copy of the
