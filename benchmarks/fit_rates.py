@@ -5,11 +5,10 @@ them to ``benchmarks/results/<name>.json``. This script searches multiplicative 
 (``--rounds`` of them, each around the last one's best) from the rates of the platform the
 sweep ran on (its machine line; the CPU's where `RATES` has none) for the `Rates` under
 which the planner's pick is within ``--tolerance`` of the fastest measured lowering in the
-most cases, and prints the count before and after. The pick is the planner's: least
-predicted forward, and differentiated the least predicted forward plus backward, or the
-forward's where the engine computes the gradients itself; cases are read at the sweep's
-``--batch-scale``. ``--out FILE`` writes the best rates as JSON: point ``JCONV_RATES=FILE``
-at it (or paste them into `RATES`) to use them.
+most cases, and prints the count before and after. The pick is the planner's untuned one
+(`jconv.planner.plan`), compared with the lowerings it could have picked; cases are read at
+the sweep's ``--batch-scale``. ``--out FILE`` writes the best rates as JSON: point
+``JCONV_RATES=FILE`` at it (or paste them into `RATES`) to use them.
 
     python benchmarks/run.py --out mymachine      # the sweep, ~4 min on 2 cores
     python benchmarks/fit_rates.py benchmarks/results/mymachine.json --out rates.json
@@ -43,7 +42,7 @@ from jconv.strategies import STRATEGIES, _model
 
 STEPS = (0.5, 0.71, 1.0, 1.41, 2.0)
 """Factors tried on each rate around the rates in force."""
-MODES = (("fwd", "forward"), ("fwd+bwd", "total"))
+MODES = (("fwd", False), ("fwd+bwd", True))
 
 
 def platform(meta: dict[str, Any]) -> str:
@@ -81,22 +80,23 @@ def read_sweeps(paths: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]
 
 def score(sweep: list[dict[str, Any]], specs: dict[str, ConvSpec], rates: _model.Rates,
           tolerance: float) -> int:
-    """Cases x modes whose predicted pick measured within `tolerance` of the best."""
+    """Cases x modes where the planner's untuned pick under `rates` (`jconv.planner.plan`)
+    measured within `tolerance` of the fastest lowering it could have picked."""
     _model.set_rates(rates)
     good = 0
     for rec in sweep:
         spec = specs.get(rec["case"])
         if spec is None:
             continue
-        for mode, attr in MODES:
-            measured = rec[mode].get("per_strategy_ms") or {}
+        for mode, differentiated in MODES:
+            options = planner.candidates(spec, jnp.float32, differentiated=differentiated)
+            measured = {n: ms for n, ms in (rec[mode].get("per_strategy_ms") or {}).items()
+                        if n in options}
             if not measured:
                 continue
-            # as the planner: a dense convolution's gradients are the engine's own, the same
-            # whatever computes its values, so its differentiated pick is the forward's
-            rule = "forward" if planner.engine_gradients(spec, jnp.float32) else attr
-            pick = min(measured, key=lambda n: getattr(STRATEGIES[n].predict(spec), rule))
-            good += measured[pick] <= (1 + tolerance) * min(measured.values())
+            pick = planner.plan(spec, jnp.float32, differentiated=differentiated, tuned=False)
+            good += pick in measured and measured[pick] <= (1 + tolerance) * min(
+                measured.values())
     return good
 
 
@@ -105,8 +105,8 @@ def fit(sweep: list[dict[str, Any]], specs: dict[str, ConvSpec], base: _model.Ra
     """The rates with the best `score`: `rounds` multiplicative grid searches (`STEPS` on
     every field), each centred on the last one's best; among equal scores the rates
     nearest `base` (least summed ``|log|`` of the ratios), so that a fit moves only the
-    rates the sweep tells apart."""
-    fields = [f.name for f in dataclasses.fields(base)]
+    rates the sweep tells apart. An infinite rate (no first touch on the platform) stays."""
+    fields = [f.name for f in dataclasses.fields(base) if math.isfinite(getattr(base, f.name))]
 
     def distance(r: _model.Rates) -> float:
         return sum(abs(math.log(getattr(r, f) / getattr(base, f))) for f in fields)
@@ -115,7 +115,8 @@ def fit(sweep: list[dict[str, Any]], specs: dict[str, ConvSpec], base: _model.Ra
     for _ in range(rounds):
         centre = best
         for factors in itertools.product(STEPS, repeat=len(fields)):
-            values = {f: getattr(centre, f) * k for f, k in zip(fields, factors, strict=True)}
+            values = {**vars(centre),
+                      **{f: getattr(centre, f) * k for f, k in zip(fields, factors, strict=True)}}
             values["gemm_knee"] = max(1, round(values["gemm_knee"]))
             candidate = _model.Rates(**values)
             k = (score(sweep, specs, candidate, tolerance), -distance(candidate))

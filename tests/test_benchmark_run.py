@@ -3,6 +3,7 @@ against lax where it applies, "-" in the table where it does not, and names chec
 
 from __future__ import annotations
 
+import math
 import pathlib
 import sys
 from typing import Any
@@ -126,6 +127,7 @@ def test_fit_rates_recovers_the_rates_that_rank_a_sweep(monkeypatch: pytest.Monk
 
     import fit_rates
 
+    from jconv import planner
     from jconv.strategies import STRATEGIES, _model
 
     for mod in STRATEGIES.values():
@@ -135,7 +137,8 @@ def test_fit_rates_recovers_the_rates_that_rank_a_sweep(monkeypatch: pytest.Monk
     assert fit_rates.platform({"machine": "old"}) == "cpu"
     specs = fit_rates.case_specs(meta)
     assert specs["dense 3x3 C=64"].batch == 16
-    base = _model.RATES["cpu"]
+    # an accelerator's table (no first touch, which the fit keeps): five rates to search
+    base = _model.Rates(**{**vars(_model.RATES["cpu"]), "first_touch_bytes_per_s": math.inf})
     truth = _model.Rates(**{**vars(base), "gemm_knee": 8 * base.gemm_knee})
     names = ("stem 7x7/2 C_in=3", "3-D 3x3x3 C=32 16^3", "dense 3x3 C=16", "grouped g=4 C=128",
              "1-D k=3 C=64 L=4096", "dense 3x3 C=64")
@@ -145,7 +148,7 @@ def test_fit_rates_recovers_the_rates_that_rank_a_sweep(monkeypatch: pytest.Monk
         _model.set_rates(rates)
         try:
             return [{"case": c, "fwd+bwd": {}, "fwd": {"per_strategy_ms": {
-                n: 1e3 * m.predict(specs[c]).forward for n, m in STRATEGIES.items()
+                n: 1e3 * planner.predict(n, specs[c]).forward for n, m in STRATEGIES.items()
                 if m.AUTO and m.applicable(specs[c], "float32") is None}}} for c in names]
         finally:
             _model.set_rates(None)
@@ -156,5 +159,6 @@ def test_fit_rates_recovers_the_rates_that_rank_a_sweep(monkeypatch: pytest.Monk
     assert fit_rates.score(sweep, specs, one, 0.0) < len(names)
     fitted = fit_rates.fit(sweep, specs, base, 0.0, rounds=3)
     assert fit_rates.score(sweep, specs, fitted, 0.0) == len(names)
+    assert math.isinf(fitted.first_touch_bytes_per_s)
     assert fit_rates.fit(timed_as(base), specs, base, 0.0, rounds=1) == base
     _model.set_rates(None)

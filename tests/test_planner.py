@@ -446,6 +446,34 @@ def test_dense_gradients_under_vmap_checkpoint_and_bfloat16() -> None:
             assert err <= tol * scale, (dtype, err, scale)
 
 
+def test_temporaries_past_the_mmap_threshold_are_priced_as_faulted_in() -> None:
+    """A 3x3 layer over one 330 x 330 x 8 image: scatter's 34 MiB of products pass glibc's
+    mmap threshold and fault in on every call (its forward measured 2.97x Winograd's);
+    Winograd's 17 MiB do not. `planner.predict` adds the first touch to the copies past
+    the threshold only, and it turns the pick from scatter to Winograd. Accelerators
+    (rates not fitted there) have no first touch."""
+    import dataclasses
+
+    from jconv.strategies import _model
+
+    spec = _spec((1, 330, 330, 8), (3, 3), 8)
+    assert planner.plan(spec, F32) == planner.plan(spec, F32, differentiated=True) == "winograd"
+    temp = {n: float(STRATEGIES[n].cost(spec).temp_bytes) for n in ("scatter", "winograd")}
+    assert temp["winograd"] < _model.MMAP_THRESHOLD_BYTES < temp["scatter"]
+    own = STRATEGIES["scatter"].predict(spec)
+    touched = planner.predict("scatter", spec)
+    assert touched.copies == own.copies + temp["scatter"] / _model.rates().first_touch_bytes_per_s
+    assert (touched.arithmetic, touched.backward) == (own.arithmetic, own.backward)
+    assert planner.predict("winograd", spec) == STRATEGIES["winograd"].predict(spec)
+    try:
+        _model.set_rates(dataclasses.replace(_model.RATES["cpu"],
+                                             first_touch_bytes_per_s=math.inf))
+        assert planner.plan(spec, F32) == "scatter"  # what the first touch overturns
+    finally:
+        _model.set_rates(None)
+    assert math.isinf(_model._from_env(None, "gpu").first_touch_bytes_per_s)
+
+
 def test_rates_come_from_a_table_a_file_or_the_caller(
         tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The shared rates are data: `RATES` per platform, ``$JCONV_RATES`` (what

@@ -4,7 +4,8 @@ Every lowering module (`jconv.strategies`) states whether it can run a spec
 (``applicable``), its temp bytes (``cost``) and its predicted time (``predict``). The
 planner drops lowerings that cannot run the spec, that ``auto`` may not pick (``AUTO``),
 whose temp bytes exceed the budget, or whose accuracy class (``ACCURACY``) the call does not
-allow, and takes the least predicted time: of the forward alone (`plan`), or of the forward
+allow, and takes the least predicted time (`predict`: the lowering's own, plus the first touch
+of its temporaries): of the forward alone (`plan`), or of the forward
 plus both gradients (``plan(..., differentiated=True)``), leaving out there the lowerings
 that may not compute a differentiated call's values (``DIFFERENTIATED``: `direct`, whose
 elementwise loop XLA computes again in each consumer of its output, and a training step's
@@ -59,6 +60,7 @@ __all__ = [
     "engine_gradients",
     "get_memory_budget",
     "plan",
+    "predict",
     "recording",
     "resolve",
     "set_memory_budget",
@@ -176,6 +178,15 @@ def _candidates(spec: ConvSpec, dtype: jnp.dtype, budget: int, normwise: bool,
             and (m.AUTO or (opt_in and math.isfinite(m.predict(spec, dtype).forward)))]
 
 
+def predict(name: str, spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32
+            ) -> _model.Prediction:
+    """The time `auto` ranks lowering `name` by on `spec`: its own ``predict``, with the
+    first touch of its temp bytes (`_model.first_touch_seconds`: on the CPU, past glibc's
+    mmap threshold) in its copies."""
+    module = STRATEGIES[name]
+    return module.predict(spec, dtype).touching(float(module.cost(spec, dtype).temp_bytes))
+
+
 @functools.lru_cache(maxsize=4096)
 def _plan(spec: ConvSpec, dtype: jnp.dtype, budget: int, differentiated: bool,
           normwise: bool, tuned_generation: int, rates: Rates) -> str:
@@ -193,7 +204,7 @@ def _plan(spec: ConvSpec, dtype: jnp.dtype, budget: int, differentiated: bool,
             f"No lowering fits the memory budget (={budget} bytes) for this convolution "
             f"(shift needs {shift:.4g}); raise it with jconv.set_memory_budget."
         )
-    predictions = {n: STRATEGIES[n].predict(spec, dtype) for n in options}
+    predictions = {n: predict(n, spec, dtype) for n in options}
     if differentiated and not _engine_gradients(spec, dtype, budget, normwise):
         return min(options, key=lambda n: predictions[n].total)
     # a dense convolution's gradients are the engine's own two convolutions (`_gradients`),

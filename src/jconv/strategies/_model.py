@@ -5,7 +5,10 @@ machine's `Rates` (`rates`): a GEMM reaches ``peak_flops`` once its contraction 
 its output width reach ``gemm_knee`` (linearly less below, `gemm_rate`); the copies a
 lowering makes (strided slices, concatenations, products summed at the end) move at
 ``copy_bytes_per_s``; fused elementwise multiply-adds run at ``elementwise_flops``; FFTs
-and their complex channel mixing at ``fft_flops``. The CPU's rates were fitted on a 2-core
+and their complex channel mixing at ``fft_flops``; and on the CPU, temporaries past glibc's
+mmap threshold are faulted in afresh on every call, at ``first_touch_bytes_per_s``
+(`first_touch_seconds`, which `jconv.planner.predict` adds to each lowering's copies). The
+CPU's rates were fitted on a 2-core
 x86 CPU (jax 0.10.2, float32) to maximise the benchmark cases (``benchmarks/run.py`` sweeps
 every lowering) whose pick is within 10% of the fastest lowering; ``benchmarks/fit_rates.py``
 refits them from a sweep. Each lowering's own factors (overheads, backward factors) sit in
@@ -24,6 +27,7 @@ import pathlib
 import jax
 
 __all__ = [
+    "MMAP_THRESHOLD_BYTES",
     "NEVER",
     "RATES",
     "Prediction",
@@ -31,6 +35,7 @@ __all__ = [
     "copy_seconds",
     "elementwise_seconds",
     "fft_seconds",
+    "first_touch_seconds",
     "gemm_rate",
     "rates",
     "set_rates",
@@ -41,21 +46,24 @@ __all__ = [
 class Rates:
     """The machine's rates: ``peak_flops`` (a GEMM deep and wide enough), ``gemm_knee``
     (depth and width from which a GEMM reaches it), ``copy_bytes_per_s``,
-    ``elementwise_flops``, ``fft_flops``."""
+    ``elementwise_flops``, ``fft_flops``, ``first_touch_bytes_per_s`` (temporaries faulted
+    in on every call, `first_touch_seconds`; infinite where the runtime keeps a pool)."""
 
     peak_flops: float
     gemm_knee: int
     copy_bytes_per_s: float
     elementwise_flops: float
     fft_flops: float
+    first_touch_bytes_per_s: float = math.inf
 
 
 RATES: dict[str, Rates] = {
     "cpu": Rates(peak_flops=5.0e10, gemm_knee=32, copy_bytes_per_s=2.0e9,
-                 elementwise_flops=6.0e9, fft_flops=1.0e9),
+                 elementwise_flops=6.0e9, fft_flops=1.0e9, first_touch_bytes_per_s=2.0e9),
 }
 """Rates per platform, fitted by ``benchmarks/fit_rates.py`` (the CPU's on a 2-core x86; other
-platforms use the CPU's until fitted there). ``$JCONV_RATES`` names a JSON file of `Rates`
+platforms use the CPU's until fitted there, without its first touch: accelerators' runtimes
+allocate from a pool). ``$JCONV_RATES`` names a JSON file of `Rates`
 fields that replaces them (what ``fit_rates.py --out`` writes)."""
 
 _override: Rates | None = None
@@ -74,7 +82,8 @@ def set_rates(rates: Rates | None) -> None:
 @functools.lru_cache(maxsize=1)
 def _from_env(path: str | None, platform: str) -> Rates:
     if not path:
-        return RATES.get(platform, RATES["cpu"])
+        return RATES.get(platform) or dataclasses.replace(RATES["cpu"],
+                                                          first_touch_bytes_per_s=math.inf)
     try:
         fields = json.loads(pathlib.Path(path).read_text())
         return Rates(**fields)
@@ -112,6 +121,20 @@ def fft_seconds(flops: float) -> float:
     return flops / rates().fft_flops
 
 
+MMAP_THRESHOLD_BYTES = 32 * 2**20
+"""glibc's largest dynamic mmap threshold (64-bit). XLA's CPU runtime allocates a program's
+temporaries on every call; malloc serves up to this many bytes from its heap, reused from
+call to call, and maps anything larger afresh, so each of its pages faults in again."""
+
+
+def first_touch_seconds(temp_bytes: float) -> float:
+    """Seconds to fault in `temp_bytes` of a call's temporaries: none up to
+    `MMAP_THRESHOLD_BYTES`, every byte at ``first_touch_bytes_per_s`` past it."""
+    if temp_bytes <= MMAP_THRESHOLD_BYTES:
+        return 0.0
+    return temp_bytes / rates().first_touch_bytes_per_s
+
+
 @dataclasses.dataclass(frozen=True)
 class Prediction:
     """Predicted seconds of one lowering on one spec.
@@ -141,6 +164,11 @@ class Prediction:
         """The forward's parts, and a backward of ``backward * arithmetic +
         backward_copy * copies`` (a lowering's transpose turns each copy into its adjoint)."""
         return cls(arithmetic, copies, backward * arithmetic + backward_copy * copies)
+
+    def touching(self, temp_bytes: float) -> Prediction:
+        """This prediction with the first touch of `temp_bytes` of temporaries
+        (`first_touch_seconds`) added to the forward's copies."""
+        return dataclasses.replace(self, copies=self.copies + first_touch_seconds(temp_bytes))
 
 
 NEVER = Prediction(math.inf, 0.0, math.inf)
