@@ -6,7 +6,8 @@ them to ``benchmarks/results/<name>.json``. This script searches multiplicative 
 sweep ran on (its machine line; the CPU's where `RATES` has none) for the `Rates` under
 which the planner's pick is within ``--tolerance`` of the fastest measured lowering in the
 most cases, and prints the count before and after. The pick is the planner's untuned one
-(`jconv.planner.plan`), compared with the lowerings it could have picked; cases are read at
+(`jconv.planner.plan`), compared with the lowerings it could have picked (their fastest
+samples, or medians in sweeps that lack them); cases are read at
 the sweep's ``--batch-scale``. ``--out FILE`` writes the best rates as JSON: point
 ``JCONV_RATES=FILE`` at it (or paste them into `RATES`) to use them.
 
@@ -90,8 +91,8 @@ def score(sweep: list[dict[str, Any]], specs: dict[str, ConvSpec], rates: _model
             continue
         for mode, differentiated in MODES:
             options = planner.candidates(spec, jnp.float32, differentiated=differentiated)
-            measured = {n: ms for n, ms in (rec[mode].get("per_strategy_ms") or {}).items()
-                        if n in options}
+            timed = rec[mode].get("per_strategy_min_ms") or rec[mode].get("per_strategy_ms")
+            measured = {n: ms for n, ms in (timed or {}).items() if n in options}
             if not measured:
                 continue
             pick = planner.plan(spec, jnp.float32, differentiated=differentiated, tuned=False)

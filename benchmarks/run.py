@@ -7,18 +7,20 @@
 For every case, forward and forward+backward (``y = conv(x, w)`` and the pullback of the
 squared error's cotangent ``y - t`` to input and kernel, as a layer does in training) are
 jitted, warmed up, then timed alternately with the native convolution in one process; the
-reported ratio is median(jconv) / median(native). GFLOP/s use the dense count ``2 * MACs``
-(divided by the lhs dilation's phases for transposed convolutions; x3 for forward+backward);
-"% mm" is that rate over the machine's measured float32 matmul rate. Unless --quick or
---no-sweep, every lowering the planner considers is timed as well (alternately among
-themselves), forward and, for those within 3x of the best forward, forward+backward:
-"pick/best" is the planner's forward choice over the fastest lowering measured that the
-call's accuracy class allows (what `jconv.tune` times and may store), and for
-forward+backward jconv's "auto" (which, differentiated, runs the backward pick: "fwd/grad"
-in the "lowering" column) timed in the same group over the fastest such lowering.
-Normwise-class lowerings (`dft`), which the default policy runs only when speed is asked
-for, are timed beside them and listed under the table where faster. Long timings use fewer
-repetitions (at least 3). Every output timed is compared with lax's (``rel_err``).
+reported ratio is median(jconv) / median(native), and in brackets fastest(jconv) /
+fastest(native), which moves far less between runs on a busy machine. GFLOP/s use the dense
+count ``2 * MACs`` (divided by the lhs dilation's phases for transposed convolutions; x3 for
+forward+backward); "% mm" is that rate over the machine's measured float32 matmul rate.
+Unless --quick or --no-sweep, every lowering the planner considers is timed as well
+(alternately among themselves), forward and, for those within 3x of the best forward,
+forward+backward: "pick/best" is the planner's forward choice over the fastest lowering
+measured that the call's accuracy class allows, each by its fastest sample (what
+`jconv.tune` times and may store), and for forward+backward jconv's "auto" (which,
+differentiated, runs the backward pick: "fwd/grad" in the "lowering" column) timed in the
+same group over the fastest such lowering. Normwise-class lowerings (`dft`), which the
+default policy runs only when speed is asked for, are timed beside them and listed under the
+table where faster. Long timings use fewer repetitions (at least 3). Every output timed is
+compared with lax's (``rel_err``).
 
 On an accelerator each timing sample dispatches ``--inner`` calls and waits for the last,
 and ``--batch-scale`` enlarges the batches so that the device, not the dispatch, is timed.
@@ -136,12 +138,12 @@ beyond the suite's shapes."""
 CASE_SETS = {"suite": CASES, "users": USER_CASES}
 
 
-def timed(fns: Sequence[Callable[[], Any]], reps: int, budget_s: float = 4.0,
-          inner: int = 1) -> list[float]:
-    """Median seconds per call of each thunk, run alternately after two warm-ups; `reps`
-    rounds, or fewer (at least 3) when one round would take more than `budget_s / reps`.
-    Each sample dispatches `inner` calls back to back and waits for the last (on an
-    accelerator this measures the device, not the host's dispatch)."""
+def samples(fns: Sequence[Callable[[], Any]], reps: int, budget_s: float = 4.0,
+            inner: int = 1) -> list[list[float]]:
+    """Seconds per call of each thunk in every round, run alternately after two warm-ups;
+    `reps` rounds, or fewer (at least 3) when one round would take more than
+    `budget_s / reps`. Each sample dispatches `inner` calls back to back and waits for the
+    last (on an accelerator this measures the device, not the host's dispatch)."""
     def sample(f: Callable[[], Any]) -> Any:
         for _ in range(inner - 1):
             f()
@@ -160,7 +162,13 @@ def timed(fns: Sequence[Callable[[], Any]], reps: int, budget_s: float = 4.0,
             t = time.perf_counter()
             sample(f)
             ts[i].append((time.perf_counter() - t) / inner)
-    return [statistics.median(t) for t in ts]
+    return ts
+
+
+def timed(fns: Sequence[Callable[[], Any]], reps: int, budget_s: float = 4.0,
+          inner: int = 1) -> list[float]:
+    """Median seconds per call of each thunk (`samples`)."""
+    return [statistics.median(t) for t in samples(fns, reps, budget_s, inner)]
 
 
 def rel_err(a: Any, b: Any) -> float:
@@ -287,10 +295,12 @@ def bench_case(case: Case, reps: int, sweep: bool, peak: float, inner: int,
     allowed = set(jconv.planner.candidates(spec, jnp.float32, opt_in=True))
     for mode, mult in (("fwd", 1), ("fwd+bwd", 3)):
         thunks = [call(ours("auto"), mode), call(native, mode)]
-        t_ours, t_nat = timed(thunks, reps, inner=inner)
+        s_ours, s_nat = samples(thunks, reps, inner=inner)
+        t_ours, t_nat = statistics.median(s_ours), statistics.median(s_nat)
         ref = thunks[1]()
         r: dict[str, Any] = {
             "jconv_ms": t_ours * 1e3, "native_ms": t_nat * 1e3, "ratio": t_ours / t_nat,
+            "ratio_min": min(s_ours) / min(s_nat),
             "rel_err": rel_err(thunks[0](), ref),
             "gflops": mult * flops / t_ours / 1e9,
             "pct_matmul": 100 * mult * flops / t_ours / peak,
@@ -313,20 +323,23 @@ def bench_case(case: Case, reps: int, sweep: bool, peak: float, inner: int,
             sweep_thunks = [call(ours(name), mode) for name in names]
             if mode == "fwd+bwd":  # auto, differentiated, runs the backward pick
                 sweep_thunks.append(call(ours("auto"), mode))
-            times = [t * 1e3 for t in timed(sweep_thunks, reps, inner=inner)]
-            per = dict(zip(names, times[:len(names)], strict=True))
+            runs = [[1e3 * t for t in ts] for ts in samples(sweep_thunks, reps, inner=inner)]
             r["per_strategy_rel_err"] = {
                 n: rel_err(t(), ref) for n, t in zip(names, sweep_thunks[:len(names)], strict=True)}
-            auto = times[-1] if mode == "fwd+bwd" else per[chosen]
-            r["per_strategy_ms"] = per
-            r.update(over_best(per, auto, allowed))
+            r["per_strategy_ms"] = dict(zip(names, map(statistics.median, runs), strict=False))
+            fastest = dict(zip(names, map(min, runs), strict=False))
+            r["per_strategy_min_ms"] = fastest
+            # the fastest samples: stable within 5% from run to run, where medians swing 2x
+            r.update(over_best(fastest, min(runs[-1]) if mode == "fwd+bwd" else fastest[chosen],
+                               allowed))
         rec[mode] = r
     return rec
 
 
 def over_best(per: dict[str, float], auto: float, allowed: set[str]) -> dict[str, Any]:
-    """The fastest of `per` (ms per lowering) among the `allowed` lowerings (the accuracy
-    class of the call), `auto`'s time over it, and the fastest of any class."""
+    """The fastest of `per` (ms per lowering, each its fastest sample) among the `allowed`
+    lowerings (the accuracy class of the call), `auto`'s time over it, and the fastest of
+    any class."""
     best = min((n for n in per if n in allowed), key=per.__getitem__)
     fastest = min(per, key=per.__getitem__)
     return {"best_strategy": best, "chosen_over_best": auto / per[best],
@@ -355,6 +368,11 @@ def errors(r: dict[str, Any]) -> list[float]:
             *(v["rel_err"] for v in r.get("also", {}).values())]
 
 
+def ratio(r: dict[str, Any]) -> str:
+    """One mode's ratio cell: the medians' ratio and, in brackets, the fastest samples'."""
+    return f"{r['ratio']:.2f} ({r['ratio_min']:.2f})"
+
+
 def markdown(meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
     """The results as a Markdown table."""
     torch_col = any("torch_ms" in r["fwd"] for r in recs)
@@ -374,7 +392,8 @@ def markdown(meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
         f"alternating reps per timing after 2 warm-ups"
         + (f", {meta['inner']} calls per sample" if meta["inner"] > 1 else "")
         + (f"; every batch x{meta['batch_scale']}" if meta["batch_scale"] > 1 else "")
-        + "; ratio = median jconv / median lax.conv_general_dilated.",
+        + "; ratio = median jconv / median lax.conv_general_dilated (in brackets: fastest"
+        " sample over fastest sample); pick/best compares the lowerings' fastest samples.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -383,9 +402,9 @@ def markdown(meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
         f, b = r["fwd"], r["fwd+bwd"]
         low = r["strategy"] if r["backward"] == r["strategy"] else (
             f"{r['strategy']}/{r['backward']}")
-        row = [r["case"], low, f"{r['gflop']:.3f}", f"{f['native_ms']:.2f}",
-               f"{f['ratio']:.2f}", f"{f['gflops']:.1f}", f"{f['pct_matmul']:.0f}%",
-               f"{b['native_ms']:.2f}", f"{b['ratio']:.2f}", f"{b['gflops']:.1f}"]
+        row = [r["case"], low, f"{r['gflop']:.3f}", f"{f['native_ms']:.2f}", ratio(f),
+               f"{f['gflops']:.1f}", f"{f['pct_matmul']:.0f}%", f"{b['native_ms']:.2f}",
+               ratio(b), f"{b['gflops']:.1f}"]
         if torch_col:
             # "-": no PyTorch equivalent (asymmetric SAME padding)
             row += [f"{f['torch_ms']:.2f}" if "torch_ms" in f else "-",
@@ -411,7 +430,8 @@ def markdown(meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
     lines += [
         "",
         f"Geometric mean ratio: forward {s['fwd_geomean']:.2f}, forward+backward "
-        f"{s['fwd_bwd_geomean']:.2f}. Cases with forward ratio <= 1.0: {s['fwd_le_1']}/"
+        f"{s['fwd_bwd_geomean']:.2f} (fastest samples: {s['fwd_geomean_min']:.2f}, "
+        f"{s['fwd_bwd_geomean_min']:.2f}). Cases with forward ratio <= 1.0: {s['fwd_le_1']}/"
         f"{len(recs)}; forward+backward <= 1.2: {s['fwd_bwd_le_1_2']}/{len(recs)}. "
         f"Largest relative error against lax (values and gradients, every lowering timed): "
         f"{max_err:.1e}.",
@@ -491,6 +511,9 @@ def main(argv: list[str] | None = None) -> None:
         fr = [r["fwd"]["ratio"] for r in recs]
         br = [r["fwd+bwd"]["ratio"] for r in recs]
         meta["summary"] = {"fwd_geomean": geomean(fr), "fwd_bwd_geomean": geomean(br),
+                           "fwd_geomean_min": geomean([r["fwd"]["ratio_min"] for r in recs]),
+                           "fwd_bwd_geomean_min": geomean(
+                               [r["fwd+bwd"]["ratio_min"] for r in recs]),
                            "fwd_le_1": sum(x <= 1.0 for x in fr),
                            "fwd_bwd_le_1_2": sum(x <= 1.2 for x in br)}
         # written after every case, so an interrupted run keeps what it measured

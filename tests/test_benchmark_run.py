@@ -14,6 +14,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks
 
 import run
 
+import jconv
+
 
 def test_also_times_a_lowering_where_it_applies() -> None:
     """A dense case gets pallas' (interpreted here) forward and forward+backward, at lax's
@@ -30,8 +32,8 @@ def test_also_times_a_lowering_where_it_applies() -> None:
         assert "also" not in recs[1][mode]
     meta = {"machine": "m", "jax": "j", "matmul_gflops": 1.0, "matmul_n": 8, "reps": 3,
             "inner": 1, "batch_scale": 1,
-            "summary": {"fwd_geomean": 1.0, "fwd_bwd_geomean": 1.0, "fwd_le_1": 0,
-                        "fwd_bwd_le_1_2": 0}}
+            "summary": {"fwd_geomean": 1.0, "fwd_bwd_geomean": 1.0, "fwd_geomean_min": 1.0,
+                        "fwd_bwd_geomean_min": 1.0, "fwd_le_1": 0, "fwd_bwd_le_1_2": 0}}
     rows = run.markdown(meta, recs).splitlines()
     head = next(r for r in rows if r.startswith("| case"))
     assert head.endswith("| pallas fwd ratio | pallas f+b ratio |")
@@ -39,6 +41,27 @@ def test_also_times_a_lowering_where_it_applies() -> None:
     fwd_ratio = recs[0]["fwd"]["also"]["pallas"]["ratio"]
     assert dense_row.split(" | ")[-2] == f"{fwd_ratio:.2f}"
     assert next(r for r in rows if r.startswith("| grouped")).endswith("| - | - |")
+    f = recs[0]["fwd"]
+    assert dense_row.split(" | ")[4] == f"{f['ratio']:.2f} ({f['ratio_min']:.2f})"
+
+
+def test_the_sweep_keeps_each_lowerings_median_and_fastest_sample() -> None:
+    """Every lowering swept has its median and its fastest sample (never above the median);
+    pick/best compares the fastest samples among the lowerings the call's class allows."""
+    case = run.Case("dense", (1, 6, 6, 4), (3, 3), 5)
+    rec = run.bench_case(case, 3, True, 1e9, 1, torch_col=False)
+    for mode in ("fwd", "fwd+bwd"):
+        r = rec[mode]
+        median, fastest = r["per_strategy_ms"], r["per_strategy_min_ms"]
+        assert set(median) == set(fastest) and len(fastest) > 2
+        assert all(0 < fastest[n] <= median[n] for n in median)
+        assert 0 < r["ratio_min"] and r["best_strategy"] in fastest
+        assert fastest[r["best_strategy"]] == min(
+            fastest[n] for n in fastest if n in jconv.planner.candidates(case.spec(), "float32",
+                                                                          opt_in=True))
+    assert rec["fwd"]["chosen_over_best"] == pytest.approx(
+        rec["fwd"]["per_strategy_min_ms"][rec["strategy"]]
+        / rec["fwd"]["per_strategy_min_ms"][rec["fwd"]["best_strategy"]])
 
 
 def test_also_names_must_be_lowerings(capsys: pytest.CaptureFixture[str]) -> None:
@@ -52,8 +75,8 @@ def _recording(ran: list[str]) -> Any:
     def bench_case(case: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         ran.append(case.name)
         return {"case": case.name, "strategy": "s", "backward": "s", "gflop": 1.0,
-                **{m: {"ratio": 1.0, "rel_err": 0.0, "jconv_ms": 1.0, "native_ms": 1.0,
-                       "gflops": 1.0, "pct_matmul": 1.0, "native_gflops": 1.0}
+                **{m: {"ratio": 1.0, "ratio_min": 1.0, "rel_err": 0.0, "jconv_ms": 1.0,
+                       "native_ms": 1.0, "gflops": 1.0, "pct_matmul": 1.0, "native_gflops": 1.0}
                    for m in ("fwd", "fwd+bwd")}}
     return bench_case
 
