@@ -24,6 +24,7 @@ import pytest
 import sympy as sp
 from _core_cases import LOWERING_ROWS, Case, run_jconv, run_lax
 from jax import lax
+from reference import conv_reference
 
 import jconv
 from jconv import ConvSpec
@@ -464,6 +465,50 @@ def test_scatter_both_paths_match_lax(
         for g, r in zip(vjp(jnp.asarray(ct)), grads_ref, strict=True):
             np.testing.assert_allclose(np.asarray(g), r, rtol=1e-4, atol=1e-4)
     assert len(SCATTER_ROWS) >= 12
+
+
+@pytest.mark.parametrize(("xs", "ks", "stride", "dilation", "padding", "lhs"), [
+    ((2, 9, 7, 4), (3, 3), 1, 1, "SAME", 1),
+    ((2, 9, 7, 4), (3, 3), 2, 1, "SAME", 1),
+    ((2, 10, 7, 4), (3, 3), 2, 1, "VALID", 1),
+    ((2, 9, 7, 4), (3, 2), 1, 2, ((2, 0), (1, 1)), 1),
+    ((2, 9, 7, 4), (3, 3), 1, 1, ((-1, 1), (0, 0)), 1),
+    ((2, 5, 5, 4), (3, 3), 1, 1, ((1, 1), (1, 1)), 2),
+])
+def test_direct_windows_all_reach_the_padding(xs: tuple[int, ...], ks: tuple[int, ...],
+                                              stride: int, dilation: int, padding: Any,
+                                              lhs: int) -> None:
+    """`direct.reaching`: every tap's window along the leading axis reaches outside the
+    unpadded input (so that XLA reads it from the stored padded input, not from the input's
+    producer), its extra outputs are cropped and the values equal lax's exactly on
+    integers (the float64 reference), in 2 groups; behind a ReLU, the fused multiply-adds
+    never compute the ReLU."""
+    from jconv.strategies import direct
+
+    kw: dict[str, Any] = dict(window_strides=(stride, stride), padding=padding,
+                              lhs_dilation=(lhs, lhs), rhs_dilation=(dilation, dilation),
+                              dimension_numbers=_dn(2), feature_group_count=2)
+    ws = (*ks, xs[-1] // 2, 6)
+    spec = ConvSpec.from_lax(xs, ws, **kw)
+    wide = direct.reaching(spec)
+    (lo, _), extent = wide.padding[0], (xs[1] - 1) * lhs + 1
+    assert wide.canonical_out_shape[0] == spec.canonical_out_shape[0]
+    for k in range(ks[0]):
+        rows = [k * dilation + o * stride for o in range(wide.canonical_out_shape[1])]
+        assert min(rows) < lo or max(rows) >= lo + extent, (k, rows, lo, extent)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(-3, 4, xs), jnp.float32)
+    w = jnp.asarray(rng.integers(-3, 4, ws), jnp.float32)
+
+    def run(a: jax.Array, b: jax.Array) -> jax.Array:
+        return jconv.conv_general_dilated(jnp.maximum(a, 0), b, **kw, strategy="direct")
+
+    want = conv_reference(np.maximum(np.asarray(x), 0), np.asarray(w), (stride, stride),
+                          spec.padding, (lhs, lhs), (dilation, dilation), 2)
+    np.testing.assert_array_equal(jax.jit(run)(x, w), want)  # lax errs at (-1, 1) here
+    hlo = jax.jit(run).lower(x, w).compile().as_text()
+    loops = [c for c in hlo.split("\n\n") if "multiply(" in c and "fused_computation" in c]
+    assert loops and not any("maximum(" in c for c in loops)
 
 
 @pytest.mark.parametrize(("window", "stride", "dilation", "padding"),
