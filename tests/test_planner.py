@@ -449,8 +449,8 @@ def test_dense_gradients_under_vmap_checkpoint_and_bfloat16() -> None:
 def test_temporaries_past_the_mmap_threshold_are_priced_as_faulted_in() -> None:
     """A 3x3 layer over one 330 x 330 x 8 image: scatter's 34 MiB of products pass glibc's
     mmap threshold and fault in on every call (its forward measured 2.97x Winograd's);
-    Winograd's 17 MiB do not. `planner.predict` adds the first touch to the copies past
-    the threshold only, and it turns the pick from scatter to Winograd. Accelerators
+    Winograd's 17 MiB stay below it. `planner.predict` adds the first touch to the copies
+    past the threshold only, and it turns the pick from scatter to Winograd. Accelerators
     (rates not fitted there) have no first touch."""
     import dataclasses
 

@@ -505,7 +505,8 @@ def test_direct_windows_all_reach_the_padding(xs: tuple[int, ...], ks: tuple[int
 
     want = conv_reference(np.maximum(np.asarray(x), 0), np.asarray(w), (stride, stride),
                           spec.padding, (lhs, lhs), (dilation, dilation), 2)
-    np.testing.assert_array_equal(jax.jit(run)(x, w), want)  # lax errs at (-1, 1) here
+    # lax reads out of bounds at pads (-1, 1) on the CPU (openxla/xla#48713)
+    np.testing.assert_array_equal(jax.jit(run)(x, w), want)
     hlo = jax.jit(run).lower(x, w).compile().as_text()
     loops = [c for c in hlo.split("\n\n") if "multiply(" in c and "fused_computation" in c]
     assert loops and not any("maximum(" in c for c in loops)

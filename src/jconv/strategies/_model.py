@@ -123,8 +123,12 @@ def fft_seconds(flops: float) -> float:
 
 MMAP_THRESHOLD_BYTES = 32 * 2**20
 """glibc's largest dynamic mmap threshold (64-bit). XLA's CPU runtime allocates a program's
-temporaries on every call; malloc serves up to this many bytes from its heap, reused from
-call to call, and maps anything larger afresh, so each of its pages faults in again."""
+temporaries on every call, and malloc maps anything larger than this afresh each time, so
+every page faults in again (3x3 over one 330 x 330 x 8 image: 53 MiB on `patches`, all
+13,612 pages a call). Below it malloc may serve them from its heap, reused from call to
+call, once its threshold has risen; whether it does depends on the process's past
+allocations (`winograd`'s 16 MiB there: no faults after other programs had run, every page
+on most calls in a fresh process), so the model counts the certain faults only."""
 
 
 def first_touch_seconds(temp_bytes: float) -> float:
