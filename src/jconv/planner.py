@@ -4,13 +4,13 @@ Every lowering module (`jconv.strategies`) states whether it can run a spec
 (``applicable``), its temp bytes (``cost``) and its predicted time (``predict``). The
 planner drops lowerings that cannot run the spec, that ``auto`` may not pick (``AUTO``),
 whose temp bytes exceed the budget, or whose accuracy class (``ACCURACY``) the call does not
-allow, and takes the least predicted time (`predict`: the lowering's own, plus the first touch
-of its temporaries): of the forward alone (`plan`), or of the forward
-plus both gradients (``plan(..., differentiated=True)``), leaving out there the lowerings
-that may not compute a differentiated call's values (``DIFFERENTIATED``: `direct`, whose
-elementwise loop XLA computes again in each consumer of its output, and a training step's
-cotangent reads it). Where `jconv.tune` measured the spec on this machine, its pick (if it
-can run the spec within the budget) replaces the prediction.
+allow, and takes the least predicted time (`predict`: the lowering's own, plus the first
+touch of its temporaries): of the forward alone (`plan`), or of the forward plus both
+gradients (``plan(..., differentiated=True)``), leaving out there the lowerings that may not
+compute a differentiated call's values (``DIFFERENTIATED``: `direct`, whose elementwise loop
+XLA computes again in each consumer of its output, and a training step's cotangent reads
+it). Where `jconv.tune` measured the spec on this machine, its pick (if it can run the spec
+within the budget) replaces the prediction.
 
 Accuracy policy: by default the planner keeps to lax's accuracy class on the backend,
 ``"summation"`` lowerings whose error is that of summing the taps in the accumulation

@@ -4,15 +4,14 @@ Each lowering turns its `Cost` into seconds in its own ``predict(spec, dtype)``,
 machine's `Rates` (`rates`): a GEMM reaches ``peak_flops`` once its contraction depth and
 its output width reach ``gemm_knee`` (linearly less below, `gemm_rate`); the copies a
 lowering makes (strided slices, concatenations, products summed at the end) move at
-``copy_bytes_per_s``; fused elementwise multiply-adds run at ``elementwise_flops``; FFTs
-and their complex channel mixing at ``fft_flops``; and on the CPU, temporaries past glibc's
-mmap threshold are faulted in afresh on every call, at ``first_touch_bytes_per_s``
+``copy_bytes_per_s``; fused elementwise multiply-adds run at ``elementwise_flops``; FFTs and
+their complex channel mixing at ``fft_flops``; and on the CPU, temporaries past glibc's mmap
+threshold are faulted in afresh on every call, at ``first_touch_bytes_per_s``
 (`first_touch_seconds`, which `jconv.planner.predict` adds to each lowering's copies). The
-CPU's rates were fitted on a 2-core
-x86 CPU (jax 0.10.2, float32) to maximise the benchmark cases (``benchmarks/run.py`` sweeps
-every lowering) whose pick is within 10% of the fastest lowering; ``benchmarks/fit_rates.py``
-refits them from a sweep. Each lowering's own factors (overheads, backward factors) sit in
-its module beside the cost they scale.
+CPU's rates were fitted on a 2-core x86 CPU (jax 0.10.2, float32) to maximise the benchmark
+cases (``benchmarks/run.py`` sweeps every lowering) whose pick is within 10% of the fastest
+lowering; ``benchmarks/fit_rates.py`` refits them from a sweep. Each lowering's own factors
+(overheads, backward factors) sit in its module beside the cost they scale.
 """
 
 from __future__ import annotations
@@ -63,8 +62,8 @@ RATES: dict[str, Rates] = {
 }
 """Rates per platform, fitted by ``benchmarks/fit_rates.py`` (the CPU's on a 2-core x86; other
 platforms use the CPU's until fitted there, without its first touch: accelerators' runtimes
-allocate from a pool). ``$JCONV_RATES`` names a JSON file of `Rates`
-fields that replaces them (what ``fit_rates.py --out`` writes)."""
+allocate from a pool). ``$JCONV_RATES`` names a JSON file of `Rates` fields that replaces
+them (what ``fit_rates.py --out`` writes)."""
 
 _override: Rates | None = None
 

@@ -107,11 +107,11 @@ def reaching(spec: ConvSpec) -> ConvSpec:
         return spec
     (lo, hi), *rest = spec.padding
     d, s = spec.rhs_dilation[0], spec.window_strides[0]
-    extent = (spec.lhs_shape[1] - 1) * spec.lhs_dilation[0] + 1
     first = max(0, -(-lo // d))  # the first tap whose window starts inside the input
-    if first >= spec.rhs_shape[0]:
+    if first >= spec.window[0]:
         return spec
-    more = -(-(lo + extent - first * d) // s) - spec.canonical_out_shape[1] + 1
+    # its last window position must pass the input's end (lo + dilated_in)
+    more = -(-(lo + spec.dilated_in[0] - first * d) // s) - spec.out_spatial[0] + 1
     if more <= 0:
         return spec
     return dataclasses.replace(spec, padding=((lo, hi + more * s), *rest))
