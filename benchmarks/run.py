@@ -326,8 +326,9 @@ def bench_case(case: Case, reps: int, sweep: bool, peak: float, inner: int,
             runs = [[1e3 * t for t in ts] for ts in samples(sweep_thunks, reps, inner=inner)]
             r["per_strategy_rel_err"] = {
                 n: rel_err(t(), ref) for n, t in zip(names, sweep_thunks[:len(names)], strict=True)}
-            r["per_strategy_ms"] = dict(zip(names, map(statistics.median, runs), strict=False))
-            fastest = dict(zip(names, map(min, runs), strict=False))
+            lowerings = runs[:len(names)]  # fwd+bwd: auto's samples follow
+            r["per_strategy_ms"] = dict(zip(names, map(statistics.median, lowerings), strict=True))
+            fastest = dict(zip(names, map(min, lowerings), strict=True))
             r["per_strategy_min_ms"] = fastest
             # the fastest samples: stable within 5% from run to run, where medians swing 2x
             r.update(over_best(fastest, min(runs[-1]) if mode == "fwd+bwd" else fastest[chosen],
