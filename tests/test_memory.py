@@ -32,7 +32,7 @@ from jax import lax
 
 import jconv
 from jconv import ConvSpec, planner
-from jconv.strategies import STRATEGIES, Geometry
+from jconv.strategies import STRATEGIES, Geometry, shift
 
 TOL = 0.25
 F32 = jnp.dtype(jnp.float32)
@@ -87,6 +87,26 @@ def test_predicted_temp_bytes_match_xla(row: tuple) -> None:
             assert abs(measured - predicted) <= TOL * predicted, (name, measured, predicted)
         checked += 1
     assert checked >= 4
+
+
+@pytest.mark.parametrize("row", [
+    ((2, 9, 9, 512), (5, 5), "SAME"), ((2, 9, 9, 512), (5, 5), "VALID"),
+    ((2, 40, 512), (31,), "SAME")])
+def test_depthwise_shift_temp_bytes_count_its_line_padded_copies(row: tuple) -> None:
+    """Depthwise shift with a kernel past `shift.LINE_PAD_KERNEL_BYTES` keeps copies of the
+    padded input and of the kernel one cache line of channels wider, even where the spec
+    does not pad (VALID). The model counts exactly those bytes."""
+    xs, k, pad = row
+    ns, c = len(k), xs[-1]
+    ws = (*k, 1, c)
+    spec = ConvSpec.from_lax(xs, ws, (1,) * ns, pad, None, None, _dn(ns), c)
+    x, w = jax.ShapeDtypeStruct(xs, jnp.float32), jax.ShapeDtypeStruct(ws, jnp.float32)
+    measured = _measure(lambda a, b: jconv.conv_general_dilated(
+        a, b, (1,) * ns, pad, None, None, _dn(ns), c, strategy="shift"), x, w)
+    line = shift.line_padding(spec.taps, c, 4)
+    copies = (spec.batch * int(np.prod(spec.padded_in)) + spec.taps) * (c + line)
+    assert line == 16
+    assert measured == float(shift.cost(spec).temp_bytes) == 4 * copies
 
 
 def test_patches_tensor_is_window_times_input() -> None:

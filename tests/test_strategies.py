@@ -28,7 +28,7 @@ from reference import conv_reference
 
 import jconv
 from jconv import ConvSpec
-from jconv.strategies import STRATEGIES, Geometry
+from jconv.strategies import STRATEGIES, Geometry, shift
 
 NAMES = sorted(STRATEGIES)
 HI = lax.Precision.HIGHEST
@@ -141,6 +141,60 @@ def test_depthwise_kernel_gradient_keeps_few_slices_alive() -> None:
 
     temp = jax.jit(grad_w).lower(x, w).compile().memory_analysis().temp_size_in_bytes
     assert temp < 6 * x.size * x.dtype.itemsize
+
+
+DEPTHWISE_ROWS = [
+    # (input, window, strides, padding, lhs dilation, rhs dilation): line-padded kernels first
+    ((2, 9, 9, 512), (5, 5), (1, 1), "SAME", (1, 1), (1, 1)),
+    ((1, 12, 11, 256), (7, 7), (2, 3), ((1, 3), (2, 0)), (1, 1), (1, 2)),
+    ((2, 40, 512), (31,), (2,), "SAME", (1,), (1,)),
+    ((2, 9, 9, 32), (3, 3), (2, 2), "SAME", (1, 1), (1, 1)),
+    ((2, 5, 6, 16), (3, 3), (1, 1), ((2, 1), (1, 2)), (2, 2), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("row", range(len(DEPTHWISE_ROWS)))
+def test_depthwise_shift_line_pads_past_l1_and_differentiates_exactly(row: int) -> None:
+    """Depthwise shift (one output channel per input channel) on small-integer data, where
+    float32 sums are exact: values against the float64 reference, reverse and forward mode
+    against lax's, equal to the last bit. A kernel of more than
+    `shift.LINE_PAD_KERNEL_BYTES` runs on copies one cache line wider
+    (`shift._line_padded`), forward and input gradient; a smaller one on the operands as
+    they are."""
+    shape, window, strides, padding, lhs_dil, rhs_dil = DEPTHWISE_ROWS[row]
+    c, ns = shape[-1], len(window)
+    rng = np.random.default_rng(row)
+    x = jnp.asarray(rng.integers(-3, 4, shape), jnp.float32)
+    w = jnp.asarray(rng.integers(-3, 4, (*window, 1, c)), jnp.float32)
+    kw = dict(window_strides=strides, padding=padding, lhs_dilation=lhs_dil,
+              rhs_dilation=rhs_dil, dimension_numbers=_dn(ns), feature_group_count=c)
+    spec = ConvSpec.from_lax(x.shape, w.shape, **kw)
+
+    def conv(a: jax.Array, b: jax.Array) -> jax.Array:
+        return jconv.conv_general_dilated(a, b, **kw, strategy="shift")
+
+    def conv_lax(a: jax.Array, b: jax.Array) -> jax.Array:
+        return lax.conv_general_dilated(a, b, **kw, precision=HI)
+
+    y, pull = jax.vjp(jax.jit(conv), x, w)
+    want = conv_reference(np.asarray(x), np.asarray(w), strides, spec.padding, lhs_dil,
+                          rhs_dil, c)
+    np.testing.assert_array_equal(np.asarray(y), want)
+    ct = jnp.asarray(rng.integers(-3, 4, y.shape), jnp.float32)
+    for got, ref in zip(pull(ct), jax.vjp(conv_lax, x, w)[1](ct), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+    tangents = (jnp.asarray(rng.integers(-3, 4, shape), jnp.float32), w[::-1])
+    np.testing.assert_array_equal(np.asarray(jax.jvp(conv, (x, w), tangents)[1]),
+                                  np.asarray(jax.jvp(conv_lax, (x, w), tangents)[1]))
+
+    wide = f"{c + 16}]"  # one 64-byte line of float32 channels more
+    forward = jax.jit(conv).lower(x, w).compile().as_text()
+    input_gradient = jax.jit(lambda a, b, g: jax.vjp(lambda v: conv(v, b), a)[1](g)).lower(
+        x, w, ct).compile().as_text()
+    padded = math.prod(window) * c * 4 > shift.LINE_PAD_KERNEL_BYTES
+    assert padded == (row < 3)
+    assert (wide in forward) == padded
+    assert (wide in input_gradient) == padded
 
 
 @pytest.mark.parametrize("strides", [(1, 2), (1, 1)])
