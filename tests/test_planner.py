@@ -56,11 +56,27 @@ def test_thin_groups_use_direct_multiply_adds_undifferentiated_only() -> None:
     assert all(isinstance(m.DIFFERENTIATED, bool) for m in STRATEGIES.values())
 
 
-def test_transposed_convs_skip_the_zeros() -> None:
+def test_transposed_convs_skip_the_zeros_unless_a_kernel_gradient_pays(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transposed convolution's forward skips the zeros. Differentiated on the CPU, its
+    values run Winograd, whose own transpose computes the kernel gradient
+    (`_gradients.kernel_gradient_like`) for less than the patches' after scatter; where
+    that transpose is not taken, the differentiated pick is the forward's."""
     spec = ConvSpec.from_lax((8, 28, 28, 64), (3, 3, 64, 32), (1, 1), ((2, 1), (2, 1)),
                              (2, 2), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    assert planner.plan(spec, F32) in ("polyphase", "scatter")
-    assert planner.plan(spec, F32, differentiated=True) in ("polyphase", "scatter")
+    forward = planner.plan(spec, F32)
+    assert forward in ("polyphase", "scatter")
+    assert _gradients.kernel_gradient_like(spec, "winograd", "cpu") == "winograd"
+    assert _gradients.kernel_gradient_like(spec, forward, "cpu") in ("hybrid", "patches")
+    assert planner.plan(spec, F32, differentiated=True) == "winograd"
+    monkeypatch.setattr(_gradients, "WINOGRAD_KERNEL_GRADIENT_PLATFORMS", ())
+    planner._plan.cache_clear()
+    try:
+        assert _gradients.kernel_gradient_like(spec, "winograd", "cpu") != "winograd"
+        assert planner.plan(spec, F32, differentiated=True) == forward
+    finally:
+        monkeypatch.undo()
+        planner._plan.cache_clear()
 
 
 @pytest.mark.parametrize(("x", "k", "f"), [
@@ -200,14 +216,16 @@ def test_the_plan_follows_what_the_lowerings_state(
     monkeypatch: pytest.MonkeyPatch, differentiated: bool
 ) -> None:
     """The planner is a plain choice over the modules' statements: a lowering that states the
-    least time is picked, one that states ``AUTO = False`` never is, one that states it
-    cannot run the spec never is."""
+    least time is picked (differentiated, the kernel gradient runs like it too,
+    `_gradients.kernel_gradient_like`), one that states ``AUTO = False`` never is, one that
+    states it cannot run the spec never is."""
     spec = _spec((4, 20, 20, 32), (3, 3), 32)
     before = planner.plan(spec, F32, differentiated=differentiated)
     other = next(n for n, m in STRATEGIES.items()
                  if n != before and m.AUTO and m.applicable(spec, F32) is None)
     time = Prediction(1e-12, 0.0, 1e-12)
     monkeypatch.setattr(STRATEGIES[other], "predict", lambda spec, dtype=F32: time)
+    monkeypatch.setattr(_gradients, "kernel_gradient_like", lambda spec, values, platform: other)
     planner._plan.cache_clear()
     assert planner.plan(spec, F32, differentiated=differentiated) == other
     monkeypatch.setattr(STRATEGIES[other], "AUTO", False)
@@ -313,8 +331,8 @@ def test_depthwise_means_one_input_channel_per_feature_group() -> None:
 
 def test_dense_gradients_do_not_move_the_pick() -> None:
     """A dense convolution's gradients are the engine's own, whatever computes the values:
-    its differentiated pick is the forward one. Scatter's own transpose (single-channel
-    inputs) is never planned."""
+    on these layers its differentiated pick is the forward one. Scatter's own transpose
+    (single-channel inputs) is never planned."""
     for dense in (_spec((8, 56, 56, 16), (3, 3), 16), _spec((8, 28, 28, 64), (3, 3), 64),
                   _spec((8, 28, 28, 64), (1, 1), 128, window_strides=(2, 2))):
         assert _gradients.applies(dense)

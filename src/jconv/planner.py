@@ -205,11 +205,20 @@ def _plan(spec: ConvSpec, dtype: jnp.dtype, budget: int, differentiated: bool,
             f"(shift needs {shift:.4g}); raise it with jconv.set_memory_budget."
         )
     predictions = {n: predict(n, spec, dtype) for n in options}
-    if differentiated and not _engine_gradients(spec, dtype, budget, normwise):
+    if not differentiated:
+        return min(options, key=lambda n: predictions[n].forward)
+    if not _engine_gradients(spec, dtype, budget, normwise):
         return min(options, key=lambda n: predictions[n].total)
-    # a dense convolution's gradients are the engine's own two convolutions (`_gradients`),
-    # the same whatever computes the values
-    return min(options, key=lambda n: predictions[n].forward)
+    # a dense convolution's gradients are the engine's own two convolutions (`_gradients`):
+    # the input gradient's is the same whatever computes the values, the kernel gradient's
+    # runs like one lowering's forward, Winograd's own after Winograd's values where it pays
+    platform = jax.default_backend()
+
+    def kernel_gradient(values: str) -> float:
+        like = _gradients.kernel_gradient_like(spec, values, platform)
+        return STRATEGIES[like].predict(spec, dtype).forward
+
+    return min(options, key=lambda n: predictions[n].forward + kernel_gradient(n))
 
 
 def _engine_gradients(spec: ConvSpec, dtype: jnp.dtype, budget: int, normwise: bool) -> bool:
