@@ -32,7 +32,7 @@ from jax import lax
 
 import jconv
 from jconv import ConvSpec, planner
-from jconv.strategies import STRATEGIES, Geometry, shift
+from jconv.strategies import STRATEGIES, Geometry, scatter, shift
 
 TOL = 0.25
 F32 = jnp.dtype(jnp.float32)
@@ -107,6 +107,25 @@ def test_depthwise_shift_temp_bytes_count_its_line_padded_copies(row: tuple) -> 
     copies = (spec.batch * int(np.prod(spec.padded_in)) + spec.taps) * (c + line)
     assert line == 16
     assert measured == float(shift.cost(spec).temp_bytes) == 4 * copies
+
+
+@pytest.mark.parametrize("row", [((4, 16, 64), (15,)), ((4, 16, 64), (16,)),
+                                 ((4, 16, 16, 8), (3, 5)), ((4, 16, 16, 8), (4, 4)),
+                                 ((2, 9, 9, 512), (5, 5)), ((2, 6, 6, 6, 8), (3, 3, 3))])
+def test_depthwise_scatter_stores_its_products_from_16_taps(row: tuple) -> None:
+    """Depthwise scatter: XLA fuses the broadcast products into the shifted sum up to
+    `scatter.FUSED_DEPTHWISE_TAPS` taps and stores them beyond; the model says which."""
+    xs, k = row
+    ns, c = len(k), xs[-1]
+    ws = (*k, 1, c)
+    spec = ConvSpec.from_lax(xs, ws, (1,) * ns, "SAME", None, None, _dn(ns), c)
+    x, w = jax.ShapeDtypeStruct(xs, jnp.float32), jax.ShapeDtypeStruct(ws, jnp.float32)
+    measured = _measure(lambda a, b: jconv.conv_general_dilated(
+        a, b, (1,) * ns, "SAME", None, None, _dn(ns), c, strategy="scatter"), x, w)
+    predicted = float(scatter.cost(spec).temp_bytes)
+    stored = spec.taps > scatter.FUSED_DEPTHWISE_TAPS
+    assert (measured > 0) == (predicted > 0) == stored
+    assert abs(measured - predicted) <= TOL * predicted
 
 
 def test_patches_tensor_is_window_times_input() -> None:

@@ -59,6 +59,10 @@ BACKWARD_COPY = 0.6
 SLOW_TAPS = 9
 """Slows with the square root of its taps past this many: its fused sum reads one strided
 row of the products per tap for every output (fitted on 1-D k = 15, 31 and 3-D 3x3x3)."""
+FUSED_DEPTHWISE_TAPS = 15
+"""With one input channel per group XLA fuses the broadcast products into the shifted sum
+for windows of up to this many taps and stores them from 16 on (measured: 1-D windows of 15
+and 16 taps, 3x5 and 4x4, 3x3x3)."""
 
 
 def applicable(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> str | None:
@@ -224,11 +228,12 @@ def cost_of(geo: Geometry, spread: Expr = 0) -> Cost:
     positions are the padded input's, or the real samples ``prod(in)`` where ``spread`` is 1
     (`spreads`). Temp: the products ``Y``, written once and read once by the fused sum (none
     when ``Y`` is the output itself, one tap and no padding, or when with one input channel
-    per group XLA fuses the broadcast products into the sum) and, unless spread, the padded
-    input."""
+    per group XLA fuses the broadcast products into the sum, up to `FUSED_DEPTHWISE_TAPS`)
+    and, unless spread, the padded input."""
     positions = spread * sp.Mul(*geo.inp) + (1 - spread) * sp.Mul(*geo.padded)
     products = geo.n * positions * geo.taps * geo.g * geo.fq
-    temp = (0 if geo.depthwise else geo.copies_window * products) + (
+    fused = geo.depthwise and geo.taps <= FUSED_DEPTHWISE_TAPS
+    temp = (0 if fused else geo.copies_window * products) + (
         (1 - spread) * geo.pad * geo.in_elems)
     return make_cost(
         flops=2 * products * geo.cg,
