@@ -363,15 +363,16 @@ def kernel_tangent(
     """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)``: ``conv(x, dw)`` by Winograd
     over rematerialised chunks of images (`chunk`) where `lowering` (the values') is
     `winograd` and its transpose pays on the default backend (`winograd_kernel_gradient`);
-    else over blocks of outputs where `blocked`; else by the hybrid lowering over chunks."""
+    else over blocks of outputs where `blocked`; else by the hybrid lowering over chunks
+    (`kernel_gradient_like` names the three)."""
+    like = kernel_gradient_like(spec, lowering, jax.default_backend())
     lower_padded = hybrid.lower_padded
-    winograds = lowering == "winograd" and winograd_kernel_gradient(spec, jax.default_backend())
-    if winograds:
+    if like == "winograd":
         lower_padded = winograd.lower_1d if spec.num_spatial == 1 else winograd.lower_2d
     # varying as `x` from the start: inside `shard_map`, the transpose sums the kernel's
     # gradient over the devices, not its transform's (16/9 of its bytes for Winograd)
     dw = vary_like(dw, x)
-    if not winograds and blocked(spec):
+    if like == "patches":
         return _blocked_tangent(spec, x, dw, precision=precision, acc_dtype=acc_dtype)
 
     def step(sub: ConvSpec, xc: jax.Array, wc: jax.Array) -> jax.Array:

@@ -14,6 +14,7 @@ forward (`_input_tangent`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -23,7 +24,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from .._sharding import vary_like
-from .._spec import ConvSpec, canonical_layouts
+from .._spec import ConvSpec
 from ._common import (
     Cost,
     Geometry,
@@ -221,9 +222,8 @@ def _input_tangent(spec: ConvSpec, acc_dtype: jnp.dtype, w: jax.Array, dxp: jax.
     if spec.group_out_features != 1:
         return _depthwise_sum(spec, dxp, w, acc_dtype)
     n = spec.num_spatial
-    valid = ConvSpec.from_lax(dxp.shape, w.shape, spec.window_strides, ((0, 0),) * n,
-                              (1,) * n, spec.rhs_dilation, canonical_layouts(n),
-                              spec.feature_group_count)
+    valid = dataclasses.replace(spec, lhs_shape=dxp.shape, padding=((0, 0),) * n,
+                                lhs_dilation=(1,) * n)  # the padded input's VALID convolution
     grad, kernel = valid.input_gradient(), valid.flip_kernel(w)
 
     def gradient(ct: jax.Array) -> jax.Array:
