@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._sharding import partition_factor, vary_like
+from ._sharding import partition_factor, transposed, vary_like
 from ._spec import ConvSpec
 from .strategies import STRATEGIES, hybrid, scatter, winograd
 from .strategies._common import Geometry, in_batch_chunks, offsets, pad_input, window_slice
@@ -287,13 +287,9 @@ def input_tangent(
         return lower(grad_spec, ct, kernel, precision=precision,
                      acc_dtype=acc_dtype).astype(dx.dtype)
 
-    # its transpose, by reverse mode (a lowering with its own JVP rule, such as `pallas`,
-    # transposes through that); the values at zero are never used, and the zeros vary
-    # over the `shard_map` axes `dx` does (else the transpose would sum over them)
-    zeros = vary_like(jnp.zeros(spec.canonical_out_shape, dx.dtype), dx)
-    _, transpose = jax.vjp(gradient, zeros)
-    (tangent,) = transpose(dx)
-    return tangent.astype(acc_dtype)
+    # its transpose (a lowering with its own JVP rule, such as `pallas`, transposes
+    # through that)
+    return transposed(gradient, spec.canonical_out_shape, dx.dtype, dx).astype(acc_dtype)
 
 
 WINOGRAD_KERNEL_GRADIENT_DEPTH = 3

@@ -143,6 +143,17 @@ def vary_like(x: jax.Array, *refs: jax.Array) -> jax.Array:
     return _vary(x, tuple(axes)) if axes else x
 
 
+def transposed(fn: Callable[[jax.Array], jax.Array], shape: tuple[int, ...],
+               dtype: jax.typing.DTypeLike, t: jax.Array) -> jax.Array:
+    """The transpose of the linear map `fn` (from arrays of `shape` and `dtype`) applied to
+    ``t``, by reverse mode: the values at zero are never used, and the zeros vary over the
+    `shard_map` axes ``t`` does (else the transpose would sum over them). Reverse mode of
+    the result runs `fn` itself."""
+    _, transpose = jax.vjp(fn, vary_like(jnp.zeros(shape, dtype), t))
+    (out,) = transpose(t)
+    return out
+
+
 def exchange_halo(x: jax.Array, axis: int, axes: Axes, mesh: AbstractMesh | Mesh, lo: int,
                   hi: int) -> jax.Array:
     """``x`` (one device's block) extended along `axis` by the last `lo` rows of the

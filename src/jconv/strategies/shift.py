@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from .._sharding import vary_like
+from .._sharding import transposed, vary_like
 from .._spec import ConvSpec
 from ._common import (
     Cost,
@@ -229,10 +229,7 @@ def _input_tangent(spec: ConvSpec, acc_dtype: jnp.dtype, w: jax.Array, dxp: jax.
     def gradient(ct: jax.Array) -> jax.Array:
         return _depthwise_sum(grad, *_line_padded(grad, pad_input(grad, ct), kernel), acc_dtype)
 
-    # the values at zero are never used; the zeros vary over the `shard_map` axes `dxp` does
-    zeros = vary_like(jnp.zeros(valid.canonical_out_shape, acc_dtype), dxp)
-    (tangent,) = jax.vjp(gradient, zeros)[1](dxp.astype(acc_dtype))
-    return tangent
+    return transposed(gradient, valid.canonical_out_shape, acc_dtype, dxp.astype(acc_dtype))
 
 
 _depthwise.defjvp(_depthwise_jvp, symbolic_zeros=True)
