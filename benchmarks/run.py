@@ -118,6 +118,7 @@ CASES = [
 USER_CASES = [
     Case("MNIST 3x3 32->64 14^2 b64", (64, 14, 14, 32), (3, 3), 64),
     Case("MNIST 3x3 32 28^2 b64", (64, 28, 28, 32), (3, 3), 32),
+    Case("CIFAR 3x3 3->16 b128", (128, 32, 32, 3), (3, 3), 16),
     Case("CIFAR 3x3 16 32^2 b128", (128, 32, 32, 16), (3, 3), 16),
     Case("CIFAR 3x3 32 32^2 b128", (128, 32, 32, 32), (3, 3), 32),
     Case("CIFAR 3x3 64 32^2 b128", (128, 32, 32, 64), (3, 3), 64),
@@ -126,6 +127,7 @@ USER_CASES = [
     Case("CIFAR 3x3/2 16->32 b128", (128, 32, 32, 16), (3, 3), 32, stride=2),
     Case("CIFAR 3x3/2 32->64 b128", (128, 32, 32, 32), (3, 3), 64, stride=2),
     Case("CIFAR 3x3/2 64->128 16^2 b128", (128, 16, 16, 64), (3, 3), 128, stride=2),
+    Case("RGB 3x3/2 3->32 224^2 b8", (8, 224, 224, 3), (3, 3), 32, stride=2),
     Case("U-Net 3x3 16 256^2 b1", (1, 256, 256, 16), (3, 3), 16),
     Case("U-Net 3x3 32 128^2 b4", (4, 128, 128, 32), (3, 3), 32),
     Case("narrow 3x3 8 330^2 b1", (1, 330, 330, 8), (3, 3), 8),
@@ -133,7 +135,7 @@ USER_CASES = [
     Case("5x5 32->64 28^2 b32", (32, 28, 28, 32), (5, 5), 64),
 ]
 """``--cases users``: layers at the sizes users train them (MNIST and CIFAR classifiers at
-their usual batches, U-Net levels, narrow layers over large images), to check the planner
+their usual batches, an RGB stem, U-Net levels, narrow layers over large images), to check the planner
 beyond the suite's shapes."""
 CASE_SETS = {"suite": CASES, "users": USER_CASES}
 

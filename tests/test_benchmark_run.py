@@ -163,8 +163,8 @@ def test_fit_rates_recovers_the_rates_that_rank_a_sweep(monkeypatch: pytest.Monk
     # an accelerator's table (no first touch, which the fit keeps): five rates to search
     base = _model.Rates(**{**vars(_model.RATES["cpu"]), "first_touch_bytes_per_s": math.inf})
     truth = _model.Rates(**{**vars(base), "gemm_knee": 8 * base.gemm_knee})
-    names = ("stem 7x7/2 C_in=3", "3-D 3x3x3 C=32 16^3", "dense 3x3 C=16", "grouped g=4 C=128",
-             "1-D k=3 C=64 L=4096", "dense 3x3 C=64")
+    names = ("CIFAR 3x3/2 16->32 b128", "3-D 3x3x3 C=32 16^3", "dense 3x3 C=16",
+             "grouped g=4 C=128", "1-D k=3 C=64 L=4096", "dense 3x3 C=64")
 
     def timed_as(rates: _model.Rates) -> list[dict[str, Any]]:
         """The sweep of `names` whose forward times are those `rates` predict."""

@@ -4,9 +4,10 @@
 ``prod(window) * C_g`` elementwise multiply-adds that XLA fuses into one loop over the
 output: no slice, no product is stored. Its autodiff, however, keeps output-sized
 buffers per term (measured: 2*terms+1 outputs per layer), so the planner uses it for
-thin groups only (``1 < C_g <= MAX_PLANNED_CG``), where a dot would have a contraction of
-size ``C_g`` and could not use the matrix units anyway (depthwise convolutions, ``C_g = 1``,
-are planned on `shift`'s fused path instead).
+undifferentiated calls over few input channels per group only (``1 < C_g <=
+MAX_PLANNED_CG``: thin groups, and dense layers over RGB images or a few feature maps),
+where a dot would have a contraction of size ``C_g`` and could not use the matrix units
+anyway (depthwise convolutions, ``C_g = 1``, are planned on `shift`'s fused path instead).
 """
 
 from __future__ import annotations
@@ -53,6 +54,13 @@ BACKWARD = 17.0
 """Gradients over the forward's predicted arithmetic: autodiff keeps a buffer per term."""
 BACKWARD_COPY = 17.0
 """Gradients over the forward's predicted copies (none are predicted)."""
+UNROLL_BASE = 0.45
+UNROLL_PER_TERM = 0.006
+"""The predicted time per multiply-add, on the elementwise rate, is ``UNROLL_BASE +
+UNROLL_PER_TERM * terms``: the more terms the loop unrolls (each reads another input
+element), the slower each. Measured over 26 dense and grouped layers on the CPU, on the
+scale of the other lowerings' predictions: 0.6 at 27 terms (3x3 over 3 channels), about 1
+at 72 (3x3 over 8), 1.5-2 at 216 (3x3x3 over 8)."""
 MAX_TERMS = 512
 """Largest ``prod(window) * C_g`` this lowering unrolls (the traced graph grows with it)."""
 
@@ -139,9 +147,12 @@ def formula(num_spatial: int) -> Cost:
 
 
 def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Prediction:
-    """Fused multiply-adds at the elementwise rate for thin groups (``1 < C_g <=
-    MAX_PLANNED_CG``, more than one group); `NEVER` otherwise."""
-    if not (spec.groups > 1 and 1 < spec.group_in_features <= MAX_PLANNED_CG):
+    """Fused multiply-adds at the elementwise rate, slower the more terms the loop unrolls
+    (`UNROLL_PER_TERM`), for few input channels per group (``1 < C_g <=
+    MAX_PLANNED_CG``); `NEVER` otherwise."""
+    if not 1 < spec.group_in_features <= MAX_PLANNED_CG:
         return NEVER
-    flops = float(cost(spec, dtype).flops)
-    return Prediction.scaled(elementwise_seconds(flops), 0.0, BACKWARD, BACKWARD_COPY)
+    terms = spec.taps * spec.group_in_features
+    seconds = elementwise_seconds(float(cost(spec, dtype).flops))
+    return Prediction.scaled(seconds * (UNROLL_BASE + UNROLL_PER_TERM * terms), 0.0,
+                             BACKWARD, BACKWARD_COPY)
