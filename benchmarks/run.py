@@ -135,8 +135,8 @@ USER_CASES = [
     Case("5x5 32->64 28^2 b32", (32, 28, 28, 32), (5, 5), 64),
 ]
 """``--cases users``: layers at the sizes users train them (MNIST and CIFAR classifiers at
-their usual batches, an RGB stem, U-Net levels, narrow layers over large images), to check the planner
-beyond the suite's shapes."""
+their usual batches, an RGB stem, U-Net levels, narrow layers over large images), to check
+the planner beyond the suite's shapes."""
 CASE_SETS = {"suite": CASES, "users": USER_CASES}
 
 
