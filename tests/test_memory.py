@@ -32,10 +32,13 @@ from jax import lax
 
 import jconv
 from jconv import ConvSpec, planner
-from jconv.strategies import STRATEGIES, Geometry, scatter, shift
+from jconv.strategies import STRATEGIES, Geometry, dft, scatter, shift
 
 TOL = 0.25
 F32 = jnp.dtype(jnp.float32)
+TIE_BYTES = 1
+"""The predicate that orders a lowering's kernel copies after its input
+(`jconv._engine._never`): one byte, where a lowering copies a kernel of several taps."""
 
 # (input, window, F, strides, padding, rhs_dilation, feature groups)
 TABLE = [
@@ -82,9 +85,14 @@ def test_predicted_temp_bytes_match_xla(row: tuple) -> None:
         if name == "fft" and g > 1:
             assert measured <= predicted * (1 + TOL), (name, measured, predicted)
         elif predicted == 0:
-            assert measured == 0, (name, measured)
+            assert measured <= TIE_BYTES, (name, measured)
+        elif name == "dft":  # XLA fuses small mixing matrices (2 T C_g F float32s) into products
+            mixing = 8 * dft.tile_length(spec) * spec.group_in_features * spec.group_out_features
+            assert any(abs(measured - p) <= TOL * p + TIE_BYTES
+                       for p in (predicted, predicted - mixing)), (name, measured, predicted)
         else:
-            assert abs(measured - predicted) <= TOL * predicted, (name, measured, predicted)
+            assert abs(measured - predicted) <= TOL * predicted + TIE_BYTES, (
+                name, measured, predicted)
         checked += 1
     assert checked >= 4
 
@@ -124,8 +132,8 @@ def test_depthwise_scatter_stores_its_products_from_16_taps(row: tuple) -> None:
         a, b, (1,) * ns, "SAME", None, None, _dn(ns), c, strategy="scatter"), x, w)
     predicted = float(scatter.cost(spec).temp_bytes)
     stored = spec.taps > scatter.FUSED_DEPTHWISE_TAPS
-    assert (measured > 0) == (predicted > 0) == stored
-    assert abs(measured - predicted) <= TOL * predicted
+    assert (measured > TIE_BYTES) == (predicted > 0) == stored
+    assert abs(measured - predicted) <= TOL * predicted + TIE_BYTES
 
 
 def test_patches_tensor_is_window_times_input() -> None:
@@ -345,3 +353,34 @@ def test_kernel_copies_wait_for_their_layer(strategy: str, batched: bool) -> Non
     got = jax.jit(ours)(x, ws)
     want = jax.jit(lax_chain)(x, ws)
     assert float(jnp.max(jnp.abs(got - want))) <= 1e-4 * float(jnp.max(jnp.abs(want)))
+
+
+def test_the_kernel_tie_computes_its_input_once() -> None:
+    """The tie reads its layer's input through one reduction (`jconv._engine._never`): XLA
+    computes it once, where an element read into the select was fused into every element
+    of the kernel copy, and with it the fused producer of the input. 3x3 in 32 groups on
+    `direct` (72 multiply-adds an output element), a ReLU, then 3x3 to 64 channels on
+    Winograd: the 72 products appear in direct's loop and in the tie's scalar, where the
+    single element read copied them into each of the ten fusions of the kernel's
+    transform. The values equal lax's."""
+    dn = _dn(2)
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 256), jnp.float32)
+    w1 = jax.random.normal(jax.random.key(1), (3, 3, 8, 256), jnp.float32) / 8
+    w2 = jax.random.normal(jax.random.key(2), (3, 3, 256, 64), jnp.float32) / 48
+
+    def two(conv, first, second):
+        h = jax.nn.relu(conv(x, w1, (1, 1), "SAME", dimension_numbers=dn,
+                             feature_group_count=32, **first))
+        return conv(h, w2, (1, 1), "SAME", dimension_numbers=dn, **second)
+
+    def ours() -> jax.Array:
+        return two(jconv.conv_general_dilated, {"strategy": "direct"},
+                   {"strategy": "winograd"})
+
+    text = jax.jit(ours).lower().compile().as_text()
+    heads = [c.strip().split("\n")[0] for c in text.split("\n\n")
+             if c.count(" multiply(") >= 72]  # direct's loop, whole or at some elements
+    assert len(heads) == 2 and sum(h.endswith("-> pred[] {") for h in heads) == 1, heads
+    want = two(lax.conv_general_dilated, {}, {})
+    np.testing.assert_allclose(jax.jit(ours)(), want, rtol=1e-4,
+                               atol=1e-4 * float(jnp.max(jnp.abs(want))))

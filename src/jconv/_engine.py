@@ -103,18 +103,23 @@ _lower.defjvp(_lower_jvp, symbolic_zeros=True)
 
 @custom_vmap
 def _never(x: jax.Array) -> jax.Array:
-    """False, read off `x`: whether its first element has more one bits than bits.
+    """False, read off `x`: whether its first two elements have more one bits than bits.
 
-    XLA cannot fold it, so whatever depends on it is computed after `x` exists.
+    XLA cannot fold it, so whatever depends on it is computed after `x` exists. It is a
+    reduction, which XLA computes once: one element read into `_after`'s select was fused
+    into every element of the kernel it ties, and with it the fused producer of `x`. 3x3
+    over 8 x 28 x 28 x 256 in 32 groups on `direct` (72 multiply-adds an element), then a
+    ReLU and a 3x3 layer to 64 channels on Winograd (its kernel transform: 10 fusions of
+    16,384 elements): 29.7 ms against 13.0 with the reduction, 6.1 and 6.7 apart.
     """
-    first = x[(0,) * x.ndim]
+    first = x.reshape(-1)[:2]
     if jnp.iscomplexobj(first):
         first = jnp.real(first)
     if first.dtype == jnp.bool_:
         first = first.astype(jnp.uint8)
     width = 8 * first.dtype.itemsize
     bits = lax.bitcast_convert_type(first, jnp.dtype(f"uint{width}"))
-    return lax.population_count(bits) > width
+    return jnp.all(lax.population_count(bits) > width)
 
 
 @_never.def_vmap
