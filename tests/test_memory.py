@@ -12,7 +12,7 @@ buffers are scheduled differently from case to case (0.3x-2.8x of the sum of the
 own models), so only its advantage over computing on the zeros is asserted. A training
 graph's temp bytes grow linearly with depth (the direct lowering is left out: its
 autodiff keeps 2 output-sized buffers per multiply-add term, which is why the planner
-restricts it to thin groups).
+runs it undifferentiated only).
 """
 
 from __future__ import annotations

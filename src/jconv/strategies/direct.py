@@ -32,7 +32,7 @@ from ._common import (
 from ._model import NEVER, Prediction, elementwise_seconds
 
 AUTO = True
-"""`strategy="auto"` may pick the direct lowering (for thin groups, `predict`)."""
+"""`strategy="auto"` may pick the direct lowering (few input channels per group, `predict`)."""
 ACCURACY = "summation"
 """Rounding error of summing the taps in the accumulation dtype (lax's class on the CPU;
 exact on small-integer data)."""
