@@ -59,27 +59,32 @@ def test_thin_groups_use_direct_multiply_adds_undifferentiated_only() -> None:
 @pytest.mark.parametrize(("x", "k", "f", "strides", "want"), [
     ((128, 32, 32, 3), (3, 3), 16, (1, 1), True),  # a CIFAR net's first layer
     ((8, 224, 224, 3), (3, 3), 32, (2, 2), True),  # MobileNet's stem
-    ((1, 330, 330, 8), (3, 3), 8, (1, 1), True),
-    ((2, 32, 32, 32, 4), (3, 3, 3), 8, (1, 1, 1), True),  # 108 terms
-    ((4, 16, 16, 16, 8), (3, 3, 3), 16, (1, 1, 1), False),  # 216 terms
-    ((8, 112, 112, 3), (7, 7), 64, (2, 2), False),  # ResNet's stem, 147 terms
-    ((8, 56, 56, 16), (3, 3), 16, (1, 1), False),  # 16 channels: a dot's depth
+    ((8, 56, 56, 3), (3, 3), 64, (1, 1), True),
+    ((2, 32, 32, 32, 4), (3, 3, 3), 8, (1, 1, 1), True),
+    ((8, 4096, 2), (9,), 64, (1,), True),
+    ((8, 56, 56, 3), (7, 7), 16, (1, 1), False),  # 147 terms
+    ((2, 24, 24, 24, 4), (5, 5, 5), 16, (1, 1, 1), False),  # 500 terms
+    ((8, 56, 56, 8), (3, 3), 16, (1, 1), False),  # 8 channels
+    ((1, 330, 330, 8), (3, 3), 8, (1, 1), False),
+    ((8, 56, 56, 16), (3, 3), 16, (1, 1), False),  # 16: a dot's depth
 ])
 def test_dense_layers_over_few_channels_use_direct_undifferentiated(
         x: tuple[int, ...], k: tuple[int, ...], f: int, strides: tuple[int, ...],
         want: bool) -> None:
-    """A dense layer over 8 or fewer input channels runs `direct` undifferentiated where it
-    measured faster than every other lowering (forward ms, direct against the pick without
-    it: 1.1 against 3.5 on the CIFAR layer, 1.9 against 3.6 on the stem, 2.1 against 3.0
-    (Winograd) on the 330^2 image, 2.4 against 11.4 on the volume) and not where it measured
-    slower: 216 terms (3.8 against accumulate's 2.4, which `direct.UNROLL_PER_TERM` alone
-    overturns) and a 7x7 stem (11.8 against patches' 5.4)."""
+    """A dense layer over at most `direct.MAX_PLANNED_DENSE_C` input channels runs
+    `direct` undifferentiated where it measured faster than every other lowering (forward
+    ms, direct against the pick without it: 1.1 against 3.5 on the CIFAR layer, 1.9
+    against 3.6 on the stem, 0.77 against 0.89, 2.4 against 11.4 on the volume, 0.54
+    against toeplitz's 0.80 in 1-D) and not where it measured slower: many terms (7x7 over
+    3 channels 3.6 against the hybrid's 3.2; 5x5x5 over 4, 111 against patches' 47),
+    which `direct.UNROLL_PER_TERM` alone turns, and over 8 channels (3x3 to 16: 1.32
+    against the hybrid's 0.92)."""
     from jconv.strategies import direct
 
     spec = _spec(x, k, f, window_strides=strides)
     assert (planner.plan(spec, F32) == "direct") is want
     assert planner.plan(spec, F32, differentiated=True) != "direct"
-    if len(k) == 3 and not want:
+    if not want and spec.in_features <= direct.MAX_PLANNED_DENSE_C:
         flat = direct.predict(spec).forward / (
             direct.UNROLL_BASE + direct.UNROLL_PER_TERM * spec.taps * spec.in_features)
         others = min(planner.predict(n, spec).forward for n in planner.candidates(spec, F32)
@@ -111,7 +116,7 @@ def test_transposed_convs_skip_the_zeros_unless_a_kernel_gradient_pays(
 
 @pytest.mark.parametrize(("x", "k", "f"), [
     ((4, 16, 16, 16, 32), (3, 3, 3), 32), ((2, 32, 32, 32, 16), (3, 3, 3), 16),
-    ((8, 8, 8, 8, 64), (3, 3, 3), 64), ((1, 48, 48, 48, 16), (3, 3, 3), 16),
+    ((8, 8, 8, 8, 64), (3, 3, 3), 64), ((1, 48, 48, 48, 8), (3, 3, 3), 8),
     ((8, 4096, 64), (31,), 64)])
 def test_long_windows_sum_their_offsets_in_a_loop(
         x: tuple[int, ...], k: tuple[int, ...], f: int) -> None:
@@ -501,15 +506,14 @@ def test_temporaries_past_the_mmap_threshold_are_priced_as_faulted_in() -> None:
     """A 3x3 layer over one 330 x 330 x 8 image: scatter's 34 MiB of products pass glibc's
     mmap threshold and fault in on every call (its forward measured 2.97x Winograd's);
     Winograd's 17 MiB stay below it. `planner.predict` adds the first touch to the copies
-    past the threshold only, and it turns the differentiated pick from scatter to Winograd
-    (undifferentiated, `direct` stores no product). Accelerators (rates not fitted there)
-    have no first touch."""
+    past the threshold only, and it turns the pick from scatter to Winograd. Accelerators
+    (rates not fitted there) have no first touch."""
     import dataclasses
 
     from jconv.strategies import _model
 
     spec = _spec((1, 330, 330, 8), (3, 3), 8)
-    assert planner.plan(spec, F32, differentiated=True) == "winograd"
+    assert planner.plan(spec, F32) == planner.plan(spec, F32, differentiated=True) == "winograd"
     temp = {n: float(STRATEGIES[n].cost(spec).temp_bytes) for n in ("scatter", "winograd")}
     assert temp["winograd"] < _model.MMAP_THRESHOLD_BYTES < temp["scatter"]
     own = STRATEGIES["scatter"].predict(spec)
@@ -520,7 +524,7 @@ def test_temporaries_past_the_mmap_threshold_are_priced_as_faulted_in() -> None:
     try:
         _model.set_rates(dataclasses.replace(_model.RATES["cpu"],
                                              first_touch_bytes_per_s=math.inf))
-        assert planner.plan(spec, F32, differentiated=True) == "scatter"  # what it overturns
+        assert planner.plan(spec, F32) == "scatter"  # what the first touch overturns
     finally:
         _model.set_rates(None)
     assert math.isinf(_model._from_env(None, "gpu").first_touch_bytes_per_s)

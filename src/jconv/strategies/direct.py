@@ -4,10 +4,11 @@
 ``prod(window) * C_g`` elementwise multiply-adds that XLA fuses into one loop over the
 output: no slice, no product is stored. Its autodiff, however, keeps output-sized
 buffers per term (measured: 2*terms+1 outputs per layer), so the planner uses it for
-undifferentiated calls over few input channels per group only (``1 < C_g <=
-MAX_PLANNED_CG``: thin groups, and dense layers over RGB images or a few feature maps),
-where a dot would have a contraction of size ``C_g`` and could not use the matrix units
-anyway (depthwise convolutions, ``C_g = 1``, are planned on `shift`'s fused path instead).
+undifferentiated calls over few input channels per group only (thin groups, ``1 < C_g <=
+MAX_PLANNED_CG``, and dense layers over RGB images or a few feature maps, ``1 < C <=
+MAX_PLANNED_DENSE_C``), where a dot would have a contraction of size ``C_g`` and could not
+use the matrix units anyway (depthwise convolutions, ``C_g = 1``, are planned on `shift`'s
+fused path instead).
 """
 
 from __future__ import annotations
@@ -49,7 +50,15 @@ the step without the next layer takes 34-39 ms (100 ms while one window read the
 cotangent's producer; 55 with Winograd throughout)."""
 
 MAX_PLANNED_CG = 8
-"""Largest ``C_g`` the planner considers: autodiff stores a product per term."""
+"""Largest ``C_g`` the planner considers for more than one group: autodiff stores a product
+per term."""
+MAX_PLANNED_DENSE_C = 4
+"""Largest input channel count the planner considers for one group. Forward, against the
+fastest other lowering (2-core x86, alternating): over 2-4 channels 0.26-1.04x on 13 layers
+(3x3 over 128 x 32 x 32 x 3 to 16: 1.1 ms against 3.5); over 5-8 channels 0.48-1.69x, losing
+where the outputs are not one vector wide (8 -> 4: 1.35, 8 -> 12: 1.69, 8 -> 16: 1.43, 6 ->
+12: 1.24), which the model does not tell apart from its wins (8 -> 8 over 32 x 28 x 28:
+0.48)."""
 BACKWARD = 17.0
 """Gradients over the forward's predicted arithmetic: autodiff keeps a buffer per term."""
 BACKWARD_COPY = 17.0
@@ -148,9 +157,10 @@ def formula(num_spatial: int) -> Cost:
 
 def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Prediction:
     """Fused multiply-adds at the elementwise rate, slower the more terms the loop unrolls
-    (`UNROLL_PER_TERM`), for few input channels per group (``1 < C_g <=
-    MAX_PLANNED_CG``); `NEVER` otherwise."""
-    if not 1 < spec.group_in_features <= MAX_PLANNED_CG:
+    (`UNROLL_PER_TERM`), for few input channels per group (``1 < C_g <= MAX_PLANNED_CG``
+    in groups, ``1 < C <= MAX_PLANNED_DENSE_C`` in one); `NEVER` otherwise."""
+    most = MAX_PLANNED_CG if spec.groups > 1 else MAX_PLANNED_DENSE_C
+    if not 1 < spec.group_in_features <= most:
         return NEVER
     terms = spec.taps * spec.group_in_features
     seconds = elementwise_seconds(float(cost(spec, dtype).flops))
