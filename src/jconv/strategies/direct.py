@@ -53,12 +53,12 @@ MAX_PLANNED_CG = 8
 """Largest ``C_g`` the planner considers for more than one group: autodiff stores a product
 per term."""
 MAX_PLANNED_DENSE_C = 4
-"""Largest input channel count the planner considers for one group. Forward, against the
-fastest other lowering (2-core x86, alternating): over 2-4 channels 0.26-1.04x on 13 layers
-(3x3 over 128 x 32 x 32 x 3 to 16: 1.1 ms against 3.5); over 5-8 channels 0.48-1.69x, losing
-where the outputs are not one vector wide (8 -> 4: 1.35, 8 -> 12: 1.69, 8 -> 16: 1.43, 6 ->
-12: 1.24), which the model does not tell apart from its wins (8 -> 8 over 32 x 28 x 28:
-0.48)."""
+"""Largest input channel count the planner considers for one group. Forward, against the other
+lowerings timed beside it (2-core x86, alternating): over 2-4 channels 0.21-1.04x on 14
+layers (3x3 over 128 x 32 x 32 x 3 to 16: 1.1 ms against 3.5); over 5-8 channels 0.48-1.69x,
+losing where the outputs are not one vector wide (8 -> 4: 1.35, 8 -> 12: 1.69, 8 -> 16:
+1.43, 6 -> 12: 1.24), which the model does not tell apart from its wins (8 -> 8 over 32 x 28
+x 28: 0.48)."""
 BACKWARD = 17.0
 """Gradients over the forward's predicted arithmetic: autodiff keeps a buffer per term."""
 BACKWARD_COPY = 17.0
