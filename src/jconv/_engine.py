@@ -110,7 +110,8 @@ def _never(x: jax.Array) -> jax.Array:
     into every element of the kernel it ties, and with it the fused producer of `x`. 3x3
     over 8 x 28 x 28 x 256 in 32 groups on `direct` (72 multiply-adds an element), then a
     ReLU and a 3x3 layer to 64 channels on Winograd (its kernel transform: 10 fusions of
-    16,384 elements): 29.7 ms against 13.0 with the reduction, 6.1 and 6.7 apart.
+    16,384 elements): 33-34.5 ms against 21-22.6 with the reduction (alternating in one
+    process), 6.1 and 6.7 apart.
     """
     first = x.reshape(-1)[:2]
     if jnp.iscomplexobj(first):
