@@ -502,7 +502,7 @@ def test_polyphase_phases_avoid_direct_where_it_predicts_fastest() -> None:
     text = jax.jit(lambda a, b: jconv.conv_general_dilated(
         a, b, (1, 1), pads, (2, 2), dimension_numbers=dn, strategy="polyphase")
     ).lower(x, w).compile().as_text()
-    assert " dot(" in text or "custom-call" in text or "ynn" in text
+    assert " dot(" in text  # a direct phase would be elementwise fusions only
 
 
 SCATTER_ROWS = [i for i, c in enumerate(LOWERING_ROWS) if all(s == 1 for s in c.strides)
