@@ -17,8 +17,8 @@ from jconv.strategies import STRATEGIES, Cost, Prediction
 SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "jconv"
 F32 = jnp.dtype(jnp.float32)
 
-# One spec each lowering can run: 1-D for dft and toeplitz, lhs-dilated for polyphase, 2-D
-# 3x3 otherwise.
+# One spec each lowering can run: 1-D for dft and toeplitz, lhs-dilated for polyphase,
+# rhs-dilated for atrous, 2-D 3x3 otherwise.
 SPECS = {
     "dft": ConvSpec.from_lax((2, 64, 8), (9, 8, 8), (1,), "SAME",
                              dimension_numbers=("NWC", "WIO", "NWC")),
@@ -26,6 +26,8 @@ SPECS = {
                                   dimension_numbers=("NWC", "WIO", "NWC")),
     "polyphase": ConvSpec.from_lax((2, 8, 8, 4), (3, 3, 4, 4), (1, 1), ((2, 1), (2, 1)), (2, 2),
                                    dimension_numbers=("NHWC", "HWIO", "NHWC")),
+    "atrous": ConvSpec.from_lax((2, 12, 12, 16), (3, 3, 16, 16), (1, 1), "SAME", None, (2, 2),
+                                dimension_numbers=("NHWC", "HWIO", "NHWC")),
 }
 DEFAULT = ConvSpec.from_lax((2, 12, 12, 8), (3, 3, 8, 8), (1, 1), "SAME",
                             dimension_numbers=("NHWC", "HWIO", "NHWC"))

@@ -91,10 +91,10 @@ def test_a_crop_then_a_pad_matches_the_reference(case: Case, strategy: str) -> N
 
 
 # Together these reach every lowering: 2d_same (winograd), 1d_valid and 1d_depthwise (dft),
-# 1d_lhs_dil and a 2-D lhs-dilated row (polyphase), stride-1 rows (scatter), groups of
-# every kind, 3-D.
+# 1d_lhs_dil and a 2-D lhs-dilated row (polyphase), 1d_rhs_dil (atrous), stride-1 rows
+# (scatter), groups of every kind, 3-D.
 LOW_PRECISION_ROWS = ["2d_all", "3d_mixed", "2d_batch_groups", "1d_depthwise", "2d_same",
-                      "1d_lhs_dil", LOWERING_ROWS[17].name]
+                      "1d_lhs_dil", "1d_rhs_dil", LOWERING_ROWS[17].name]
 
 
 @pytest.mark.parametrize("strategy", ALL)

@@ -197,14 +197,15 @@ def test_depthwise_shift_line_pads_past_l1_and_differentiates_exactly(row: int) 
     assert (wide in input_gradient) == padded
 
 
-@pytest.mark.parametrize("strides", [(1, 2), (1, 1)])
-def test_integer_inputs_exact(strides: tuple[int, int]) -> None:
+@pytest.mark.parametrize(("strides", "dilation"), [((1, 2), (1, 1)), ((1, 1), (1, 1)),
+                                                   ((1, 1), (2, 1))])
+def test_integer_inputs_exact(strides: tuple[int, int], dilation: tuple[int, int]) -> None:
     """Integer convolutions are exact in every lowering that accepts integers."""
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.integers(-5, 5, (2, 7, 6, 4)), jnp.int32)
     w = jnp.asarray(rng.integers(-3, 3, (3, 3, 2, 4)), jnp.int32)
-    kw = dict(window_strides=strides, padding="SAME", dimension_numbers=_dn(2),
-              feature_group_count=2)
+    kw = dict(window_strides=strides, padding="SAME", rhs_dilation=dilation,
+              dimension_numbers=_dn(2), feature_group_count=2)
     want = np.asarray(
         lax.conv_general_dilated(x.astype(jnp.float32), w.astype(jnp.float32), **kw)
     ).round().astype(np.int32)
@@ -213,7 +214,9 @@ def test_integer_inputs_exact(strides: tuple[int, int]) -> None:
         if STRATEGIES[name].applicable(spec, jnp.dtype(jnp.int32)) is not None:
             strided = {"scatter"} if 2 in strides else set()
             dense = {"pallas", "toeplitz"}  # feature groups (toeplitz: also 1-D only)
-            assert name in {"winograd", "winograd4", "fft", "dft", "polyphase"} | strided | dense
+            undilated = {"atrous"} if dilation == (1, 1) else set()
+            assert name in ({"winograd", "winograd4", "fft", "dft", "polyphase"} | strided
+                            | dense | undilated)
             continue
         got = jconv.conv_general_dilated(x, w, **kw, strategy=name)
         assert got.dtype == jnp.int32
@@ -503,6 +506,70 @@ def test_polyphase_phases_avoid_direct_where_it_predicts_fastest() -> None:
         a, b, (1, 1), pads, (2, 2), dimension_numbers=dn, strategy="polyphase")
     ).lower(x, w).compile().as_text()
     assert " dot(" in text  # a direct phase would be elementwise fusions only
+
+
+@pytest.mark.parametrize(("xs", "ws", "dilation", "pads", "groups"), [
+    ((2, 13, 11, 8), (3, 3, 8, 6), (2, 3), ((2, 2), (3, 3)), 1),
+    ((2, 12, 12, 8), (3, 2, 4, 6), (2, 2), ((1, -1), (3, 0)), 2),
+    ((3, 40, 4), (3, 4, 5), (4,), ((4, 3),), 1),
+    ((1, 7, 6, 8, 2), (2, 3, 2, 2, 3), (2, 1, 3), ((1, 1), (2, 2), (0, 3)), 1),
+])
+def test_atrous_is_one_dense_convolution_of_the_phase_images(
+        xs: tuple[int, ...], ws: tuple[int, ...], dilation: tuple[int, ...],
+        pads: tuple[tuple[int, int], ...], groups: int) -> None:
+    """Atrous runs a dilated convolution as one undilated VALID one over ``N * prod(d)``
+    phase images (`atrous.inner_spec`): on small integers its values and both gradients are
+    lax's exactly (uneven dilations, negative padding, groups, 1-D and 3-D), and its cost is
+    its own copies (`atrous.cost_of` on the phase images) plus the inner lowering's."""
+    from jconv.strategies import atrous
+
+    ns = len(dilation)
+    dn = _dn(ns)
+    spec = ConvSpec.from_lax(xs, ws, (1,) * ns, pads, None, dilation, dn, groups)
+    inner = atrous.inner_spec(spec)
+    assert inner.batch == xs[0] * math.prod(dilation) and inner.rhs_shape == ws
+    assert inner.rhs_dilation == (1,) * ns and inner.padding == ((0, 0),) * ns
+    own = atrous.inner_lowering(inner, jnp.float32)
+    c, base = atrous.cost(spec), atrous.cost_of(Geometry.from_spec(inner))
+    assert c.flops == own.cost(inner).flops
+    assert c.temp_bytes == base.temp_bytes + own.cost(inner).temp_bytes
+
+    rng = np.random.default_rng(len(xs))
+    x = jnp.asarray(rng.integers(-3, 4, xs), jnp.float32)
+    w = jnp.asarray(rng.integers(-3, 4, ws), jnp.float32)
+    ct = jnp.asarray(rng.integers(-3, 4, spec.out_shape), jnp.float32)
+
+    def run(conv: Any, **kw: Any) -> Any:
+        def f(a: jax.Array, b: jax.Array) -> jax.Array:
+            return conv(a, b, (1,) * ns, pads, None, dilation, dn, groups, **kw)
+        y, vjp = jax.vjp(f, x, w)
+        return y, *vjp(ct)
+
+    for got, want in zip(jax.jit(lambda: run(jconv.conv_general_dilated,
+                                             strategy="atrous"))(),
+                         run(lax.conv_general_dilated, precision=HI), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_atrous_plans_a_dilated_layer_on_winograd_phase_images() -> None:
+    """A dilated 3x3 layer over 64 channels (the benchmark's) plans atrous, forward and
+    differentiated, and runs its phase images on Winograd, with fewer FLOPs than the
+    dilated taps; its kernel gradient is that of the inner convolution after Winograd
+    (`jconv._gradients.kernel_gradient_conv`), over the phase images."""
+    from jconv import _gradients, planner
+    from jconv.strategies import atrous, winograd
+
+    dn = _dn(2)
+    spec = ConvSpec.from_lax((8, 28, 28, 64), (3, 3, 64, 64), (1, 1), "SAME", None, (2, 2), dn)
+    assert planner.plan(spec, jnp.float32) == "atrous"
+    assert planner.plan(spec, jnp.float32, differentiated=True) == "atrous"
+    inner = atrous.inner_spec(spec)
+    assert inner.lhs_shape == (32, 16, 16, 64) and inner.out_spatial == (14, 14)
+    assert atrous.inner_lowering(inner, jnp.float32) is winograd
+    assert float(atrous.cost(spec).flops) < 2 * spec.macs / 2
+    on, by = _gradients.kernel_gradient_conv(spec, "atrous", jnp.float32)
+    assert (on, by) == (inner, "winograd")
+    assert _gradients.kernel_gradient_conv(spec, "scatter", jnp.float32) == (spec, "scatter")
 
 
 SCATTER_ROWS = [i for i, c in enumerate(LOWERING_ROWS) if all(s == 1 for s in c.strides)

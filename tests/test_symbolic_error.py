@@ -37,8 +37,9 @@ from jconv.symbolic import (
 MIN_RATIO = 1e-4
 """Least observed error over bound (largest over the nonnegative outputs) a bound must reach."""
 
-# name: (lhs, kernel, strides, padding, lhs_dilation, groups); channels last. The phases of
-# the lhs-dilated ones are 1-D windows of 8 and 7 taps (within `dft`'s range) and 3x3.
+# name: (lhs, kernel, strides, padding, lhs_dilation, groups[, rhs_dilation]); channels
+# last. The phases of the lhs-dilated ones are 1-D windows of 8 and 7 taps (within `dft`'s
+# range) and 3x3; the rhs-dilated 3x3's phase images (`atrous`) run on Winograd.
 CASES: dict[str, tuple[Any, ...]] = {
     "3x3": ((1, 8, 8, 16), (3, 3, 16, 4), (1, 1), "SAME", (1, 1), 1),
     "3x3-strided": ((1, 9, 9, 8), (3, 3, 8, 4), (2, 2), "SAME", (1, 1), 1),
@@ -47,12 +48,13 @@ CASES: dict[str, tuple[Any, ...]] = {
     "5x5-depthwise": ((1, 8, 8, 4), (5, 5, 1, 4), (1, 1), "SAME", (1, 1), 4),
     "1d-k15-transposed": ((1, 24, 16), (15, 16, 8), (1,), ((7, 8),), (2,), 1),
     "6x6-transposed": ((1, 5, 5, 4), (6, 6, 4, 4), (1, 1), ((5, 5), (5, 5)), (2, 2), 1),
+    "3x3-dilated": ((1, 14, 14, 16), (3, 3, 16, 4), (1, 1), "SAME", (1, 1), 1, (2, 2)),
 }
 
 
 def _setup(name: str) -> tuple[ConvSpec, np.ndarray, np.ndarray, dict[str, Any]]:
     """The case with ``x, |x|`` on the batch and ``w, |w|`` on each group's features."""
-    lhs, rhs, strides, padding, lhs_d, groups = CASES[name]
+    lhs, rhs, strides, padding, lhs_d, groups, *rhs_d = CASES[name]
     rng = np.random.default_rng(list(CASES).index(name))
     x = rng.standard_normal(lhs).astype(np.float32)
     w = rng.standard_normal(rhs).astype(np.float32)
@@ -60,8 +62,9 @@ def _setup(name: str) -> tuple[ConvSpec, np.ndarray, np.ndarray, dict[str, Any]]
     wg = w.reshape(*rhs[:-1], groups, rhs[-1] // groups)
     w = np.concatenate([wg, np.abs(wg)], axis=-1).reshape(*rhs[:-1], 2 * rhs[-1])
     kw = {"window_strides": strides, "padding": padding, "lhs_dilation": lhs_d,
+          "rhs_dilation": rhs_d[0] if rhs_d else None,
           "dimension_numbers": canonical_layouts(len(strides)), "feature_group_count": groups}
-    spec = ConvSpec.from_lax(x.shape, w.shape, strides, padding, lhs_d, None,
+    spec = ConvSpec.from_lax(x.shape, w.shape, strides, padding, lhs_d, kw["rhs_dilation"],
                              kw["dimension_numbers"], groups)
     return spec, x, w, kw
 

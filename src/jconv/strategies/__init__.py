@@ -25,7 +25,7 @@ pad, slice, reshape and einsum/`dot_general` (FFTs for `fft`). Each module state
 modules' interface above is stable for those who study or extend the lowerings.
 
 >>> sorted(STRATEGIES)[:3]
-['accumulate', 'dft', 'direct']
+['accumulate', 'atrous', 'dft']
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from jax import lax
 from .._spec import ConvSpec
 from . import (
     accumulate,
+    atrous,
     dft,
     direct,
     fft,
@@ -89,6 +90,7 @@ STRATEGIES: dict[str, Lowering] = {
     "fft": fft,
     "dft": dft,
     "polyphase": polyphase,
+    "atrous": atrous,
     "scatter": scatter,
     "pallas": pallas,
     "toeplitz": toeplitz,

@@ -34,7 +34,10 @@ adds one, a channel sum of ``C_g`` products ``C_g``.
   (about 1e-16) in the stored matrices add the terms they make, bounded by ``y_abs``
   evaluated with and without them;
 - ``polyphase``: each output is one phase's output (the phases' sum adds zeros), so its
-  bound is that of the lowering that runs its phase (`polyphase.phase_lowering`).
+  bound is that of the lowering that runs its phase (`polyphase.phase_lowering`);
+- ``atrous``: each output is one output of its inner convolution over the phase images
+  (the split and interleave only move values), so its bound is the inner lowering's
+  (`atrous.inner_lowering`) on the phase images.
 
 Normwise bound (``fft``, per output map, in the 2-norm over its positions): Theorem 24.2
 (radix-2 Cooley-Tukey: ``||fl(FFT x) - FFT x|| <= (S eta / (1 - S eta)) ||FFT x||``,
@@ -63,6 +66,7 @@ rounding (chains below 2**22 roundings at ``2**-53``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -76,7 +80,7 @@ import numpy as np
 import sympy as sp
 
 from .._spec import ConvSpec, canonical_layouts
-from ..strategies import STRATEGIES, dft, fft, polyphase, winograd, winograd4
+from ..strategies import STRATEGIES, atrous, dft, fft, polyphase, winograd, winograd4
 from .error import UNIT_ROUNDOFF, gamma
 from .layer import Formula
 
@@ -119,7 +123,7 @@ class ErrorBound:
     spec's numbers; ``scale`` says what the factor multiplies; ``parts`` the sub-formulas
     the formula names (``fft``: ``epsilon``, the transforms' normwise bound, at one axis of
     ``S`` stages; its value is over every axis); ``phases`` (``polyphase``) each output
-    phase's bound. `evaluate` gives numbers.
+    phase's bound; ``inner`` (``atrous``) its inner convolution's. `evaluate` gives numbers.
     """
 
     lowering: str
@@ -131,6 +135,7 @@ class ErrorBound:
     dtype: str = "float32"
     phases: tuple[tuple[tuple[int, ...], ErrorBound], ...] = field(default=(), repr=False)
     parts: tuple[Formula, ...] = field(default=(), repr=False)
+    inner: ErrorBound | None = field(default=None, repr=False)
 
     def evaluate(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
         """The bound for operands ``x`` and ``w`` in the spec's (user) layouts:
@@ -154,6 +159,8 @@ class ErrorBound:
         componentwise bounds come as ``(N_out, *out, F)``."""
         if self.lowering == "polyphase":
             return _polyphase_evaluate(self, x, w)
+        if self.inner is not None:
+            return _atrous_evaluate(self, self.inner, x, w)
         if self.lowering == "fft":
             return _fft_evaluate(self, x, w)
         factor = float(sp.sympify(self.formula.value).subs(_Y_ABS, 1))
@@ -223,6 +230,8 @@ def error_bound(
                           Formula("error_bound", _fft_expr(_EPS, _L, v != 0), value),
                           "A1, A2, A3: sums over channels of norms of x_c and w_c", spec, name,
                           parts=(eps,))
+    if lowering == "atrous":
+        return _atrous_bound(spec, name)
     return _polyphase_bound(spec, name)
 
 
@@ -626,3 +635,27 @@ def _polyphase_evaluate(bound: ErrorBound, x: np.ndarray, w: np.ndarray) -> np.n
         sq += b * b
     return y if bound.kind == "componentwise" else np.sqrt(sq) * SAFETY
 
+
+
+# ------------------------------------------------------------------ atrous
+def _atrous_bound(spec: ConvSpec, dtype: str) -> ErrorBound:
+    """The inner convolution's bound (`atrous.inner_spec`), by the lowering
+    `atrous.inner_lowering` picks for it."""
+    names = {m: k for k, m in STRATEGIES.items()}
+    inner = atrous.inner_spec(spec)
+    b = error_bound(names[atrous.inner_lowering(inner, dtype)], inner, dtype)
+    return dataclasses.replace(b, lowering="atrous", spec=spec, inner=b,
+                               scale=f"the inner convolution's ({b.lowering}): {b.scale}")
+
+
+def _atrous_evaluate(bound: ErrorBound, inner: ErrorBound, x: np.ndarray,
+                     w: np.ndarray) -> np.ndarray:
+    """The inner bound on the phase images (`atrous.to_phases`, in float64), interleaved
+    (componentwise; `atrous.from_phases`)."""
+    spec = bound.spec
+    xp = _padded(spec, x)
+    q = [-(-p // d) for p, d in zip(spec.padded_in, spec.rhs_dilation, strict=True)]
+    xp = np.pad(xp, [(0, 0), *((0, qi * d - p) for qi, d, p in
+                               zip(q, spec.rhs_dilation, spec.padded_in, strict=True)), (0, 0)])
+    xs = atrous.split_phases(spec, xp)
+    return atrous.from_phases(spec, inner.evaluate_canonical(xs, w))

@@ -49,8 +49,9 @@ def lowering_cost_formula(name: str, num_spatial: int) -> Cost:
     The symbolic window is general (a numeric 1x1 kernel without padding or strides makes
     no slice copies); for the FFT the transform lengths are the padded sizes ``p_i``, for
     dft (1-D only) the tile length is the symbol ``T``, for polyphase the phase count is
-    ``S``; for scatter ``spread`` is 1 where it multiplies only the real input samples and
-    spreads the products, 0 where it multiplies every padded position and slices them;
+    ``S`` (polyphase and atrous: their own copies, not their inner lowerings'); for
+    scatter ``spread`` is 1 where it multiplies only the real input samples and spreads
+    the products, 0 where it multiplies every padded position and slices them;
     for toeplitz (1-D only) the outputs per row are ``R``, the stride ``s`` and the rhs
     dilation ``d``. winograd is 1-D (F(2, 3)) and 2-D, winograd4 2-D only. ValueError for
     an unknown name or a rank the lowering lacks.
