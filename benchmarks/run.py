@@ -133,10 +133,13 @@ USER_CASES = [
     Case("narrow 3x3 8 330^2 b1", (1, 330, 330, 8), (3, 3), 8),
     Case("narrow 3x3 16 128^2 b2", (2, 128, 128, 16), (3, 3), 16),
     Case("5x5 32->64 28^2 b32", (32, 28, 28, 32), (5, 5), 64),
+    Case("DeepLab 3x3 d=6 256 33^2 b4", (4, 33, 33, 256), (3, 3), 256, dilation=6),
+    Case("TCN 1-D k=3 d=4 64 L=8000 b2", (2, 8000, 64), (3,), 64, dilation=4),
 ]
 """``--cases users``: layers at the sizes users train them (MNIST and CIFAR classifiers at
-their usual batches, an RGB stem, U-Net levels, narrow layers over large images), to check
-the planner beyond the suite's shapes."""
+their usual batches, an RGB stem, U-Net levels, narrow layers over large images, a
+DeepLab-style dilated layer and a temporal convolution's dilated one), to check the
+planner beyond the suite's shapes."""
 CASE_SETS = {"suite": CASES, "users": USER_CASES}
 
 

@@ -42,7 +42,7 @@ from jax import lax
 
 from ._sharding import partition_factor, transposed, vary_like
 from ._spec import ConvSpec
-from .strategies import STRATEGIES, atrous, hybrid, scatter, winograd
+from .strategies import STRATEGIES, hybrid, scatter, winograd
 from .strategies._common import Geometry, in_batch_chunks, offsets, pad_input, window_slice
 
 __all__ = [
@@ -56,7 +56,6 @@ __all__ = [
     "blocked",
     "chunk",
     "input_tangent",
-    "kernel_gradient_conv",
     "kernel_tangent",
     "temp_bytes",
     "winograd_kernel_gradient",
@@ -348,19 +347,6 @@ def kernel_gradient_like(spec: ConvSpec, values: str, platform: str) -> str:
     return "patches" if blocked(spec) else "hybrid"
 
 
-def kernel_gradient_conv(spec: ConvSpec, values: str, dtype: jax.typing.DTypeLike
-                         ) -> tuple[ConvSpec, str]:
-    """The convolution whose kernel gradient `kernel_tangent` computes for `spec` after
-    lowering `values` computed the values, and the lowering it follows there: `spec` and
-    `values` themselves, except after `atrous`, whose inner convolution of the phase images
-    (`atrous.inner_spec`) and its lowering (`atrous.inner_lowering`)."""
-    if values != "atrous":
-        return spec, values
-    inner = atrous.inner_spec(spec)
-    names = {m: n for n, m in STRATEGIES.items()}
-    return inner, names[atrous.inner_lowering(inner, dtype)]
-
-
 def kernel_tangent(
     spec: ConvSpec,
     x: jax.Array,
@@ -374,13 +360,7 @@ def kernel_tangent(
     over rematerialised chunks of images (`chunk`) where `lowering` (the values') is
     `winograd` and its transpose pays on the default backend (`winograd_kernel_gradient`);
     else over blocks of outputs where `blocked`; else by the hybrid lowering over chunks
-    (`kernel_gradient_like` names the three); after `atrous`, of its inner convolution
-    over the phase images, interleaved (`kernel_gradient_conv`)."""
-    on, lowering = kernel_gradient_conv(spec, lowering, x.dtype)
-    if on is not spec:
-        return atrous.from_phases(spec, kernel_tangent(
-            on, atrous.to_phases(spec, x), dw, lowering=lowering, precision=precision,
-            acc_dtype=acc_dtype))
+    (`kernel_gradient_like` names the three)."""
     like = kernel_gradient_like(spec, lowering, jax.default_backend())
     lower_padded = hybrid.lower_padded
     if like == "winograd":

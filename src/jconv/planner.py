@@ -215,9 +215,8 @@ def _plan(spec: ConvSpec, dtype: jnp.dtype, budget: int, differentiated: bool,
     platform = jax.default_backend()
 
     def kernel_gradient(values: str) -> float:
-        on, by = _gradients.kernel_gradient_conv(spec, values, dtype)
-        return STRATEGIES[_gradients.kernel_gradient_like(on, by, platform)].predict(
-            on, dtype).forward
+        like = _gradients.kernel_gradient_like(spec, values, platform)
+        return STRATEGIES[like].predict(spec, dtype).forward
 
     return min(options, key=lambda n: predictions[n].forward + kernel_gradient(n))
 
