@@ -99,7 +99,7 @@ CASES: dict[str, tuple] = {
     "auto_mesh2d": ("auto", (2, 4), ("b", "f"), (8, 16, 16, 16), "NHWC", P("b"),
                     (3, 3, 16, 32), P(None, None, None, "f"), None, (1, 1), "SAME", None),
     "auto_height_strided": ("auto", (8,), ("d",), (4, 64, 64, 8), "NHWC", P(None, "d"),
-                            (3, 3, 8, 8), P(), None, (2, 2), "SAME", None),
+                            (3, 3, 8, 16), P(), None, (2, 2), "SAME", None),
     "auto_channels": ("auto", (8,), ("d",), (4, 16, 16, 32), "NHWC", P(None, None, None, "d"),
                       (3, 3, 32, 16), P(None, None, "d", None), None, (1, 1), "SAME", None),
     "auto_height_width": ("auto", (2, 4), ("a", "b"), (4, 32, 32, 8), "NHWC",

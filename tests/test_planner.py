@@ -64,21 +64,28 @@ def test_thin_groups_use_direct_multiply_adds_undifferentiated_only() -> None:
     ((8, 4096, 2), (9,), 64, (1,), True),
     ((8, 56, 56, 3), (7, 7), 16, (1, 1), False),  # 147 terms
     ((2, 24, 24, 24, 4), (5, 5, 5), 16, (1, 1, 1), False),  # 500 terms
-    ((8, 56, 56, 8), (3, 3), 16, (1, 1), False),  # 8 channels
-    ((1, 330, 330, 8), (3, 3), 8, (1, 1), False),
+    ((8, 56, 56, 8), (3, 3), 16, (1, 1), False),  # 8 channels into two vectors
+    ((8, 56, 56, 8), (3, 3), 12, (1, 1), False),
+    ((8, 56, 56, 8), (3, 3), 4, (1, 1), False),  # half a vector: costs a whole one
+    ((1, 330, 330, 8), (3, 3), 8, (1, 1), True),  # 8 channels into one vector
+    ((128, 32, 32, 8), (3, 3), 8, (1, 1), True),
+    ((4, 64, 64, 5), (3, 3), 8, (1, 1), True),
     ((8, 56, 56, 16), (3, 3), 16, (1, 1), False),  # 16: a dot's depth
 ])
 def test_dense_layers_over_few_channels_use_direct_undifferentiated(
         x: tuple[int, ...], k: tuple[int, ...], f: int, strides: tuple[int, ...],
         want: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A dense layer over at most `direct.MAX_PLANNED_DENSE_C` input channels runs
-    `direct` undifferentiated where it measured faster than every other lowering (forward
-    ms, direct against the pick without it: 1.1 against 3.5 on the CIFAR layer, 1.9
-    against 3.6 on the stem, 0.77 against 0.89, 2.4 against 11.4 on the volume, 0.54
-    against toeplitz's 0.80 in 1-D) and not where it measured slower: many terms (7x7 over
-    3 channels 3.6 against the hybrid's 3.2; 5x5x5 over 4, 111 against patches' 47),
-    which `direct.UNROLL_PER_TERM` alone turns, and over 8 channels (3x3 to 16: 1.32
-    against the hybrid's 0.92)."""
+    """A dense layer over at most `direct.MAX_PLANNED_DENSE_C` input channels, or
+    `direct.MAX_PLANNED_VECTOR_C` into one vector of features, runs `direct`
+    undifferentiated where it measured faster than every other lowering (forward ms,
+    direct against the pick without it: 1.1 against 3.5 on the CIFAR layer, 1.9 against
+    3.6 on the stem, 0.77 against 0.89, 2.4 against 11.4 on the volume, 0.54 against
+    toeplitz's 0.80 in 1-D; over 8 channels to 8, 2.2 against Winograd's 3.1 and 2.6
+    against scatter's 5.2; 5 -> 8, 0.33 against 0.77) and not where it measured slower:
+    many terms (7x7 over 3 channels 3.6 against the hybrid's 3.2; 5x5x5 over 4, 111 against
+    patches' 47), which `direct.UNROLL_PER_TERM` alone turns, and over 8 channels into more
+    than one vector (to 16: 1.35 against the hybrid's 1.03; to 12: 1.38 against 1.23) or
+    into half of one (to 4: 0.64 against scatter's 0.57, `direct.VECTOR_BYTES`)."""
     from jconv.strategies import direct
 
     spec = _spec(x, k, f, window_strides=strides)
@@ -120,7 +127,7 @@ def test_transposed_convs_skip_the_zeros_unless_a_kernel_gradient_pays(
 
 @pytest.mark.parametrize(("x", "k", "f"), [
     ((4, 16, 16, 16, 32), (3, 3, 3), 32), ((2, 32, 32, 32, 16), (3, 3, 3), 16),
-    ((8, 8, 8, 8, 64), (3, 3, 3), 64), ((1, 48, 48, 48, 8), (3, 3, 3), 8),
+    ((8, 8, 8, 8, 64), (3, 3, 3), 64), ((1, 48, 48, 48, 8), (3, 3, 3), 16),
     ((8, 4096, 64), (31,), 64)])
 def test_long_windows_sum_their_offsets_in_a_loop(
         x: tuple[int, ...], k: tuple[int, ...], f: int) -> None:
@@ -507,19 +514,21 @@ def test_dense_gradients_under_vmap_checkpoint_and_bfloat16() -> None:
 
 
 def test_temporaries_past_the_mmap_threshold_are_priced_as_faulted_in() -> None:
-    """A 3x3 layer over one 330 x 330 x 8 image: scatter's 34 MiB of products pass glibc's
-    mmap threshold and fault in on every call (its forward measured 2.97x Winograd's);
-    Winograd's 17 MiB stay below it. `planner.predict` adds the first touch to the copies
-    past the threshold only, and it turns the pick from scatter to Winograd. Accelerators
-    (rates not fitted there) have no first touch."""
+    """A 3x3 layer over one 330 x 330 x 8 image to 16 channels: scatter's 64 MiB of products
+    and the hybrid's 40 MiB of row patches pass glibc's mmap threshold and fault in on
+    every call (forward measured 20.8 and 15.2 ms against Winograd's 4.2); Winograd's 30 MiB
+    stay below it. `planner.predict` adds the first touch to the copies past the threshold
+    only, and it turns the pick from the hybrid to Winograd. Accelerators (rates not fitted
+    there) have no first touch."""
     import dataclasses
 
     from jconv.strategies import _model
 
-    spec = _spec((1, 330, 330, 8), (3, 3), 8)
+    spec = _spec((1, 330, 330, 8), (3, 3), 16)
     assert planner.plan(spec, F32) == planner.plan(spec, F32, differentiated=True) == "winograd"
-    temp = {n: float(STRATEGIES[n].cost(spec).temp_bytes) for n in ("scatter", "winograd")}
-    assert temp["winograd"] < _model.MMAP_THRESHOLD_BYTES < temp["scatter"]
+    temp = {n: float(STRATEGIES[n].cost(spec).temp_bytes)
+            for n in ("scatter", "hybrid", "winograd")}
+    assert temp["winograd"] < _model.MMAP_THRESHOLD_BYTES < min(temp["scatter"], temp["hybrid"])
     own = STRATEGIES["scatter"].predict(spec)
     touched = planner.predict("scatter", spec)
     assert touched.copies == own.copies + temp["scatter"] / _model.rates().first_touch_bytes_per_s
@@ -528,7 +537,7 @@ def test_temporaries_past_the_mmap_threshold_are_priced_as_faulted_in() -> None:
     try:
         _model.set_rates(dataclasses.replace(_model.RATES["cpu"],
                                              first_touch_bytes_per_s=math.inf))
-        assert planner.plan(spec, F32) == "scatter"  # what the first touch overturns
+        assert planner.plan(spec, F32) == "hybrid"  # what the first touch overturns
     finally:
         _model.set_rates(None)
     assert math.isinf(_model._from_env(None, "gpu").first_touch_bytes_per_s)

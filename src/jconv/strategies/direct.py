@@ -2,13 +2,13 @@
 
 ``out[n, o, g, m] = sum_k sum_c xp[n, o*s + k*d, g, c] * w[k, c, g, m]`` written as
 ``prod(window) * C_g`` elementwise multiply-adds that XLA fuses into one loop over the
-output: no slice, no product is stored. Its autodiff, however, keeps output-sized
-buffers per term (measured: 2*terms+1 outputs per layer), so the planner uses it for
+output: no slice, no product is stored. Its autodiff, however, keeps output-sized buffers
+per term (measured: 2*terms+1 outputs per layer), so the planner uses it for
 undifferentiated calls over few input channels per group only (thin groups, ``1 < C_g <=
 MAX_PLANNED_CG``, and dense layers over RGB images or a few feature maps, ``1 < C <=
-MAX_PLANNED_DENSE_C``), where a dot would have a contraction of size ``C_g`` and could not
-use the matrix units anyway (depthwise convolutions, ``C_g = 1``, are planned on `shift`'s
-fused path instead).
+MAX_PLANNED_DENSE_C``, or ``MAX_PLANNED_VECTOR_C`` into one vector of features), where a dot
+would have a contraction of size ``C_g`` and could not use the matrix units anyway
+(depthwise convolutions, ``C_g = 1``, are planned on `shift`'s fused path instead).
 """
 
 from __future__ import annotations
@@ -53,12 +53,21 @@ MAX_PLANNED_CG = 8
 """Largest ``C_g`` the planner considers for more than one group: autodiff stores a product
 per term."""
 MAX_PLANNED_DENSE_C = 4
-"""Largest input channel count the planner considers for one group. Forward, against the other
-lowerings timed beside it (2-core x86, alternating): over 2-4 channels 0.21-1.04x on 14
-layers (3x3 over 128 x 32 x 32 x 3 to 16: 1.1 ms against 3.5); over 5-8 channels 0.48-1.69x,
-losing where the outputs are not one vector wide (8 -> 4: 1.35, 8 -> 12: 1.69, 8 -> 16:
-1.43, 6 -> 12: 1.24), which the model does not tell apart from its wins (8 -> 8 over 32 x 28
-x 28: 0.48)."""
+"""Largest input channel count the planner considers for one group at any output width.
+Forward, against the other lowerings timed beside it (2-core x86, alternating): over 2-4
+channels 0.21-1.04x on 14 layers (3x3 over 128 x 32 x 32 x 3 to 16: 1.1 ms against 3.5)."""
+MAX_PLANNED_VECTOR_C = 8
+"""Largest input channel count the planner considers for one group whose outputs fill at
+most one vector (``F <= VECTOR_BYTES / itemsize``). 3x3, forward, against the planner's
+pick without it (fastest samples, alternating, 2-core x86): 0.43-0.94x where ``F <= 8``
+on 11 layers (8 -> 8 over 128 x 32 x 32: 2.6 ms against scatter's 5.2; 8 -> 8 over 1 x 330
+x 330: 2.2 against Winograd's 3.1; 5 -> 8 over 4 x 64 x 64: 0.33 against 0.77), and
+1.0-1.7x where ``F`` spans two vectors or more (8 -> 12: 1.12, 8 -> 16: 1.00-1.31, 8 -> 32:
+1.72), which the other lowerings' predictions at ``C_g <= 8`` do not tell apart."""
+VECTOR_BYTES = 32
+"""Bytes of one vector register (x86 AVX2, the CPUs measured). XLA's fused loop computes the
+output features a vector at a time: 8 -> 4 channels take what 8 -> 8 do (0.64 ms against
+0.75 over 8 x 56 x 56), so `predict` counts the features rounded up to whole vectors."""
 BACKWARD = 17.0
 """Gradients over the forward's predicted arithmetic: autodiff keeps a buffer per term."""
 BACKWARD_COPY = 17.0
@@ -156,13 +165,19 @@ def formula(num_spatial: int) -> Cost:
 
 
 def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Prediction:
-    """Fused multiply-adds at the elementwise rate, slower the more terms the loop unrolls
+    """Fused multiply-adds at the elementwise rate over the output features rounded up to
+    whole vectors (`VECTOR_BYTES`), slower the more terms the loop unrolls
     (`UNROLL_PER_TERM`), for few input channels per group (``1 < C_g <= MAX_PLANNED_CG``
-    in groups, ``1 < C <= MAX_PLANNED_DENSE_C`` in one); `NEVER` otherwise."""
-    most = MAX_PLANNED_CG if spec.groups > 1 else MAX_PLANNED_DENSE_C
+    in groups; in one, ``1 < C <= MAX_PLANNED_DENSE_C``, or ``<= MAX_PLANNED_VECTOR_C``
+    into one vector of features); `NEVER` otherwise."""
+    lanes = VECTOR_BYTES // jnp.dtype(dtype).itemsize
+    f = spec.out_features
+    most = (MAX_PLANNED_CG if spec.groups > 1 else
+            MAX_PLANNED_VECTOR_C if f <= lanes else MAX_PLANNED_DENSE_C)
     if not 1 < spec.group_in_features <= most:
         return NEVER
     terms = spec.taps * spec.group_in_features
-    seconds = elementwise_seconds(float(cost(spec, dtype).flops))
+    vectors = -(-f // lanes) * lanes / f
+    seconds = elementwise_seconds(float(cost(spec, dtype).flops) * vectors)
     return Prediction.scaled(seconds * (UNROLL_BASE + UNROLL_PER_TERM * terms), 0.0,
                              BACKWARD, BACKWARD_COPY)
