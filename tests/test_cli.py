@@ -142,6 +142,22 @@ def test_default_terminal_output() -> None:
         assert text in out, text
 
 
+def test_answer_names_each_layers_maps_when_the_filters_change() -> None:
+    """The answer states H1's channels as the hypotheses table has them: one F for a stack
+    of equal layers, each layer's own F where the filter counts change (not the first
+    layer's F as if it held for every depth)."""
+    proc = run("explain", "--no-verify", "--input", "16x16x3", "--layer", "conv:16,k=3",
+               "--layer", "conv:8,k=3", "--layer", "conv:8,k=3")
+    assert proc.returncode == 0, proc.stderr
+    out = " ".join(proc.stdout.split())
+    assert "outputs its own F maps whatever C_in is (16, 8, 8 here)" in out
+    assert "channels stay at 16" not in out
+    same = run("explain", "--no-verify", "--input", "16x16x3", "--layer", "conv:8,k=3",
+               "--layer", "conv:8,k=3")
+    assert "its F = 8 maps whatever C_in is, so channels stay at 8" in " ".join(
+        same.stdout.split())
+
+
 # ----------------------------------------------------------------------------- formats, plot
 def test_markdown_and_plot(tmp_path: Path) -> None:
     png = tmp_path / "explain.png"

@@ -88,10 +88,21 @@ def answer_sentence(report: Report) -> str:
         return ("answer: each conv layer's F filters each SUM their C_in per-channel "
                 "correlations, so every layer outputs F maps whatever C_in was; maps do not "
                 "multiply with depth.")
-    f = report.hypotheses.parameters["F"]
-    return (f"answer: the maps are summed (H1): every layer outputs its F = {f} maps whatever "
-            f"C_in is, so channels stay at {f} with depth, parameters and memory grow "
-            "linearly; keeping every per-channel map (H3) would grow as C0*F^L.")
+    return "answer: " + _summed(report.hypotheses)
+
+
+def _summed(hyp: Hypotheses) -> str:
+    """The hypotheses' answer: the channels H1 gives (one F for a uniform stack, else each
+    layer's own)."""
+    channels = [row["sum"]["channels"] for row in hyp.rows][:hyp.parameters.get("layers", 1)]
+    if len(set(channels)) == 1:
+        f = channels[0]
+        maps = f"its F = {f} maps whatever C_in is, so channels stay at {f} with depth"
+    else:
+        maps = (f"its own F maps whatever C_in is ({', '.join(map(str, channels))} here), so "
+                "channels follow the filter counts, not the depth")
+    return (f"the maps are summed (H1): every layer outputs {maps}, parameters and memory "
+            "grow linearly; keeping every per-channel map (H3) would grow as C0*F^L.")
 
 
 def _summary_line(report: Report) -> str:
@@ -459,12 +470,8 @@ def render_rich(report: Report, console: Console, *, view: str = "auto") -> None
         console.print(_hypotheses_table(report.hypotheses))
         if report.hypotheses.formulas:
             console.print(_hypotheses_formulas(report.hypotheses))
-        f = report.hypotheses.parameters["F"]
-        console.print(
-            f"[bold]answer[/bold]: the maps are [bold]summed[/bold] (H1): every layer outputs its "
-            f"F = {f} maps whatever C_in is, so channels stay at {f} with depth, parameters and "
-            "memory grow linearly; keeping every per-channel map (H3) would grow as C0*F^L."
-        )
+        console.print("[bold]answer[/bold]: " + _summed(report.hypotheses).replace(
+            "summed", "[bold]summed[/bold]", 1))
     else:
         console.print()
         console.print(answer_sentence(report))
