@@ -12,8 +12,8 @@ The ``prod(d)`` phase images, the padded input rounded up to a multiple of ``d``
 reshaped (`to_phases`), are stacked into the batch: one convolution of the whole kernel,
 which runs with the lowering of `INNER_LOWERINGS` that predicts the fastest forward for it
 (`inner_lowering`), F(2x2, 3x3) Winograd for a dilated 3x3 layer. Its outputs are
-interleaved back and cropped (`from_phases`). No tap meets a padded-in zero that lax's
-dilated window would skip, so the FLOPs are the inner convolution's.
+interleaved back and cropped (`from_phases`). The FLOPs are the inner convolution's: the
+dilated taps only, over the outputs rounded up to a multiple of ``d``.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ transpose into each other)."""
 INNER_LOWERINGS = tuple(m for m in (shift, patches, hybrid, scatter, accumulate, winograd)
                         if m.ACCURACY == ACCURACY and m.DIFFERENTIATED)
 """The lowerings the inner convolution may run with: those of its own accuracy class, so
-that atrous's error is the summation error it states, that may run differentiated values
-(a dense layer's kernel gradient follows the inner lowering, `jconv._gradients`)."""
+that atrous's error is the summation error it states, that may run a differentiated call's
+values, as atrous does (not `direct`)."""
 
 
 def applicable(spec: ConvSpec, dtype: jax.typing.DTypeLike) -> str | None:
