@@ -70,6 +70,10 @@ CASES: dict[str, tuple] = {
                         (3, 3, 64, 64), P(), None, (1, 1), "SAME", None),
     "explicit_height_strided": ("explicit", (8,), ("d",), (4, 64, 64, 8), "NHWC", P(None, "d"),
                                 (3, 3, 8, 8), P(), None, (2, 2), "SAME", None),
+    "explicit_batch_dilated": ("explicit", (8,), ("d",), (16, 32, 32, 64), "NHWC", P("d"),
+                               (3, 3, 64, 64), P(), None, (1, 1), "SAME", None),
+    "explicit_height_dilated": ("explicit", (8,), ("d",), (4, 64, 64, 64), "NHWC",
+                                P(None, "d"), (3, 3, 64, 64), P(), None, (1, 1), "SAME", None),
     "explicit_height_uneven": ("explicit", (8,), ("d",), (4, 16, 16, 8), "NHWC", P(None, "d"),
                                (3, 3, 8, 8), P(), None, (1, 1), "VALID",
                                [None, None, None, None]),
@@ -114,6 +118,8 @@ CASES: dict[str, tuple] = {
 }
 
 
+DILATED = ("explicit_batch_dilated", "explicit_height_dilated")
+"""Cases with rhs dilation 2 (`atrous`: the phase images stacked into each device's batch)."""
 TRANSFORMS = ("auto_height", "auto_mesh2d", "auto_channels", "auto_depthwise")
 """Cases whose `jax.jvp` and `jax.vmap` are checked too."""
 TEMPS = ("auto_batch_small", "auto_batch_nchw", "auto_features", "auto_mesh2d",
@@ -133,8 +139,10 @@ def run_case(name: str) -> dict[str, Any]:
     w = jax.random.normal(kw, ws, jnp.float32) / np.sqrt(np.prod(ws[:-1]))
     dn = _layouts(layout)
 
+    dilation = (2, 2) if name in DILATED else None
+
     def conv(fn: Any, a: jax.Array, b: jax.Array, **kw: Any) -> jax.Array:
-        return fn(a, b, strides, padding, dimension_numbers=dn, **kw)
+        return fn(a, b, strides, padding, rhs_dilation=dilation, dimension_numbers=dn, **kw)
 
     groups = xs[layout.index("C")] // ws[-2]
     if groups > 1:  # feature groups (depthwise): one input channel per group of the kernel

@@ -47,10 +47,11 @@ def _only_weight_allreduce(case: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("name", ["explicit_batch_small", "explicit_batch", "auto_batch_small",
-                                  "auto_batch_nchw"])
+                                  "auto_batch_nchw", "explicit_batch_dilated"])
 def test_batch_sharding_needs_no_collective_forward(cases: dict[str, Any], name: str) -> None:
     """A batch-sharded input (the calls that raised under explicit sharding, and gathered
-    the whole padded input under auto partitioning): no collective forward, the output
+    the whole padded input under auto partitioning; a dilated layer, whose phase images
+    `atrous` stacks into each device's own batch): no collective forward, the output
     sharded as lax's, and only the kernel gradient's all-reduce backward."""
     case = cases[name]
     fwd = _ok(case["jconv_fwd"])
@@ -62,7 +63,8 @@ def test_batch_sharding_needs_no_collective_forward(cases: dict[str, Any], name:
         assert case["jconv_grad"]["shardings"] == case["lax_grad"]["shardings"]
 
 
-@pytest.mark.parametrize("name", ["explicit_height", "explicit_height_strided"])
+@pytest.mark.parametrize("name", ["explicit_height", "explicit_height_strided",
+                                  "explicit_height_dilated"])
 def test_explicit_spatial_sharding_exchanges_halos_like_lax(cases: dict[str, Any],
                                                             name: str) -> None:
     """A height-sharded input under explicit sharding (it raised): one halo exchange per
