@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from types import ModuleType
 from typing import Any
 
 import jax
@@ -362,3 +363,11 @@ def check_one_group(spec: ConvSpec) -> None:
     if spec.feature_group_count != 1:
         raise ValueError(f"`spec.feature_group_count` (={spec.feature_group_count}) must be "
                          "1 for a flipped kernel.")
+
+
+def fastest(lowerings: Iterable[ModuleType], spec: ConvSpec,
+            dtype: jax.typing.DTypeLike) -> ModuleType:
+    """The lowering of `lowerings` that can run ``spec`` and predicts the fastest forward for
+    it (the sub-convolutions of `polyphase` and `atrous`)."""
+    return min((m for m in lowerings if m.applicable(spec, dtype) is None),
+               key=lambda m: m.predict(spec, dtype).forward)

@@ -29,7 +29,7 @@ from jax import lax
 
 from .._spec import ConvSpec, canonical_layouts
 from . import accumulate, hybrid, patches, scatter, shift, winograd
-from ._common import Cost, Geometry, make_cost
+from ._common import Cost, Geometry, fastest, make_cost
 from ._model import Prediction, copy_seconds
 
 ArrayT = TypeVar("ArrayT", jax.Array, np.ndarray)
@@ -92,8 +92,7 @@ def inner_spec(spec: ConvSpec) -> ConvSpec:
 def inner_lowering(inner: ConvSpec, dtype: jax.typing.DTypeLike) -> ModuleType:
     """The lowering of `INNER_LOWERINGS` that can run ``inner`` (`inner_spec`) and predicts
     the fastest forward for it."""
-    return min((m for m in INNER_LOWERINGS if m.applicable(inner, dtype) is None),
-               key=lambda m: m.predict(inner, dtype).forward)
+    return fastest(INNER_LOWERINGS, inner, dtype)
 
 
 def to_phases(spec: ConvSpec, x: jax.Array) -> jax.Array:

@@ -26,7 +26,7 @@ from jax import lax
 
 from .._spec import ConvSpec, canonical_layouts
 from . import dft, fft, hybrid, patches, scatter, shift, winograd
-from ._common import Cost, Geometry, make_cost
+from ._common import Cost, Geometry, fastest, make_cost
 from ._model import Prediction, copy_seconds, gemm_rate
 
 AUTO = True
@@ -96,8 +96,7 @@ def _live(phase: tuple[tuple[int, ...], ...]) -> bool:
 def phase_lowering(sub: ConvSpec, dtype: jax.typing.DTypeLike) -> ModuleType:
     """The lowering of `PHASE_LOWERINGS` that can run ``sub`` and predicts the fastest
     forward for it."""
-    return min((m for m in PHASE_LOWERINGS if m.applicable(sub, dtype) is None),
-               key=lambda m: m.predict(sub, dtype).forward)
+    return fastest(PHASE_LOWERINGS, sub, dtype)
 
 
 def lower(
