@@ -47,8 +47,8 @@ DIFFERENTIATED = True
 BACKWARD = 2.0
 """Gradients over the forward's predicted arithmetic."""
 BACKWARD_COPY = 1.0
-"""Gradients over the forward's predicted copies (the phase split and the interleave
-transpose into each other)."""
+"""Gradients over the forward's predicted copies (the phase split's adjoint is the
+interleave's kind of copy)."""
 INNER_LOWERINGS = tuple(m for m in (shift, patches, hybrid, scatter, accumulate, winograd)
                         if m.ACCURACY == ACCURACY and m.DIFFERENTIATED)
 """The lowerings the inner convolution may run with: those of its own accuracy class, so
@@ -158,8 +158,8 @@ def cost_of(geo: Geometry) -> Cost:
 
 
 def cost(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Cost:
-    """Cost of atrous for ``spec``: the phase split and the interleave (`cost_of`, on the
-    phase images' sizes) plus the inner lowering's own cost on `inner_spec`."""
+    """Cost of atrous for ``spec``: the phase split (`cost_of`, on the phase images' sizes)
+    plus the inner lowering's own cost on `inner_spec`."""
     geo = Geometry.from_spec(spec, dtype)
     if applicable(spec, dtype) is not None:
         return cost_of(geo)
@@ -178,8 +178,7 @@ def formula(num_spatial: int) -> Cost:
 
 
 def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Prediction:
-    """The inner lowering's prediction on `inner_spec`, plus the phase split's and the
-    interleave's copies."""
+    """The inner lowering's prediction on `inner_spec`, plus the phase split's copy."""
     inner = inner_spec(spec)
     own = inner_lowering(inner, dtype).predict(inner, dtype)
     split = float(cost_of(Geometry.from_spec(inner, dtype)).moved_bytes)

@@ -66,11 +66,10 @@ rounding (chains below 2**22 roundings at ``2**-53``).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from types import ModuleType
 
@@ -644,14 +643,14 @@ def _atrous_bound(spec: ConvSpec, dtype: str) -> ErrorBound:
     names = {m: k for k, m in STRATEGIES.items()}
     inner = atrous.inner_spec(spec)
     b = error_bound(names[atrous.inner_lowering(inner, dtype)], inner, dtype)
-    return dataclasses.replace(b, lowering="atrous", spec=spec, inner=b,
-                               scale=f"the inner convolution's ({b.lowering}): {b.scale}")
+    return replace(b, lowering="atrous", spec=spec, inner=b,
+                   scale=f"the inner convolution's ({b.lowering}): {b.scale}")
 
 
 def _atrous_evaluate(bound: ErrorBound, inner: ErrorBound, x: np.ndarray,
                      w: np.ndarray) -> np.ndarray:
-    """The inner bound on the phase images (`atrous.to_phases`, in float64), interleaved
-    (componentwise; `atrous.from_phases`)."""
+    """The inner bound on the phase images (the padded input rounded up to a multiple of
+    ``d`` and split, `atrous.split_phases`, in float64), interleaved (`atrous.from_phases`)."""
     spec = bound.spec
     xp = _padded(spec, x)
     q = [-(-p // d) for p, d in zip(spec.padded_in, spec.rhs_dilation, strict=True)]
