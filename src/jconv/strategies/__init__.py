@@ -90,10 +90,13 @@ STRATEGIES: dict[str, Lowering] = {
     "fft": fft,
     "dft": dft,
     "polyphase": polyphase,
-    "atrous": atrous,
     "scatter": scatter,
     "pallas": pallas,
     "toeplitz": toeplitz,
+    "atrous": atrous,
 }
+"""The registry, in the order the planner breaks exact ties in (the first wins): `atrous`,
+the others' work rearranged around one of them, comes last (a 2-tap window dilated 16 over
+4 x 16000 x 32 ties scatter exactly, whose forward measured 0.77-0.87x atrous's)."""
 
 __all__ = ["STRATEGIES", "Cost", "Geometry", "Lowering", "Prediction"]
