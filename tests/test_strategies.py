@@ -519,8 +519,8 @@ def test_atrous_is_one_dense_convolution_of_the_phase_images(
         pads: tuple[tuple[int, int], ...], groups: int) -> None:
     """Atrous runs a dilated convolution as one undilated VALID one over ``N * prod(d)``
     phase images (`atrous.inner_spec`): on small integers its values and both gradients are
-    lax's exactly (uneven dilations, negative padding, groups, 1-D and 3-D), and its cost is
-    its own copies (`atrous.cost_of` on the phase images) plus the inner lowering's."""
+    lax's exactly (uneven dilations, negative padding, groups, 1-D and 3-D). Its temp bytes
+    are checked against XLA's in test_memory.py."""
     from jconv.strategies import atrous
 
     ns = len(dilation)
@@ -529,10 +529,7 @@ def test_atrous_is_one_dense_convolution_of_the_phase_images(
     inner = atrous.inner_spec(spec)
     assert inner.batch == xs[0] * math.prod(dilation) and inner.rhs_shape == ws
     assert inner.rhs_dilation == (1,) * ns and inner.padding == ((0, 0),) * ns
-    own = atrous.inner_lowering(inner, jnp.float32)
-    c, base = atrous.cost(spec), atrous.cost_of(Geometry.from_spec(inner))
-    assert c.flops == own.cost(inner).flops
-    assert c.temp_bytes == base.temp_bytes + own.cost(inner).temp_bytes
+    assert all(r < d for r, d in zip(atrous.round_up(spec), dilation, strict=True))
 
     rng = np.random.default_rng(len(xs))
     x = jnp.asarray(rng.integers(-3, 4, xs), jnp.float32)

@@ -79,6 +79,13 @@ def _phase_length(spec: ConvSpec) -> tuple[int, ...]:
     return tuple(-(-p // d) for p, d in zip(spec.padded_in, spec.rhs_dilation, strict=True))
 
 
+def round_up(spec: ConvSpec) -> tuple[int, ...]:
+    """Per axis the zeros after the spec's padding that round the padded input up to a
+    multiple of ``d`` (``d * ceil(p / d) - p``)."""
+    return tuple(q * d - p for q, d, p in
+                 zip(_phase_length(spec), spec.rhs_dilation, spec.padded_in, strict=True))
+
+
 def inner_spec(spec: ConvSpec) -> ConvSpec:
     """The VALID stride-1 undilated convolution of the ``N * prod(d)`` phase images
     (`to_phases`) with the whole kernel."""
@@ -98,9 +105,8 @@ def inner_lowering(inner: ConvSpec, dtype: jax.typing.DTypeLike) -> ModuleType:
 def to_phases(spec: ConvSpec, x: jax.Array) -> jax.Array:
     """``(N, *in, C) -> (N * prod(d), *ceil(p / d), C)``: the padded input (zeros to a
     multiple of ``d`` after the spec's padding, negative crops), split (`split_phases`)."""
-    config = [(lo, hi + qi * di - p, 0) for (lo, hi), qi, di, p in
-              zip(spec.padding, _phase_length(spec), spec.rhs_dilation, spec.padded_in,
-                  strict=True)]
+    config = [(lo, hi + extra, 0) for (lo, hi), extra in
+              zip(spec.padding, round_up(spec), strict=True)]
     return split_phases(spec, lax.pad(x, jnp.zeros((), x.dtype),
                                       [(0, 0, 0), *config, (0, 0, 0)]))
 
@@ -160,9 +166,8 @@ def cost_of(geo: Geometry) -> Cost:
 def cost(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Cost:
     """Cost of atrous for ``spec``: the phase split (`cost_of`, on the phase images' sizes)
     plus the inner lowering's own cost on `inner_spec`."""
-    geo = Geometry.from_spec(spec, dtype)
     if applicable(spec, dtype) is not None:
-        return cost_of(geo)
+        return cost_of(Geometry.from_spec(spec, dtype))
     inner = inner_spec(spec)
     inner_geo = Geometry.from_spec(inner, dtype)
     base = cost_of(inner_geo)

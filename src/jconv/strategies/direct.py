@@ -177,7 +177,7 @@ def predict(spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32) -> Predic
     if not 1 < spec.group_in_features <= most:
         return NEVER
     terms = spec.taps * spec.group_in_features
-    vectors = -(-f // lanes) * lanes / f
-    seconds = elementwise_seconds(float(cost(spec, dtype).flops) * vectors)
+    whole_vectors = -(-f // lanes) * lanes / f
+    seconds = elementwise_seconds(float(cost(spec, dtype).flops) * whole_vectors)
     return Prediction.scaled(seconds * (UNROLL_BASE + UNROLL_PER_TERM * terms), 0.0,
                              BACKWARD, BACKWARD_COPY)

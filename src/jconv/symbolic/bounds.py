@@ -650,11 +650,9 @@ def _atrous_bound(spec: ConvSpec, dtype: str) -> ErrorBound:
 def _atrous_evaluate(bound: ErrorBound, inner: ErrorBound, x: np.ndarray,
                      w: np.ndarray) -> np.ndarray:
     """The inner bound on the phase images (the padded input rounded up to a multiple of
-    ``d`` and split, `atrous.split_phases`, in float64), interleaved (`atrous.from_phases`)."""
+    ``d``, `atrous.round_up`, and split, `atrous.split_phases`, in float64), interleaved
+    (`atrous.from_phases`)."""
     spec = bound.spec
-    xp = _padded(spec, x)
-    q = [-(-p // d) for p, d in zip(spec.padded_in, spec.rhs_dilation, strict=True)]
-    xp = np.pad(xp, [(0, 0), *((0, qi * d - p) for qi, d, p in
-                               zip(q, spec.rhs_dilation, spec.padded_in, strict=True)), (0, 0)])
+    xp = np.pad(_padded(spec, x), [(0, 0), *((0, r) for r in atrous.round_up(spec)), (0, 0)])
     xs = atrous.split_phases(spec, xp)
     return atrous.from_phases(spec, inner.evaluate_canonical(xs, w))
