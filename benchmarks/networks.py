@@ -5,10 +5,11 @@ and training step.
     python benchmarks/networks.py --quick    # 3 repetitions: results/networks_quick.*
     python benchmarks/networks.py --only resnet18 --tune all --layers   # and each conv alone
 
-Four networks, each written once as plain JAX functions of a params pytree that take the
+Five networks, each written once as plain JAX functions of a params pytree that take the
 convolution as an argument (the conv hook, lax's signature): ResNet-18 (basic blocks,
-batch 8 at 112x112), ResNet-50 (bottlenecks, batch 4 at 64x64), MobileNetV1 (width 1.0,
-batch 8 at 112x112) and M5, a 1-D CNN over raw audio (batch 8 x 16000 samples). Every
+batch 8 at 112x112), ResNet-50 (bottlenecks, batch 4 at 64x64), ResNet-20 for CIFAR-10
+(16-64 channels, 1x1 projections, batch 128 at 32x32), MobileNetV1 (width 1.0, batch 8 at
+112x112) and M5, a 1-D CNN over raw audio (batch 8 x 16000 samples). Every
 layout is channels-last, batch normalisation uses the batch's statistics (written in
 jnp, the same in every variant), padding is PyTorch's (symmetric), so the same weights give
 the same loss in PyTorch.
@@ -133,6 +134,7 @@ class Net:
     """One network: its hyper-parameters, input shape (N, *spatial, C) and class count.
 
     kind "resnet": `blocks` per stage, `bottleneck` blocks or basic ones, stem `width`;
+    "cifar_resnet": the same stages after a 3x3 stem and no pooling (He et al. 2016, 4.2);
     "mobilenet": `separable` blocks' (output channels, stride), `width` multiplies every
     channel count; "m5": `width` channels in the first layers (Dai et al. 2017)."""
 
@@ -158,12 +160,14 @@ depthwise-separable block, after a 3x3/2 stem of 32 channels."""
 NETWORKS = (
     Net("resnet18", "resnet", (8, 112, 112, 3), 1000, 64, (2, 2, 2, 2)),
     Net("resnet50", "resnet", (4, 64, 64, 3), 1000, 64, (3, 4, 6, 3), bottleneck=True),
+    Net("resnet20", "cifar_resnet", (128, 32, 32, 3), 10, 16, (3, 3, 3)),
     Net("mobilenet_v1", "mobilenet", (8, 112, 112, 3), 1000, 1.0, separable=MOBILENET_V1),
     Net("audio_m5", "m5", (8, 16000, 1), 35, 128),
 )
 SMOKE = (
     Net("resnet18", "resnet", (2, 16, 16, 3), 10, 4, (1, 1)),
     Net("resnet50", "resnet", (2, 16, 16, 3), 10, 4, (1,), bottleneck=True),
+    Net("resnet20", "cifar_resnet", (2, 8, 8, 3), 10, 4, (1, 1)),
     Net("mobilenet_v1", "mobilenet", (2, 16, 16, 3), 10, 0.25, separable=((16, 1), (32, 2))),
     Net("audio_m5", "m5", (2, 1200, 1), 5, 8),
 )
@@ -175,9 +179,10 @@ def layers(net: Net) -> list[tuple[str, tuple[int, ...], int, int, int]]:
     """The network's convolutions in order: ``(name, kernel shape (*window, C/g, F), stride,
     pad, groups)``; names are paths into the params (blocks' names joined by '.')."""
     out: list[tuple[str, tuple[int, ...], int, int, int]] = []
-    if net.kind == "resnet":
+    if net.kind in ("resnet", "cifar_resnet"):
         w = int(net.width)
-        out.append(("conv1", (7, 7, 3, w), 2, 3, 1))
+        out.append(("conv1", (7, 7, 3, w), 2, 3, 1) if net.kind == "resnet"
+                   else ("conv1", (3, 3, 3, w), 1, 1, 1))
         cin = w
         for s, n in enumerate(net.blocks):
             c = w * 2**s
@@ -210,7 +215,8 @@ def layers(net: Net) -> list[tuple[str, tuple[int, ...], int, int, int]]:
         out += [("conv1", (80, 1, w), 4, 0, 1), ("conv2", (3, w, w), 1, 1, 1),
                 ("conv3", (3, w, 2 * w), 1, 1, 1), ("conv4", (3, 2 * w, 4 * w), 1, 1, 1)]
     else:
-        raise ValueError(f"`net.kind` (={net.kind!r}) must be 'resnet', 'mobilenet' or 'm5'.")
+        raise ValueError(f"`net.kind` (={net.kind!r}) must be 'resnet', 'cifar_resnet', "
+                         "'mobilenet' or 'm5'.")
     return out
 
 
@@ -270,8 +276,10 @@ def forward(net: Net, ops: Any, x: Any) -> Any:
     """Logits (N, classes) of `net` on `x` (N, *spatial, C), with the layers of `ops`
     (`JaxOps`, or `torch_net`'s for PyTorch): the one definition of each network."""
     names = {name for name, *_ in layers(net)}
-    if net.kind == "resnet":
-        x = ops.max_pool(ops.conv_bn("conv1", x), 3, 2, 1)
+    if net.kind in ("resnet", "cifar_resnet"):
+        x = ops.conv_bn("conv1", x)
+        if net.kind == "resnet":
+            x = ops.max_pool(x, 3, 2, 1)
         for s, n in enumerate(net.blocks):
             for b in range(n):
                 pre = f"layers.{s}.{b}"

@@ -32,7 +32,7 @@ def tune_dir(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     _tune_cache.reload()
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v1"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet20", "mobilenet_v1"])
 def test_jconv_matches_lax(name: str, tune_dir: pathlib.Path) -> None:
     """Logits, loss and gradient (read from the step's momentum) of jconv's auto and lax."""
     net = SMOKE[name]

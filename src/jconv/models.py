@@ -55,6 +55,7 @@ __all__ = [
     "Upsample",
     "lenet5",
     "mobilenet_v1",
+    "resnet20",
     "resnet50",
     "vgg16",
 ]
@@ -748,6 +749,35 @@ def vgg16() -> Network:
     return Network("vgg16", (224, 224, 3), tuple(layers))
 
 
+def _basic(width: int, stride: int, project: bool, name: str) -> Residual:
+    main: tuple[Layer, ...] = (
+        Conv(width, 3, stride=stride, padding=1, bias=False, name="conv1"), BatchNorm("bn1"),
+        ReLU(),
+        Conv(width, 3, padding=1, bias=False, name="conv2"), BatchNorm("bn2"),
+    )
+    shortcut: tuple[Layer, ...] = (
+        (Conv(width, 1, stride=stride, padding=0, bias=False, name="downsample"),
+         BatchNorm("downsample_bn")) if project else ()
+    )
+    return Residual(main, shortcut, name=name)
+
+
+def resnet20() -> Network:
+    """ResNet-20 for CIFAR-10 on 32x32x3 (He et al. 2016, Sec. 4.2, n = 3): a 3x3 stem of 16
+    filters, three stages of three basic blocks at 16, 32 and 64 filters (stride 2 on the
+    first conv of stages 2 and 3), global average pooling, Dense(10); BN after every conv,
+    1x1 projection shortcuts where the shape changes (the paper's option B)."""
+    layers: list[Layer] = [
+        Conv(16, 3, padding=1, bias=False, name="conv1"), BatchNorm("bn1"), ReLU(),
+    ]
+    for stage, (width, stride) in enumerate(((16, 1), (32, 2), (64, 2))):
+        for b in range(3):
+            layers += [_basic(width, stride if b == 0 else 1, b == 0 and stride != 1,
+                              f"layer{stage + 1}.{b}"), ReLU()]
+    layers += [GlobalPool("avg", name="avgpool"), Dense(10, name="fc")]
+    return Network("resnet20", (32, 32, 3), tuple(layers))
+
+
 def _bottleneck(width: int, stride: int, project: bool, name: str) -> Residual:
     main: tuple[Layer, ...] = (
         Conv(width, 1, padding=0, bias=False, name="conv1"), BatchNorm("bn1"), ReLU(),
@@ -794,6 +824,7 @@ def mobilenet_v1() -> Network:
 
 MODELS: dict[str, Callable[[], Network]] = {
     "lenet5": lenet5,
+    "resnet20": resnet20,
     "vgg16": vgg16,
     "resnet50": resnet50,
     "mobilenet_v1": mobilenet_v1,
@@ -824,6 +855,19 @@ PUBLISHED: dict[str, dict[str, Any]] = {
                       "156 + 2,416 + 48,120 + 10,164 + 850; MACs of conv and dense layers. A "
                       "paper 'connection' is a MAC or a bias add, so connections = MACs + biases "
                       "* output positions.",
+    },
+    "resnet20": {
+        "params": 270_000,
+        "rounding": {"params": 10_000},
+        "source": "He, Zhang, Ren, Sun, 'Deep Residual Learning for Image Recognition', CVPR "
+                  "2016, Sec. 4.2 and Table 6 (CIFAR-10, n = 3: 20 layers, 0.27M parameters; "
+                  "the paper gives no operation count for its CIFAR networks).",
+        "convention": "Option B shortcuts (two 1x1 projections and their BN, 2,752 parameters "
+                      "that the paper's parameter-free option A lacks: 272,474 here, 269,722 "
+                      "with option A, both 0.27M); convs without bias, BN gamma and beta "
+                      "counted, Dense(10) with bias. MACs of conv and dense layers at 32x32, "
+                      "batch 1: 40,813,184 (not published; checked against PyTorch's counter "
+                      "in the tests).",
     },
     "vgg16": {
         "params": 138_357_544,
