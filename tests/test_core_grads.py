@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from _core_cases import TABLE, Case, make_case, run_jconv, run_lax
+from _core_cases import EDGE, TABLE, Case, make_case, run_jconv, run_lax
 from jax.test_util import check_grads
 from reference import conv_reference, rel_err
 
@@ -58,6 +58,23 @@ def test_vjp_matches_lax(case: Case, strategy: str) -> None:
     for g, ref in zip(vjp(ct), lax_vjp(ct), strict=True):
         assert g.shape == ref.shape and g.dtype == ref.dtype
         assert rel_err(g, ref) <= 1e-5
+
+
+@pytest.mark.parametrize("strategy", ["auto", "shift"])
+@pytest.mark.parametrize("case", EDGE, ids=lambda c: c.name)
+def test_vjp_of_empty_shapes_matches_lax(case: Case, strategy: str) -> None:
+    """Gradients where an operand or the output is empty, or the input is empty and padding
+    alone makes the output (``auto``: a dense layer's gradients by the engine's two
+    convolutions, the input gradient's then empty)."""
+    x, w = case.operands(np.float32, seed=5)
+    want, lax_vjp = jax.vjp(lambda a, b: run_lax(case, a, b), x, w)
+    got, vjp = jax.vjp(lambda a, b: run_jconv(case, a, b, strategy), x, w)
+    ct = np.random.default_rng(6).standard_normal(want.shape).astype(np.float32)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for g, ref in zip(vjp(ct), lax_vjp(ct), strict=True):
+        assert g.shape == ref.shape and g.dtype == ref.dtype
+        np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_input_gradient_is_the_adjoint_convolution() -> None:

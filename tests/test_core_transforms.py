@@ -54,6 +54,32 @@ def test_vmap_over_a_leading_axis(axes: tuple[int | None, int | None], strategy:
     assert rel_err(got, want) <= 1e-5
 
 
+@pytest.mark.parametrize("strategy", ["auto", "winograd"])
+@pytest.mark.parametrize("axes", [(0, None), (None, 0), (0, 0)], ids=["x", "w", "xw"])
+def test_vmap_over_an_empty_axis(axes: tuple[int | None, int | None], strategy: str) -> None:
+    """A vmapped axis of size 0 (as jax's own batching tests draw): lax's empty result, values
+    and gradients, where the kernel's tie to the input has no member to read."""
+    x = jnp.ones((0, 2, 6, 7, 3)) if axes[0] == 0 else jnp.ones((2, 6, 7, 3))
+    w = jnp.ones((0, 3, 3, 3, 4)) if axes[1] == 0 else jnp.ones((3, 3, 3, 4))
+    kw: dict[str, Any] = {"window_strides": (1, 1), "padding": "SAME",
+                          "dimension_numbers": ("NHWC", "HWIO", "NHWC")}
+
+    def ours(a: jax.Array, b: jax.Array) -> jax.Array:
+        return jconv.conv_general_dilated(a, b, **kw, strategy=strategy)
+
+    def theirs(a: jax.Array, b: jax.Array) -> jax.Array:
+        return lax.conv_general_dilated(a, b, **kw)
+
+    got = jax.jit(jax.vmap(ours, in_axes=axes))(x, w)
+    want = jax.vmap(theirs, in_axes=axes)(x, w)
+    assert got.shape == want.shape == (0, 2, 6, 7, 4)
+    grads = [jax.grad(lambda a, b, f=f: jax.vmap(f, in_axes=axes)(a, b).sum(), (0, 1))(x, w)
+             for f in (ours, theirs)]
+    for g, ref in zip(*grads, strict=True):
+        assert g.shape == ref.shape
+        np.testing.assert_array_equal(g, ref)
+
+
 # ------------------------------------------------------------------------- checkpoint, grad
 @pytest.mark.parametrize("strategy", [*STRATEGIES, "auto"])
 def test_checkpoint_and_grad_of_grad(strategy: str) -> None:

@@ -127,9 +127,13 @@ def _never(x: jax.Array) -> jax.Array:
 def _never_batched(axis_size: int, in_batched: list[bool], x: jax.Array
                    ) -> tuple[jax.Array, bool]:
     """One `_never` for the whole batch (the first member's), so that a kernel tied to a
-    vmapped input stays unbatched."""
-    del axis_size
-    return _never(x[0] if in_batched[0] else x), False
+    vmapped input stays unbatched; over an empty batch, a constant False (no member to read,
+    nothing to wait for)."""
+    if not in_batched[0]:
+        return _never(x), False
+    if axis_size == 0:
+        return jnp.zeros((), jnp.bool_), False
+    return _never(x[0]), False
 
 
 def _after(w: jax.Array, x: jax.Array) -> jax.Array:

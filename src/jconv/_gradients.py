@@ -276,6 +276,8 @@ def input_tangent(
     kernel; scatter and Winograd on one group read the unflipped kernel (`lower_flipped`:
     scatter `w`, Winograd, whose transform is a copy, `tied_w`)."""
     grad_spec = spec.input_gradient()
+    if grad_spec.empty:  # an input of zero size (padding alone makes the output): no term
+        return jnp.zeros(spec.canonical_out_shape, acc_dtype)
     if lowering == "scatter" and spec.feature_group_count == 1 and spec.taps > 1:
         kernel, lower = w, scatter.lower_flipped
     elif lowering == "winograd" and spec.feature_group_count == 1:
