@@ -121,6 +121,9 @@ CASES: dict[str, tuple] = {
 DILATED = ("explicit_batch_dilated", "explicit_height_dilated")
 """Cases with rhs dilation 2 (`atrous`: the phase images stacked into each device's batch)."""
 TRANSFORMS = ("auto_height", "auto_mesh2d", "auto_channels", "auto_depthwise")
+PER_EXAMPLE = ("auto_height", "auto_channels")
+"""Cases whose per-example kernel gradients (`jax.vmap` of `jax.grad`) and `jax.jacfwd` are
+checked against lax's: they batch the tangents' `linear_call` (`jconv._autopart`)."""
 """Cases whose `jax.jvp` and `jax.vmap` are checked too."""
 TEMPS = ("auto_batch_small", "auto_batch_nchw", "auto_features", "auto_mesh2d",
          "auto_height_strided")
@@ -214,6 +217,22 @@ def run_case(name: str) -> dict[str, Any]:
                                           / jnp.max(jnp.abs(ref_tangent)))
             result["vmap_rel_err"] = float(jnp.max(jnp.abs(batched[:, 0] - ref))
                                            / jnp.max(jnp.abs(ref)))
+        if name in PER_EXAMPLE:
+            def per_example(fn: Any) -> tuple[jax.Array, jax.Array]:
+                def loss(b: jax.Array, a: jax.Array) -> jax.Array:
+                    return jnp.sum(conv(fn, a[None], b) ** 2)
+                grads = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(wd, xd)
+                jac = jax.jit(jax.jacfwd(lambda t: jnp.sum(conv(fn, xd, t * wd) ** 2)))(1.0)
+                return grads, jac
+            g_ref, j_ref = per_example(lax.conv_general_dilated)
+            try:
+                g, j = per_example(jconv.conv_general_dilated)
+            except NotImplementedError as e:  # a transformation without a rule
+                result["per_example_error"] = f"{type(e).__name__}: {e}"
+            else:
+                result["per_example_rel_err"] = float(jnp.max(jnp.abs(g - g_ref))
+                                                      / jnp.max(jnp.abs(g_ref)))
+                result["jacfwd_rel_err"] = float(jnp.abs(j - j_ref) / jnp.abs(j_ref))
     result["expected_fwd_sharding"] = expected
     return result
 

@@ -147,6 +147,18 @@ def test_auto_partitioning_forward_mode_and_batching(cases: dict[str, Any], name
     assert case["vmap_rel_err"] <= TOL
 
 
+@pytest.mark.parametrize("name", ["auto_height", "auto_channels"])
+def test_auto_partitioning_per_example_gradients_and_jacfwd(cases: dict[str, Any],
+                                                            name: str) -> None:
+    """Under auto partitioning, `jax.vmap` of `jax.grad` (per-example kernel gradients) and
+    `jax.jacfwd` of the sharded call equal lax's: both batch the tangents' `linear_call`,
+    for which jconv registers a batching rule (they raised `NotImplementedError` before)."""
+    case = cases[name]
+    assert "per_example_error" not in case, case["per_example_error"]
+    assert case["per_example_rel_err"] <= TOL
+    assert case["jacfwd_rel_err"] <= TOL
+
+
 @pytest.mark.parametrize("name", ["auto_batch_small", "auto_batch_nchw", "auto_features",
                                   "auto_mesh2d", "auto_height_strided"])
 def test_auto_partitioning_temporaries_as_on_the_shard(cases: dict[str, Any],

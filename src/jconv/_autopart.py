@@ -18,8 +18,11 @@ Differentiation: each op is `jax.custom_jvp` with tangents through `linear_call`
 transposes are the other two ops (``y``'s in ``x`` is ``dx``, in ``w`` is ``dw``; ``dx``'s
 in ``ct`` is ``y``, ...), so forward and reverse mode compose to any order. Batching: each
 op's `custom_vmap` rule runs its single-device program vmapped (XLA partitions that).
-`jax.vmap` of a gradient (and `jax.jacfwd`) reaches `linear_call`, which has no batching
-rule: `plain_partitioning` turns these ops off for such programs.
+`jax.vmap` of a gradient (per-example gradients), `jax.jacfwd` and `jax.hessian` batch the
+tangents' `linear_call`, for which JAX has no batching rule: this module registers one
+(`_batch_linear_call`, only where JAX has none), which calls `linear_call` on the callee
+and its transpose vmapped. Without it every such program failed on a host with more than
+one device, sharded or not.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from jax import lax
 from jax.custom_batching import custom_vmap
 from jax.custom_derivatives import SymbolicZero, linear_call
 from jax.experimental.custom_partitioning import custom_partitioning
+from jax.extend.core import Primitive, jaxpr_as_fun
+from jax.interpreters import batching
 from jax.sharding import Mesh, NamedSharding
 
 from ._sharding import Axes, Split, named_axes, partition_spec, per_device, plan_split
@@ -56,8 +61,7 @@ _RULES: contextvars.ContextVar[bool] = contextvars.ContextVar("partition_rules",
 @contextlib.contextmanager
 def plain_partitioning() -> Iterator[None]:
     """Trace convolutions without jconv's partitioning rules: XLA partitions the lowerings'
-    own ops (it may gather operands). Needed around `jax.vmap` of a gradient or
-    `jax.jacfwd` of programs partitioned over several devices.
+    own ops (it may gather operands), as it would any JAX code.
 
     >>> import jconv
     >>> with jconv.plain_partitioning():
@@ -222,6 +226,44 @@ class _Bilinear:
 
         op.defjvp(jvp, symbolic_zeros=True)
         return op
+
+
+def _linear_call_primitive() -> Primitive:
+    """JAX's `linear_call` primitive, read off a traced call (it is not exported)."""
+    jaxpr = jax.make_jaxpr(lambda t: linear_call(lambda r, u: u, lambda r, u: u, (), t))(0.0)
+    return jaxpr.jaxpr.eqns[0].primitive
+
+
+def _batch_linear_call(args: list[Any], dims: list[int | None], *, callee: Any,
+                       transpose_thunk: Any, num_callee_consts: int, num_res: int
+                       ) -> tuple[list[jax.Array], list[int]]:
+    """`linear_call` over a batch: the callee and its transpose vmapped (the batch leading),
+    the linear operands broadcast to the batch where they had none (their cotangents are then
+    summed over it by the broadcast's transpose)."""
+    size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
+    args = [a if d is None else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims, strict=True)]
+    held = num_callee_consts + num_res
+    held_axes = [None if d is None else 0 for d in dims[:held]]
+    lin = [a if d is not None else jnp.broadcast_to(a, (size, *jnp.shape(a)))
+           for a, d in zip(args[held:], dims[held:], strict=True)]
+    fun = jaxpr_as_fun(callee)
+    transpose, transpose_consts = transpose_thunk()
+    fun_t = jaxpr_as_fun(transpose)
+
+    def one(h: list[jax.Array], t: list[jax.Array]) -> Any:
+        return fun(*h, *t)
+
+    def one_t(h: list[jax.Array], ct: list[jax.Array]) -> Any:
+        return fun_t(*transpose_consts, *h[num_callee_consts:], *ct)
+
+    out = linear_call(jax.vmap(one, in_axes=(held_axes, 0)),
+                      jax.vmap(one_t, in_axes=(held_axes, 0)), args[:held], lin)
+    return list(out), [0] * len(out)
+
+
+_LINEAR_CALL = _linear_call_primitive()
+if _LINEAR_CALL not in batching.fancy_primitive_batchers:
+    batching.primitive_batchers[_LINEAR_CALL] = _batch_linear_call
 
 
 def _transpose(f: Callable[[jax.Array], jax.Array], aval: jax.ShapeDtypeStruct,
