@@ -245,6 +245,8 @@ EDGE: list[Case] = [
     make_case("zero_spatial_same", spatial=(0, 3), window=(2, 2)),
     make_case("zero_spatial_dilated", spatial=(0, 4), window=(1, 2), strides=(2, 1),
               padding=((1, 0), (0, 1)), lhs_dil=(2, 1), rhs_dil=(2, 2)),
+    make_case("zero_spatial_lhs_dilated", spatial=(9, 0), window=(4, 5),
+              padding=((10, 8), (7, 13)), lhs_dil=(1, 4), rhs_dil=(1, 2)),
     make_case("1d_window_gt_input_s2", spatial=(3,), window=(5,), strides=(2,), padding="VALID"),
 ]
 

@@ -210,13 +210,14 @@ def _spread_out(
 
 def _spread(spec: ConvSpec, k: tuple[int, ...]) -> list[tuple[int, int, int]] | None:
     """Per spatial axis the `lax.pad` config putting tap ``k``'s products on the outputs they
-    reach (``o = lo + s*i - k*d``); None if they reach none."""
+    reach (``o = lo + s*i - k*d``); None if they reach none (or there are no samples: an
+    empty axis that padding alone gives outputs)."""
     config = []
     for (lo, _), s, d, i, o, ki in zip(spec.padding, spec.lhs_dilation, spec.rhs_dilation,
                                        spec.in_spatial, spec.out_spatial, k, strict=True):
         first = lo - ki * d  # output of the first sample
         last = first + s * (i - 1)
-        if last < 0 or first >= o:
+        if i == 0 or last < 0 or first >= o:
             return None
         config.append((first, o - last - 1, s - 1))
     return config
