@@ -61,7 +61,10 @@ _RULES: contextvars.ContextVar[bool] = contextvars.ContextVar("partition_rules",
 @contextlib.contextmanager
 def plain_partitioning() -> Iterator[None]:
     """Trace convolutions without jconv's partitioning rules: XLA partitions the lowerings'
-    own ops (it may gather operands), as it would any JAX code.
+    own ops (it may gather operands), as it would any JAX code. Needed, on a host with more
+    than one device, around reverse-over-reverse second derivatives that differentiate one
+    operand's gradient in the other: JAX's `linear_call`, which the ops' tangents go
+    through, takes the operand it holds as constant.
 
     >>> import jconv
     >>> with jconv.plain_partitioning():
