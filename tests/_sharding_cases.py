@@ -121,10 +121,10 @@ CASES: dict[str, tuple] = {
 DILATED = ("explicit_batch_dilated", "explicit_height_dilated")
 """Cases with rhs dilation 2 (`atrous`: the phase images stacked into each device's batch)."""
 TRANSFORMS = ("auto_height", "auto_mesh2d", "auto_channels", "auto_depthwise")
+"""Cases whose `jax.jvp` and `jax.vmap` are checked too."""
 PER_EXAMPLE = ("auto_height", "auto_channels")
 """Cases whose per-example kernel gradients (`jax.vmap` of `jax.grad`) and `jax.jacfwd` are
 checked against lax's: they batch the tangents' `linear_call` (`jconv._autopart`)."""
-"""Cases whose `jax.jvp` and `jax.vmap` are checked too."""
 TEMPS = ("auto_batch_small", "auto_batch_nchw", "auto_features", "auto_mesh2d",
          "auto_height_strided")
 """Cases whose forward is compiled on one device's shard alone too (its temp bytes)."""
