@@ -124,7 +124,9 @@ TRANSFORMS = ("auto_height", "auto_mesh2d", "auto_channels", "auto_depthwise")
 """Cases whose `jax.jvp` and `jax.vmap` are checked too."""
 PER_EXAMPLE = ("auto_height", "auto_channels")
 """Cases whose per-example kernel gradients (`jax.vmap` of `jax.grad`) and `jax.jacfwd` are
-checked against lax's: they batch the tangents' `linear_call` (`jconv._autopart`)."""
+checked against lax's (they batch the tangents' `linear_call`, `jconv._autopart`), and their
+mixed second derivatives (`jax.grad` of one operand's gradient in the other: tangents of the
+operand a `linear_call` holds)."""
 TEMPS = ("auto_batch_small", "auto_batch_nchw", "auto_features", "auto_mesh2d",
          "auto_height_strided")
 """Cases whose forward is compiled on one device's shard alone too (its temp bytes)."""
@@ -233,6 +235,21 @@ def run_case(name: str) -> dict[str, Any]:
                 result["per_example_rel_err"] = float(jnp.max(jnp.abs(g - g_ref))
                                                       / jnp.max(jnp.abs(g_ref)))
                 result["jacfwd_rel_err"] = float(jnp.abs(j - j_ref) / jnp.abs(j_ref))
+
+            def mixed(fn: Any) -> tuple[jax.Array, jax.Array]:
+                def loss(a: jax.Array, b: jax.Array) -> jax.Array:
+                    return jnp.sum(jnp.tanh(conv(fn, a, b)) ** 2)
+                in_w = jax.grad(lambda b: jnp.sum(jax.grad(loss, 0)(xd, b) * xd))
+                in_x = jax.grad(lambda a: jnp.sum(jax.grad(loss, 1)(a, wd) * wd))
+                return jax.jit(in_w)(wd), jax.jit(in_x)(xd)
+            refs = mixed(lax.conv_general_dilated)
+            try:
+                got = mixed(jconv.conv_general_dilated)
+            except AssertionError as e:  # a held operand's tangent in `linear_call`
+                result["mixed_error"] = f"{type(e).__name__}: {e}"
+            else:
+                result["mixed_rel_err"] = max(float(jnp.max(jnp.abs(g - r)) / jnp.max(jnp.abs(r)))
+                                              for g, r in zip(got, refs, strict=True))
     result["expected_fwd_sharding"] = expected
     return result
 

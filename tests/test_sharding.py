@@ -159,6 +159,16 @@ def test_auto_partitioning_per_example_gradients_and_jacfwd(cases: dict[str, Any
     assert case["jacfwd_rel_err"] <= TOL
 
 
+@pytest.mark.parametrize("name", ["auto_height", "auto_channels"])
+def test_auto_partitioning_mixed_second_derivatives(cases: dict[str, Any], name: str) -> None:
+    """Under auto partitioning, `jax.grad` of the input gradient in the kernel and of the
+    kernel gradient in the input equal lax's: the tangents' `linear_call` is differentiated
+    in the operand it holds (JAX's own rule raised `AssertionError` there)."""
+    case = cases[name]
+    assert "mixed_error" not in case, case["mixed_error"]
+    assert case["mixed_rel_err"] <= TOL
+
+
 @pytest.mark.parametrize("name", ["auto_batch_small", "auto_batch_nchw", "auto_features",
                                   "auto_mesh2d", "auto_height_strided"])
 def test_auto_partitioning_temporaries_as_on_the_shard(cases: dict[str, Any],

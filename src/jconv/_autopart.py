@@ -21,8 +21,11 @@ op's `custom_vmap` rule runs its single-device program vmapped (XLA partitions t
 `jax.vmap` of a gradient (per-example gradients), `jax.jacfwd` and `jax.hessian` batch the
 tangents' `linear_call`, for which JAX has no batching rule: this module registers one
 (`_batch_linear_call`, only where JAX has none), which calls `linear_call` on the callee
-and its transpose vmapped. Without it every such program failed on a host with more than
-one device, sharded or not.
+and its transpose vmapped. Mixed second derivatives (the kernel gradient differentiated in
+the input, `jax.hessian`) differentiate a `linear_call` in the operand it holds, where
+JAX's JVP rule asserts a zero tangent: this module extends that rule (`_jvp_linear_call`,
+JAX's own where the held tangents are zero). Without these, such programs failed on every
+host with more than one device, sharded or not.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from jax.custom_batching import custom_vmap
 from jax.custom_derivatives import SymbolicZero, linear_call
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.extend.core import Primitive, jaxpr_as_fun
-from jax.interpreters import batching
+from jax.interpreters import ad, batching
 from jax.sharding import Mesh, NamedSharding
 
 from ._sharding import Axes, Split, named_axes, partition_spec, per_device, plan_split
@@ -61,10 +64,8 @@ _RULES: contextvars.ContextVar[bool] = contextvars.ContextVar("partition_rules",
 @contextlib.contextmanager
 def plain_partitioning() -> Iterator[None]:
     """Trace convolutions without jconv's partitioning rules: XLA partitions the lowerings'
-    own ops (it may gather operands), as it would any JAX code. Needed, on a host with more
-    than one device, around reverse-over-reverse second derivatives that differentiate one
-    operand's gradient in the other: JAX's `linear_call`, which the ops' tangents go
-    through, takes the operand it holds as constant.
+    own ops (it may gather operands), as it would any JAX code; on one device, the program
+    traced is the one a single-device host runs.
 
     >>> import jconv
     >>> with jconv.plain_partitioning():
@@ -264,9 +265,42 @@ def _batch_linear_call(args: list[Any], dims: list[int | None], *, callee: Any,
     return list(out), [0] * len(out)
 
 
+def _jvp_linear_call(primals: list[Any], tangents: list[Any], **params: Any
+                     ) -> tuple[list[jax.Array], list[Any]]:
+    """JAX's `linear_call` JVP rule, extended to tangents of the operands it holds: the
+    call is linear in its linear operands only, so a held operand's tangent adds the
+    callee's own derivative in it (JAX's rule asserts those tangents are zero)."""
+    held = params["num_callee_consts"] + params["num_res"]
+    moving = [i for i in range(held) if type(tangents[i]) is not ad.Zero]
+    if not moving:
+        return _JAX_LINEAR_CALL_JVP(primals, tangents, **params)
+    lin = tangents[held:]
+    if all(type(t) is ad.Zero for t in lin):
+        out, terms = _LINEAR_CALL.bind(*primals, **params), []
+    else:
+        fixed = [ad.Zero(t.aval) if i in moving else t for i, t in enumerate(tangents[:held])]
+        out, t_lin = _JAX_LINEAR_CALL_JVP(
+            primals, [*fixed, *(ad.instantiate_zeros(t) for t in lin)], **params)
+        terms = [t_lin]
+    callee = jaxpr_as_fun(params["callee"])
+
+    def through_held(*values: jax.Array) -> Any:
+        args = list(primals)
+        for i, v in zip(moving, values, strict=True):
+            args[i] = v
+        return callee(*args)
+
+    _, t_held = jax.jvp(through_held, [primals[i] for i in moving],
+                        [tangents[i] for i in moving])
+    terms.append(list(t_held))
+    return list(out), [sum(ts) for ts in zip(*terms, strict=True)]
+
+
 _LINEAR_CALL = _linear_call_primitive()
 if _LINEAR_CALL not in batching.fancy_primitive_batchers:
     batching.primitive_batchers[_LINEAR_CALL] = _batch_linear_call
+_JAX_LINEAR_CALL_JVP = ad.primitive_jvps[_LINEAR_CALL]
+ad.primitive_jvps[_LINEAR_CALL] = _jvp_linear_call
 
 
 def _transpose(f: Callable[[jax.Array], jax.Array], aval: jax.ShapeDtypeStruct,
