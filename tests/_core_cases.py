@@ -13,6 +13,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.extend
 import numpy as np
 from jax import lax
 from reference import conv_reference
@@ -298,3 +299,19 @@ LOWERING_ROWS: list[Case] = [
 LOWERING_ROWS_IN_TABLE = (0, 1, 3, 7, 9)
 """LOWERING_ROWS whose kind of configuration `TABLE` already has (plain SAME, groups,
 depthwise, negative pads, 1x1): the value tables leave them out, the gradient tables keep them."""
+
+
+def loop_operands_with_a_unit_axis(fn: Any, *args: Any) -> list[tuple[int, ...]]:
+    """Shapes ``(steps, 1, ...)`` among the operands of the loops (`lax.scan`) in ``fn``'s
+    jaxpr: XLA's CPU backend copies such an operand whole to relayout it (a batch read one
+    image a step should be scanned as it is)."""
+    def walk(jaxpr: Any) -> list[tuple[int, ...]]:
+        found = []
+        for e in jaxpr.eqns:
+            if e.primitive.name == "scan":
+                found += [tuple(v.aval.shape) for v in e.invars
+                          if v.aval.ndim > 2 and v.aval.shape[1] == 1]
+            for j in jax.extend.core.jaxprs_in_params(e.params):
+                found += walk(j)
+        return found
+    return walk(jax.make_jaxpr(fn)(*args).jaxpr)

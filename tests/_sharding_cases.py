@@ -383,7 +383,50 @@ def run_transpose() -> dict[str, Any]:
     return {str(k): v for k, v in out.items()}
 
 
-EXTRA = {"volume": run_volume, "same_lowering": run_same_lowering, "transpose": run_transpose}
+def run_unsharded() -> dict[str, Any]:
+    """Calls on a host with several devices and operands on one (every call takes the
+    auto-partitioning ops, `jconv._autopart`): the messages of a forced lowering that cannot
+    run the convolution, eagerly and under jit; the Pallas lowering's gradients against
+    lax's; the temp bytes of a 3x3 layer's gradients (8 x 56 x 56 x 64, `auto`), which
+    the test compares with a single-device host's."""
+    dn = _layouts("NHWC")
+    kx, kw = jax.random.split(jax.random.key(2))
+    x = jax.random.normal(kx, (2, 9, 8, 6), jnp.float32)
+    w = jax.random.normal(kw, (3, 3, 6, 4), jnp.float32) / np.sqrt(54)
+
+    def forced(name: str) -> Any:
+        return lambda a, b: jconv.conv_general_dilated(a, b, (1, 1), "SAME",
+                                                       dimension_numbers=dn, strategy=name)
+    result: dict[str, Any] = {}
+    for mode, call in (("eager", forced("polyphase")), ("jit", jax.jit(forced("polyphase")))):
+        try:
+            call(x, w)
+            result[f"refusal_{mode}"] = None
+        except ValueError as e:
+            result[f"refusal_{mode}"] = str(e)
+
+    def grads(conv: Any) -> tuple[jax.Array, jax.Array]:
+        return jax.jit(jax.grad(lambda a, b: jnp.sum(jnp.tanh(conv(a, b)) ** 2), (0, 1)))(x, w)
+    want = grads(lambda a, b: lax.conv_general_dilated(a, b, (1, 1), "SAME",
+                                                       dimension_numbers=dn,
+                                                       precision=lax.Precision.HIGHEST))
+    try:
+        got = grads(forced("pallas"))
+    except AssertionError as e:  # JAX's transpose of a `pallas_call`, which has none
+        result["pallas_grad_error"] = f"{type(e).__name__}: {e}"
+    else:
+        result["pallas_grad_rel_err"] = max(float(jnp.max(jnp.abs(g - r)) / jnp.max(jnp.abs(r)))
+                                            for g, r in zip(got, want, strict=True))
+    xs = jax.ShapeDtypeStruct((8, 56, 56, 64), jnp.float32)
+    ws = jax.ShapeDtypeStruct((3, 3, 64, 64), jnp.float32)
+    step = jax.grad(lambda a, b: jnp.sum(forced("auto")(a, b) ** 2), (0, 1))
+    result["grad_temp_bytes"] = jax.jit(step).lower(xs, ws).compile().memory_analysis(
+        ).temp_size_in_bytes
+    return result
+
+
+EXTRA = {"volume": run_volume, "same_lowering": run_same_lowering, "transpose": run_transpose,
+         "unsharded": run_unsharded}
 """Named measurements other than `CASES`."""
 
 

@@ -16,7 +16,11 @@ import subprocess
 import sys
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import pytest
+
+import jconv
 
 HERE = pathlib.Path(__file__).resolve().parent
 TOL = 1e-4
@@ -225,3 +229,37 @@ def test_shard_map(cases: dict[str, Any]) -> None:
     case = cases["shard_map_batch"]
     assert _ok(case["jconv_fwd"])["collectives"] == {}
     _only_weight_allreduce(case)
+
+
+def test_a_forced_lowering_refuses_what_it_cannot_run_on_a_multi_device_host(
+        cases: dict[str, Any]) -> None:
+    """With several devices (every call through the auto-partitioning ops, whose budget is
+    per device) a forced lowering that cannot run the convolution still raises before any
+    computation, eagerly and under jit (it ran before)."""
+    case = cases["unsharded"]
+    for mode in ("eager", "jit"):
+        assert "`strategy` (='polyphase') cannot run this convolution: it needs lhs dilation" in (
+            case[f"refusal_{mode}"] or ""), case[f"refusal_{mode}"]
+
+
+def test_pallas_gradients_on_a_multi_device_host(cases: dict[str, Any]) -> None:
+    """The ops transpose a lowering through its derivative rule: the Pallas kernel (a
+    `pallas_call` has no transpose; its tangents are `shift`'s) differentiates there too."""
+    case = cases["unsharded"]
+    assert "pallas_grad_error" not in case, case["pallas_grad_error"]
+    assert case["pallas_grad_rel_err"] <= TOL
+
+
+def test_unsharded_gradients_on_a_multi_device_host_are_the_single_device_program(
+        cases: dict[str, Any]) -> None:
+    """Where XLA does not partition the ops, their gradients are the engine's planned ones,
+    as on a host with one device (this process): the same temporaries (they were the value
+    lowering's raw transposes, 1.75x these bytes on 8 x 56 x 56 x 64)."""
+    xs = jax.ShapeDtypeStruct((8, 56, 56, 64), jnp.float32)
+    ws = jax.ShapeDtypeStruct((3, 3, 64, 64), jnp.float32)
+    step = jax.grad(lambda a, b: jnp.sum(jconv.conv_general_dilated(
+        a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2), (0, 1))
+    assert jax.device_count() == 1
+    one = jax.jit(step).lower(xs, ws).compile().memory_analysis().temp_size_in_bytes
+    assert abs(cases["unsharded"]["grad_temp_bytes"] - one) <= 0.01 * one, (
+        cases["unsharded"]["grad_temp_bytes"], one)

@@ -133,7 +133,15 @@ class _Bilinear:
         return plan_split(spec, mesh, a, w_axes, b)
 
     def _partitionable(self, kind: str) -> Op:
-        op = custom_partitioning(jax.jit(self.plain(kind)))
+        plain = self.plain(kind)
+
+        def unpartitioned(a: jax.Array, b: jax.Array) -> jax.Array:
+            # what runs where XLA does not partition the op (one device holds the
+            # program): planned as on a single-device host (batch chunks of any size)
+            with per_device():
+                return plain(a, b)
+
+        op = custom_partitioning(jax.jit(unpartitioned))
         x, w, y = self.rule
         ins, out = {"y": ((x, w), y), "dx": ((y, w), x), "dw": ((x, y), w)}[kind]
         roles = {"y": ("x", "w", "y"), "dx": ("y", "w", "x"), "dw": ("x", "y", "w")}[kind]
@@ -305,8 +313,11 @@ ad.primitive_jvps[_LINEAR_CALL] = _jvp_linear_call
 
 def _transpose(f: Callable[[jax.Array], jax.Array], aval: jax.ShapeDtypeStruct,
                ct: jax.Array) -> jax.Array:
-    """The transpose of the linear ``f`` (on ``aval``) applied to ``ct``."""
-    (out,) = jax.linear_transpose(f, aval)(ct.astype(jax.eval_shape(f, aval).dtype))
+    """The transpose of the linear ``f`` (on ``aval``) applied to ``ct``: its pullback at
+    zero, so that a lowering with its own derivative rule is transposed through it (a Pallas
+    kernel has no transpose; its tangent is `shift`'s)."""
+    _, pullback = jax.vjp(f, jnp.zeros(aval.shape, aval.dtype))
+    (out,) = pullback(ct.astype(jax.eval_shape(f, aval).dtype))
     return out
 
 

@@ -190,10 +190,12 @@ def _blocked_tangent(
     stride = rows * s  # input rows between blocks
     width = _span(spec, rows)
     if blocks == 1:
-        xb = x.reshape(n // images, images, *x.shape[1:])
+        # one image a step: the loop reads x itself (a unit axis in its operand, XLA
+        # copies the whole input to relayout)
+        xb = x if images == 1 else x.reshape(n // images, images, *x.shape[1:])
 
         def block(xi: jax.Array) -> jax.Array:
-            return pad_input(spec, xi)[:, :width]
+            return pad_input(spec, xi if images > 1 else xi[None])[:, :width]
     else:
         xp = pad_input(spec, x)  # (N, P, *rest, C)
         rest = xp.shape[2:-1]
@@ -203,10 +205,10 @@ def _blocked_tangent(
         own = xp[:, :blocks * stride].reshape(n, blocks, stride, *rest, c)
         ahead = xp[:, stride:].reshape(n, blocks, stride, *rest, c)
         xb = jnp.concatenate([own, ahead[:, :, :max(width - stride, 0)]], axis=2)[:, :, :width]
-        xb = xb.reshape(n * blocks, 1, width, *rest, c)
+        xb = xb.reshape(n * blocks, width, *rest, c)
 
         def block(xi: jax.Array) -> jax.Array:
-            return xi
+            return xi[None]
     wk = dw.reshape(spec.taps * c, f)
     # a step is a VALID convolution of its padded rows
     sub = dataclasses.replace(spec, lhs_shape=(images, width, *spec.padded_in[1:], c),

@@ -271,9 +271,12 @@ def recording() -> Iterator[list[tuple[ConvSpec, jnp.dtype, Any]]]:
         _recorders.remove(calls)
 
 
-def check_budget(name: str, spec: ConvSpec, dtype: jax.typing.DTypeLike) -> None:
-    """Raise ValueError if forced lowering `name` cannot run `spec` or exceeds the budget."""
-    reason = _why_not(name, spec, jnp.dtype(dtype), get_memory_budget())
+def check_budget(name: str, spec: ConvSpec, dtype: jax.typing.DTypeLike,
+                 budget: int | None = None) -> None:
+    """Raise ValueError if forced lowering `name` cannot run `spec` or exceeds `budget`
+    (default: the memory budget)."""
+    reason = _why_not(name, spec, jnp.dtype(dtype),
+                      get_memory_budget() if budget is None else budget)
     if reason is not None:
         raise ValueError(f"`strategy` (={name!r}) cannot run this convolution: {reason}.")
 
@@ -316,8 +319,7 @@ def resolve(strategy: str, spec: ConvSpec, dtype: jax.typing.DTypeLike,
             calls.append((spec, jnp.dtype(dtype), precision))
         return Lowerings(planned(spec), planned(spec, True),
                          planned(grad_spec) if grad_spec else None)
-    if budgeted:
-        check_budget(strategy, spec, dtype)
+    check_budget(strategy, spec, dtype, budget)  # unbudgeted, what it cannot run still raises
     if grad_spec is None:
         return Lowerings(strategy, strategy, None)
     runs = _why_not(strategy, grad_spec, jnp.dtype(dtype),

@@ -197,6 +197,8 @@ def in_batch_chunks(
     p = partition_factor(n)
     if p == 1:
         sub = dataclasses.replace(spec, lhs_shape=(chunk, *spec.lhs_shape[1:]))
+        if chunk == 1:  # no unit axis in the loop's operands (XLA copies them to relayout)
+            return lax.map(lambda xc: fn(sub, xc[None], w)[0], xp)
         ys = lax.map(lambda xc: fn(sub, xc, w), xp.reshape(m, chunk, *xp.shape[1:]))
         return ys.reshape(n, *ys.shape[2:])
     sub = dataclasses.replace(spec, lhs_shape=(chunk // p, *spec.lhs_shape[1:]))
