@@ -13,6 +13,11 @@ the per-device convolution as explicit sharding does (`jconv._sharding.plan_spli
 spatial with halo exchanges, output features, groups, input channels with a sum); each
 device runs the lowering planned on its shard's shape, and the only communication is the
 halos, the partial sums and the gradients' sums over the devices that shared an operand.
+Where XLA does not partition an op (the program on one device), it runs the program a
+single-device host would: traced as per-device code, so its batch chunks take any size.
+``dx`` and ``dw`` are pullbacks of the lowering (its `jax.vjp` at zero), so they run the
+engine's planned gradients (`jconv._gradients`) and a lowering with its own derivative rule
+(the Pallas kernel, which has no transpose) differentiates as on one device.
 
 Differentiation: each op is `jax.custom_jvp` with tangents through `linear_call`, whose
 transposes are the other two ops (``y``'s in ``x`` is ``dx``, in ``w`` is ``dw``; ``dx``'s
