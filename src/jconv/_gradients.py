@@ -190,12 +190,12 @@ def _blocked_tangent(
     stride = rows * s  # input rows between blocks
     width = _span(spec, rows)
     if blocks == 1:
-        # one image a step: the loop reads x itself (a unit axis in its operand, XLA
-        # copies the whole input to relayout)
+        # one image a step: the loop reads x as it is (XLA copied the whole input to
+        # relayout a loop operand with a unit axis)
         xb = x if images == 1 else x.reshape(n // images, images, *x.shape[1:])
 
         def block(xi: jax.Array) -> jax.Array:
-            return pad_input(spec, xi if images > 1 else xi[None])[:, :width]
+            return pad_input(spec, xi[None] if images == 1 else xi)[:, :width]
     else:
         xp = pad_input(spec, x)  # (N, P, *rest, C)
         rest = xp.shape[2:-1]
