@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 
 import _profiles
 import jax
@@ -45,6 +46,10 @@ FAST_COMPILE = ("--xla_cpu_use_fusion_emitters=false", "--xla_backend_optimizati
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "single_device: a test of the single-device planner's structure or of "
+        "budgets checked while tracing; on a host with several devices it runs as per-device "
+        "code (`jconv._sharding.per_device`), JAX's caches cleared around it")
     # plans come from the cost model, never from a tuning cache this machine happens to hold
     os.environ["JCONV_TUNE_CACHE"] = os.path.join(tempfile.mkdtemp(), "tune.json")
     if config.getoption("--full"):
@@ -59,3 +64,21 @@ def pytest_report_header(config: pytest.Config) -> str:
     return (f"hypothesis profile: {_profiles.active} "
             f"({_profiles.engine_vs_lax_configs()} engine-vs-lax configurations); "
             f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+
+
+@pytest.fixture(autouse=True)
+def _as_on_one_device(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Where the host has several devices (``--xla_force_host_platform_device_count``),
+    `single_device` tests trace as a one-device host does: as per-device code, which the
+    auto-partitioning ops and batch chunks of multiples of the device count leave out
+    (their own checks: `tests/test_sharding.py`). The caches are cleared so that no
+    program traced one way is reused the other."""
+    if request.node.get_closest_marker("single_device") is None or jax.device_count() == 1:
+        yield
+        return
+    from jconv._sharding import per_device
+
+    jax.clear_caches()
+    with per_device():
+        yield
+    jax.clear_caches()

@@ -218,6 +218,7 @@ def test_a_one_dimensional_winograd_layer_takes_winograds_kernel_gradient() -> N
     assert temp < 0.6 * whole.lower(x, w).compile().memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.single_device
 @pytest.mark.parametrize(("x", "bound", "winograds"), [
     ((2, 24, 24, 64), None, True), ((4, 6, 6, 64), None, False), ((2, 24, 24, 16), None, True),
     ((2, 24, 24, 16), 2**18, False)])
@@ -275,6 +276,7 @@ _NWC = ("NWC", "WIO", "NWC")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
+@pytest.mark.single_device
 @pytest.mark.parametrize(("x", "k", "f", "kw", "rows"), [
     ((3, 2500, 4), (15,), 3, dict(padding="SAME"), None),  # three blocks
     ((2, 2500, 3), (7,), 2, dict(padding="VALID", window_strides=(2,)), None),
@@ -334,6 +336,7 @@ def test_a_layers_kernel_gradient_loops_over_blocks_of_outputs(
     np.testing.assert_array_equal(tangent, lax.conv_general_dilated(xs, ws - 1, **kw))
 
 
+@pytest.mark.single_device
 @pytest.mark.parametrize("n", [8, 64])
 def test_a_large_batch_of_small_images_takes_its_kernel_gradient_in_block_steps(n: int) -> None:
     """Whole images a step: at most `CHUNK` in a small batch, the batch over `BLOCK_STEPS`
@@ -381,6 +384,7 @@ def _loop_dots(jaxpr: Any, in_loop: bool = False) -> list[tuple[tuple[int, ...],
     return found
 
 
+@pytest.mark.single_device
 @pytest.mark.parametrize(("x", "k", "f", "stride", "dilation"), [
     ((8, 4096, 64), (3,), 64, 1, 1),
     ((8, 4096, 64), (15,), 64, 1, 1), ((8, 4096, 64), (31,), 64, 1, 1),
@@ -414,6 +418,7 @@ def test_a_blocked_kernel_gradients_temporaries_are_its_blocks(
     assert measured < hybrid or np.prod(x[1:-1]) < 4096
 
 
+@pytest.mark.single_device
 @pytest.mark.parametrize(("x", "f", "groups", "blocks"), [
     ((2, 5, 5, 48), 12, 1, False), ((2, 5, 5, 12), 48, 1, True), ((2, 5, 5, 12), 12, 1, True),
     ((2, 5, 5, 12), 12, 3, False)])

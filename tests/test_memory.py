@@ -198,6 +198,7 @@ def test_training_temp_bytes_grow_linearly_with_depth(strategy: str) -> None:
     assert residuals <= steps[-1] <= bound, (steps, residuals, bound)
 
 
+@pytest.mark.single_device
 @pytest.mark.parametrize(("name", "xs", "chunk"), [
     ("shift", (8, 56, 56, 64), 2), ("hybrid", (8, 56, 56, 64), 1),
     ("winograd", (4, 128, 128, 32), 1), ("scatter", (4, 128, 128, 32), 1)])
@@ -323,6 +324,7 @@ def test_batch_chunks_are_padded_in_their_loop(name: str) -> None:
         x, w, (1, 1), "SAME", dimension_numbers=_dn(2)))
 
 
+@pytest.mark.single_device
 @pytest.mark.parametrize("strategy", ["scatter", "shift"])
 @pytest.mark.parametrize("batched", [False, True], ids=["plain", "vmapped"])
 def test_kernel_copies_wait_for_their_layer(strategy: str, batched: bool) -> None:
@@ -360,6 +362,7 @@ def test_kernel_copies_wait_for_their_layer(strategy: str, batched: bool) -> Non
     assert float(jnp.max(jnp.abs(got - want))) <= 1e-4 * float(jnp.max(jnp.abs(want)))
 
 
+@pytest.mark.single_device
 def test_the_kernel_tie_computes_its_input_once() -> None:
     """The tie reads its layer's input through one reduction (`jconv._engine._never`): XLA
     computes it once, where an element read into the select was fused into every element

@@ -287,6 +287,7 @@ def test_the_plan_follows_what_the_lowerings_state(
     planner._plan.cache_clear()
 
 
+@pytest.mark.single_device
 def test_budget_excludes_big_lowerings_and_forced_ones_raise() -> None:
     spec = _spec((8, 56, 56, 64), (3, 3), 64)
     patches = float(STRATEGIES["patches"].cost(spec).temp_bytes)
@@ -306,6 +307,7 @@ def test_budget_excludes_big_lowerings_and_forced_ones_raise() -> None:
         jax.jit(lambda a, b: jconv.conv(a, b, strategy="patches")).lower(x, w)
 
 
+@pytest.mark.single_device
 def test_nothing_fits_raises() -> None:
     planner.set_memory_budget(1)
     with pytest.raises(ValueError, match="No lowering fits the memory budget"):
@@ -446,6 +448,7 @@ def test_dense_gradients_differentiate_like_lax(i: int) -> None:
             np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.single_device
 def test_derivatives_run_the_backward_lowering(monkeypatch: pytest.MonkeyPatch) -> None:
     """Differentiated, a dense convolution's values run by the differentiated pick and its two
     tangents by `_gradients` (the input's by the pick for `ConvSpec.input_gradient`, scatter's
