@@ -4,6 +4,8 @@ and training step.
     python benchmarks/networks.py            # writes benchmarks/results/networks.{json,md}
     python benchmarks/networks.py --quick    # 3 repetitions: results/networks_quick.*
     python benchmarks/networks.py --only resnet18 --tune all --layers   # and each conv alone
+    XLA_FLAGS=--xla_force_host_platform_device_count=2 \
+        python benchmarks/networks.py --no-tune --no-torch --out networks_2dev  # a 2-device host
 
 Five networks, each written once as plain JAX functions of a params pytree that take the
 convolution as an argument (the conv hook, lax's signature): ResNet-18 (basic blocks,
@@ -834,7 +836,9 @@ def main(argv: list[str] | None = None) -> None:
     meta: dict[str, Any] = {
         "machine": f"{cpu_name()}, {os.cpu_count()} cores ({platform.machine()}, "
                    f"{platform.system()}), jax device {jax.devices()[0].platform}: "
-                   f"{jax.devices()[0].device_kind}",
+                   f"{jax.devices()[0].device_kind}"
+                   + (f" x {jax.device_count()} (operands on one)" if jax.device_count() > 1
+                      else ""),
         "jax": jax.__version__, "torch": tv, "reps": reps, "budget_s": budget_s,
         "matmul_gflops": matmul_flops(3, 256 if a.smoke else 2048, 1) / 1e9,
         "time_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

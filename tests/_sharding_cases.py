@@ -388,7 +388,8 @@ def run_unsharded() -> dict[str, Any]:
     auto-partitioning ops, `jconv._autopart`): the messages of a forced lowering that cannot
     run the convolution, eagerly and under jit; the Pallas lowering's gradients against
     lax's; the temp bytes of a 3x3 layer's gradients (8 x 56 x 56 x 64, `auto`), which
-    the test compares with a single-device host's."""
+    the test compares with a single-device host's, and of a chain of six 3x3 256 -> 256
+    layers at 4x4 on `scatter` (its kernel copies)."""
     dn = _layouts("NHWC")
     kx, kw = jax.random.split(jax.random.key(2))
     x = jax.random.normal(kx, (2, 9, 8, 6), jnp.float32)
@@ -421,6 +422,15 @@ def run_unsharded() -> dict[str, Any]:
     ws = jax.ShapeDtypeStruct((3, 3, 64, 64), jnp.float32)
     step = jax.grad(lambda a, b: jnp.sum(forced("auto")(a, b) ** 2), (0, 1))
     result["grad_temp_bytes"] = jax.jit(step).lower(xs, ws).compile().memory_analysis(
+        ).temp_size_in_bytes
+
+    def chain(a: jax.Array, kernels: jax.Array) -> jax.Array:  # kernel copies 2.4 MB each
+        for k in kernels:
+            a = forced("scatter")(a, k)
+        return a
+    result["chain_temp_bytes"] = jax.jit(chain).lower(
+        jax.ShapeDtypeStruct((4, 4, 4, 256), jnp.float32),
+        jax.ShapeDtypeStruct((6, 3, 3, 256, 256), jnp.float32)).compile().memory_analysis(
         ).temp_size_in_bytes
     return result
 

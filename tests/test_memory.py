@@ -324,7 +324,6 @@ def test_batch_chunks_are_padded_in_their_loop(name: str) -> None:
         x, w, (1, 1), "SAME", dimension_numbers=_dn(2)))
 
 
-@pytest.mark.single_device
 @pytest.mark.parametrize("strategy", ["scatter", "shift"])
 @pytest.mark.parametrize("batched", [False, True], ids=["plain", "vmapped"])
 def test_kernel_copies_wait_for_their_layer(strategy: str, batched: bool) -> None:

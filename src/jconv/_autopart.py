@@ -57,9 +57,12 @@ from ._spec import ConvSpec
 __all__ = ["Local", "Plan", "partitioned", "plain_partitioning", "uses_rules"]
 
 Local = Callable[[ConvSpec, jax.Array, jax.Array], jax.Array]
-Plan = Callable[[ConvSpec], Local]
-"""``plan(spec)`` -> the function computing that spec, ``fn(spec, x, w)`` (its output in
-the accumulation dtype)."""
+Plan = Callable[[ConvSpec, bool], Local]
+"""``plan(spec, tied)`` -> the function computing that spec, ``fn(spec, x, w)`` (its output
+in the accumulation dtype); ``tied``: the lowering's copies of the kernel wait for the
+input (`jconv._engine._after`). The forward op's are tied; a transpose's are not, where the
+tie would keep alive the primal it reads (a halo exchange of the zeros a pullback starts
+from)."""
 
 Op = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -90,19 +93,20 @@ def uses_rules() -> bool:
     return _RULES.get()
 
 
-def partitioned(spec: ConvSpec, plan: Plan, whole: Local, x: jax.Array, w: jax.Array,
-                acc_dtype: jnp.dtype) -> jax.Array:
+def partitioned(spec: ConvSpec, plan: Plan, whole: Callable[[bool], Local], x: jax.Array,
+                w: jax.Array, acc_dtype: jnp.dtype) -> jax.Array:
     """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` in ``acc_dtype``, partitioned by
-    the operands' shardings (see the module docstring): each device runs ``plan(local)``
-    on its shard; ``whole`` computes `spec` where the program is not partitioned."""
+    the operands' shardings (see the module docstring): each device runs ``plan(local,
+    tied)`` on its shard; ``whole(tied)`` computes `spec` where the op is not partitioned
+    or where XLA partitions it itself (batched)."""
     return _Bilinear(spec, plan, whole, x, w, acc_dtype).ops["y"](x, w)
 
 
 class _Bilinear:
     """The three ops of one convolution (`partitioned`), differentiable and batchable."""
 
-    def __init__(self, spec: ConvSpec, plan: Plan, whole: Local, x: jax.Array, w: jax.Array,
-                 acc_dtype: jnp.dtype) -> None:
+    def __init__(self, spec: ConvSpec, plan: Plan, whole: Callable[[bool], Local],
+                 x: jax.Array, w: jax.Array, acc_dtype: jnp.dtype) -> None:
         self.spec, self.plan, self.whole = spec, plan, whole
         self.avals = {"x": jax.ShapeDtypeStruct(x.shape, x.dtype),
                       "w": jax.ShapeDtypeStruct(w.shape, w.dtype),
@@ -112,9 +116,10 @@ class _Bilinear:
         self.ops: dict[str, Op] = {k: self._differentiable(k, raw[k]) for k in raw}
 
     # single-device programs ------------------------------------------------------------
-    def plain(self, kind: str) -> Op:
-        """The op's single-device program: the lowering, or its transposes."""
-        fn, spec = self.whole, self.spec
+    def plain(self, kind: str, tied: bool) -> Op:
+        """The op's single-device program: the lowering (its kernel copies after the input
+        if ``tied``), or its transposes."""
+        fn, spec = self.whole(tied), self.spec
         if kind == "y":
             return lambda x, w: fn(spec, x, w).astype(self.avals["y"].dtype)
         if kind == "dx":
@@ -138,7 +143,7 @@ class _Bilinear:
         return plan_split(spec, mesh, a, w_axes, b)
 
     def _partitionable(self, kind: str) -> Op:
-        plain = self.plain(kind)
+        plain = self.plain(kind, tied=kind == "y")
 
         def unpartitioned(a: jax.Array, b: jax.Array) -> jax.Array:
             # what runs where XLA does not partition the op (one device holds the
@@ -169,7 +174,7 @@ class _Bilinear:
 
     def _per_device(self, kind: str, split: Split) -> Op:
         """One device's program of the op, on its blocks, for `split`."""
-        fn = self.plan(split.local)
+        fn = self.plan(split.local, kind == "y")
         dtype = self.avals["y"].dtype
 
         def partial(xb: jax.Array, wb: jax.Array) -> jax.Array:
@@ -205,7 +210,7 @@ class _Bilinear:
         def batched(axis_size: int, in_batched: list[bool], a: jax.Array,
                     b: jax.Array) -> tuple[jax.Array, bool]:
             axes = tuple(0 if t else None for t in in_batched)
-            return jax.vmap(self.plain(kind), in_axes=axes)(a, b), True
+            return jax.vmap(self.plain(kind, tied=kind == "y"), in_axes=axes)(a, b), True
 
         batchable.def_vmap(batched)
         return batchable

@@ -176,9 +176,9 @@ def _lower_by(
     """``(N, *in, C), (*window, Cg, F) -> (N_out, *out, F)`` by `lowerings`.
 
     `tied`: a lowering's copies of a kernel of several offsets (``TRANSFORMS_KERNEL``; a
-    1x1 kernel is read as it is) come after the input (`_after`). Not where the caller
-    transposes this function itself, as `jconv._autopart`'s ops do: the tie would reach
-    their linear operand.
+    1x1 kernel is read as it is) come after the input (`_after`). `jconv._autopart`'s ops
+    tie their forward only: their transposes are pullbacks from zero, whose primal (a halo
+    exchange, on a split input) the tie would keep alive.
     """
     tied = tied and spec.taps > 1 and any(
         STRATEGIES[n].TRANSFORMS_KERNEL for n in (lowerings.values, lowerings.differentiated))
@@ -229,9 +229,7 @@ def _run(
     if split is not None:
         y = split.run(plan(split.local), x, w)
     elif rules and may_partition():
-        # its ops transpose the per-device functions themselves: untied (`_lower_by`)
-        y = partitioned(spec, functools.partial(plan, tied=False), by(lowerings, False),
-                        x, w, acc_dtype)
+        y = partitioned(spec, plan, functools.partial(by, lowerings), x, w, acc_dtype)
     else:
         y = by(lowerings, True)(spec, x, w)
     return jnp.transpose(y.astype(out_dtype), spec.canonical_to_out)
