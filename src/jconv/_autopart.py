@@ -326,8 +326,8 @@ def _transpose(f: Callable[[jax.Array], jax.Array], aval: jax.ShapeDtypeStruct,
     """The transpose of the linear ``f`` (on ``aval``) applied to ``ct``: its pullback at
     zero, so that a lowering with its own derivative rule is transposed through it (a Pallas
     kernel has no transpose; its tangent is `shift`'s)."""
-    _, pullback = jax.vjp(f, jnp.zeros(aval.shape, aval.dtype))
-    (out,) = pullback(ct.astype(jax.eval_shape(f, aval).dtype))
+    y, pullback = jax.vjp(f, jnp.zeros(aval.shape, aval.dtype))
+    (out,) = pullback(ct.astype(y.dtype))
     return out
 
 
