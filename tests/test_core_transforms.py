@@ -109,6 +109,40 @@ def test_checkpoint_and_grad_of_grad(strategy: str) -> None:
     assert rel_err(second(ours), second(theirs)) <= 1e-4
 
 
+# ------------------------------------------------------------------------- linear_transpose
+@pytest.mark.single_device
+@pytest.mark.parametrize("strategy", ["auto", "shift", "scatter", "winograd", "patches"])
+def test_linear_transpose_in_either_operand(strategy: str) -> None:
+    """`jax.linear_transpose` of a convolution in its input (kernel fixed) and in its kernel
+    (input fixed), eagerly, under `jax.jit` and `jax.vmap`, equals lax's. Lowerings that
+    copy the kernel order the copy after the input (`jconv._engine._after`); that tie must
+    leave the convolution linear in the input alone."""
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.standard_normal((2, 9, 8, 4)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 4, 5)), jnp.float32)
+    ct = jnp.asarray(rng.standard_normal((3, 2, 9, 8, 5)), jnp.float32)
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def ours(a: jax.Array, b: jax.Array) -> jax.Array:
+        return jconv.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=dn,
+                                          strategy=strategy)
+
+    def theirs(a: jax.Array, b: jax.Array) -> jax.Array:
+        return lax.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=dn)
+
+    for conv in (ours, theirs):
+        assert jax.eval_shape(conv, x, w).shape == ct.shape[1:]
+    for transposes in (
+        lambda conv: jax.linear_transpose(lambda a: conv(a, w), x)(ct[0])[0],
+        lambda conv: jax.linear_transpose(lambda b: conv(x, b), w)(ct[0])[0],
+        lambda conv: jax.jit(jax.linear_transpose(lambda a: conv(a, w), x))(ct[0])[0],
+        lambda conv: jax.vmap(lambda c: jax.linear_transpose(lambda a: conv(a, w), x)(c)[0])(ct),
+    ):
+        got, want = transposes(ours), transposes(theirs)
+        assert got.shape == want.shape
+        assert rel_err(got, want) <= 1e-5
+
+
 # ------------------------------------------------------------------------- dtypes
 FLOAT_TOL = {"bfloat16": 2e-2, "float16": 2e-3}
 """Half-precision inputs; float32, float64 and complex64 of every lowering are held to the

@@ -16,8 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.custom_batching import custom_vmap
 from jax.custom_derivatives import SymbolicZero
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
+from jax.interpreters import partial_eval as pe
 
 from . import planner
 from ._args import as_int, int_tuple
@@ -101,7 +103,6 @@ def _lower_jvp(
 _lower.defjvp(_lower_jvp, symbolic_zeros=True)
 
 
-@custom_vmap
 def _never(x: jax.Array) -> jax.Array:
     """False, read off `x`: whether its first two elements have more one bits than bits.
 
@@ -123,17 +124,17 @@ def _never(x: jax.Array) -> jax.Array:
     return jnp.all(lax.population_count(bits) > width)
 
 
-@_never.def_vmap
-def _never_batched(axis_size: int, in_batched: list[bool], x: jax.Array
-                   ) -> tuple[jax.Array, bool]:
-    """One `_never` for the whole batch (the first member's), so that a kernel tied to a
-    vmapped input stays unbatched; over an empty batch, a constant False (no member to read,
-    nothing to wait for)."""
-    if not in_batched[0]:
-        return _never(x), False
-    if axis_size == 0:
-        return jnp.zeros((), jnp.bool_), False
-    return _never(x[0]), False
+def _select_after(w: jax.Array, x: jax.Array) -> jax.Array:
+    """`_after`'s program: `w` selected on `_never` of `x` (`w` itself where `x` is empty)."""
+    if x.size == 0:
+        return w
+    return lax.select(jnp.broadcast_to(_never(x), w.shape), jnp.zeros_like(w), w)
+
+
+_after_p = Primitive("jconv_after")
+_after_p.def_impl(lambda w, x: w)  # eagerly there is nothing to order
+_after_p.def_abstract_eval(lambda w, x: w)
+mlir.register_lowering(_after_p, mlir.lower_fun(_select_after, multiple_results=False))
 
 
 def _after(w: jax.Array, x: jax.Array) -> jax.Array:
@@ -146,16 +147,56 @@ def _after(w: jax.Array, x: jax.Array) -> jax.Array:
     scatter's transposed kernels, made the program's temporaries 74 MB against lax's 13,
     and put them over glibc's 32 MB limit for reusing memory, so that every call faulted
     all of them in afresh. Tied to the input, the temporaries are 30 MB. The tie is exact
-    (a select on a predicate that is always false) and costs one element's read. It is
-    itself a copy of the kernel, held from the forward pass to the backward where the
-    input gradient reads it: an input gradient that makes no copy of the kernel
-    (scatter's, `jconv._gradients.input_tangent`) reads it untied (ResNet-18's training
-    step: 74 MB of temporaries against 81 tied).
+    (a select on a predicate that is always false, `_select_after`) and costs one
+    element's read. It is itself a copy of the kernel, held from the forward pass to the
+    backward where the input gradient reads it: an input gradient that makes no copy of the
+    kernel (scatter's, `jconv._gradients.input_tangent`) reads it untied (ResNet-18's
+    training step: 74 MB of temporaries against 81 tied).
+
+    It is a primitive, linear in `w` and constant in `x`: its derivative is `w`'s tangent
+    tied to `x`, its transpose passes the cotangent on, a batch ties to its first member's
+    input (the kernel stays unbatched), and partial evaluation with `w` known and `x` not
+    (`jax.linear_transpose` in `x`) gives `w` untied, so that the convolution stays linear
+    in `x` alone.
     """
-    if x.size == 0:
+    return _after_p.bind(w, x)
+
+
+def _after_jvp(primals: tuple[Any, Any], tangents: tuple[Any, Any]) -> tuple[Any, Any]:
+    w, x = primals
+    dw = tangents[0]
+    y = _after_p.bind(w, x)
+    return y, dw if type(dw) is ad.Zero else _after_p.bind(dw, x)
+
+
+def _after_transpose(ct: Any, w: Any, x: Any) -> tuple[Any, Any]:
+    zero_x = ad.Zero(x.aval) if ad.is_undefined_primal(x) else None
+    return ct, zero_x
+
+
+def _after_batched(args: tuple[jax.Array, jax.Array], dims: tuple[int | None, int | None]
+                   ) -> tuple[jax.Array, int | None]:
+    """One tie for the whole batch (its first member's input), so that a kernel tied to a
+    vmapped input stays unbatched; over an empty batch, none (nothing to wait for)."""
+    w, x = args
+    if dims[1] is not None:
+        if x.shape[dims[1]] == 0:
+            return w, dims[0]
+        x = lax.index_in_dim(x, 0, dims[1], keepdims=False)
+    return _after_p.bind(w, x), dims[0]
+
+
+def _after_partial_eval(trace: Any, w: Any, x: Any) -> Any:
+    """`w` itself where it is known and `x` is not: nothing known can wait for `x`."""
+    if w.pval.is_known():
         return w
-    never = _never(lax.stop_gradient(x))
-    return lax.select(jnp.broadcast_to(never, w.shape), jnp.zeros_like(w), w)
+    return trace.default_process_primitive(_after_p, (w, x), {})
+
+
+ad.primitive_jvps[_after_p] = _after_jvp
+ad.primitive_transposes[_after_p] = _after_transpose
+batching.primitive_batchers[_after_p] = _after_batched
+pe.custom_partial_eval_rules[_after_p] = _after_partial_eval
 
 
 def _tie(w: jax.Array, x: jax.Array, tied: bool) -> jax.Array:
