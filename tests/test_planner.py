@@ -15,6 +15,7 @@ from jax import lax
 import jconv
 from jconv import ConvSpec, _engine, _gradients, planner
 from jconv.strategies import STRATEGIES, Prediction
+from jconv.strategies import _common as strategies_common
 
 F32 = jnp.dtype(jnp.float32)
 
@@ -334,6 +335,27 @@ def test_choice_is_cached_per_spec() -> None:
     before = planner._plan.cache_info().hits
     assert planner.plan(spec, F32) == planner.plan(spec, F32)
     assert planner._plan.cache_info().hits == before + 2
+
+
+@pytest.mark.single_device
+def test_the_cached_choice_follows_the_batch_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch split over devices (`partition_factor`) keeps the kernel gradient's chunks on
+    their devices, which changes the differentiated pick of 3x3 16 -> 64 over 2 x 14 x 14
+    (Winograd unsplit, the hybrid split in two): the cache must not serve one split's pick
+    to the other."""
+    spec = _spec((2, 14, 14, 16), (3, 3), 64)
+
+    def split(devices: int) -> str:
+        for module in (planner, _gradients, strategies_common):
+            monkeypatch.setattr(module, "partition_factor", lambda n: math.gcd(n, devices))
+        return planner.plan(spec, F32, differentiated=True)
+
+    cached = [split(1), split(2), split(1)]
+    planner._plan.cache_clear()
+    planner._fits.cache_clear()
+    fresh = split(2)
+    assert cached == [split(1), fresh, cached[0]]
+    assert cached[0] != fresh
 
 
 @pytest.mark.parametrize("bad", ["fast", "", None, 3])

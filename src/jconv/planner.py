@@ -189,8 +189,10 @@ def predict(name: str, spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32
 
 @functools.lru_cache(maxsize=4096)
 def _plan(spec: ConvSpec, dtype: jnp.dtype, budget: int, differentiated: bool,
-          normwise: bool, tuned_generation: int, rates: Rates) -> str:
-    """`plan`, cached on everything it depends on (`rates`: the predictions' machine)."""
+          normwise: bool, tuned_generation: int, rates: Rates, devices: int) -> str:
+    """`plan`, cached on everything it depends on (`rates`: the predictions' machine;
+    `devices`: the batch's split over devices, `partition_factor`, which sets the batch
+    chunks and the kernel gradient's loop)."""
     options = (_candidates(spec, dtype, budget, normwise, differentiated=differentiated)
                or _candidates(spec, dtype, budget, normwise))
     tuned = None if tuned_generation < 0 else _tune_cache.lookup(
@@ -256,7 +258,8 @@ def plan(spec: ConvSpec, dtype: jax.typing.DTypeLike, *, differentiated: bool = 
     memory budget); cached)."""
     generation = _tune_cache.generation() if tuned else -1
     return _plan(spec, jnp.dtype(dtype), get_memory_budget() if budget is None else budget,
-                 differentiated, allows_normwise(precision), generation, _model.rates())
+                 differentiated, allows_normwise(precision), generation, _model.rates(),
+                 partition_factor(spec.batch))
 
 
 @contextlib.contextmanager
