@@ -435,8 +435,43 @@ def run_unsharded() -> dict[str, Any]:
     return result
 
 
+def run_linear_transpose() -> dict[str, Any]:
+    """`jax.linear_transpose` of a 3x3 convolution under auto partitioning, its input split
+    over the batch (8 devices) and over the height (4): in the input (kernel fixed) and in the
+    kernel (input fixed), jitted, against lax's (relative errors, or the exception)."""
+    dn = _layouts("NHWC")
+    kx, kw, kc = jax.random.split(jax.random.key(5), 3)
+    x = jax.random.normal(kx, (8, 16, 8, 4), jnp.float32)
+    w = jax.random.normal(kw, (3, 3, 4, 6), jnp.float32) / 6
+    ct = jax.random.normal(kc, (8, 16, 8, 6), jnp.float32)
+    out: dict[str, Any] = {}
+    for split, mesh_shape, spec in (("batch", (8,), P("d")), ("height", (4,), P(None, "d"))):
+        mesh = jax.make_mesh(mesh_shape, ("d",), axis_types=(AxisType.Auto,),
+                             devices=jax.devices()[:mesh_shape[0]])
+        xd = jax.device_put(x, NamedSharding(mesh, spec))
+        ctd = jax.device_put(ct, NamedSharding(mesh, spec))
+        for name, conv in (("jconv", jconv.conv_general_dilated),
+                           ("lax", lax.conv_general_dilated)):
+            def f(a: jax.Array, b: jax.Array, conv: Any = conv) -> jax.Array:
+                return conv(a, b, (1, 1), "SAME", dimension_numbers=dn,
+                            precision=lax.Precision.HIGHEST)
+            try:
+                gx = jax.jit(jax.linear_transpose(lambda a: f(a, w), xd))(ctd)[0]
+                gw = jax.jit(jax.linear_transpose(lambda b, a=xd: f(a, b), w))(ctd)[0]
+                out[f"{split}/{name}"] = (np.asarray(gx), np.asarray(gw))
+            except Exception as e:
+                out[f"{split}/{name}"] = f"{type(e).__name__}: {str(e)[:300]}"
+    result: dict[str, Any] = {}
+    for split in ("batch", "height"):
+        got, want = out[f"{split}/jconv"], out[f"{split}/lax"]
+        result[split] = got if isinstance(got, str) else max(
+            float(np.max(np.abs(g - r)) / np.max(np.abs(r)))
+            for g, r in zip(got, want, strict=True))
+    return result
+
+
 EXTRA = {"volume": run_volume, "same_lowering": run_same_lowering, "transpose": run_transpose,
-         "unsharded": run_unsharded}
+         "unsharded": run_unsharded, "linear_transpose": run_linear_transpose}
 """Named measurements other than `CASES`."""
 
 

@@ -48,8 +48,7 @@ FAST_COMPILE = ("--xla_cpu_use_fusion_emitters=false", "--xla_backend_optimizati
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "single_device: a test of the single-device planner's structure or of "
-        "budgets checked while tracing, or of what only single-device programs run "
-        "(`jax.linear_transpose`); on a host with several devices it runs as per-device "
+        "budgets checked while tracing; on a host with several devices it runs as per-device "
         "code (`jconv._sharding.per_device`), JAX's caches cleared around it")
     # plans come from the cost model, never from a tuning cache this machine happens to hold
     os.environ["JCONV_TUNE_CACHE"] = os.path.join(tempfile.mkdtemp(), "tune.json")

@@ -110,7 +110,6 @@ def test_checkpoint_and_grad_of_grad(strategy: str) -> None:
 
 
 # ------------------------------------------------------------------------- linear_transpose
-@pytest.mark.single_device
 @pytest.mark.parametrize("strategy", ["auto", "shift", "scatter", "winograd", "patches"])
 def test_linear_transpose_in_either_operand(strategy: str) -> None:
     """`jax.linear_transpose` of a convolution in its input (kernel fixed) and in its kernel

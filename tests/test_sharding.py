@@ -250,6 +250,17 @@ def test_pallas_gradients_on_a_multi_device_host(cases: dict[str, Any]) -> None:
     assert case["pallas_grad_rel_err"] <= TOL
 
 
+@pytest.mark.parametrize("split", ["batch", "height"])
+def test_linear_transpose_under_auto_partitioning(cases: dict[str, Any], split: str) -> None:
+    """`jax.linear_transpose` of a convolution whose input is split over the batch or the
+    height, in the input and in the kernel, equals lax's: the ops' primal is a primitive
+    that transposes in whichever operand is linear (JAX has no transpose for the
+    `custom_vmap` and `custom_partitioning` calls it holds)."""
+    err = cases["linear_transpose"][split]
+    assert not isinstance(err, str), err
+    assert err <= TOL
+
+
 @pytest.mark.single_device
 def test_unsharded_gradients_on_a_multi_device_host_are_the_single_device_program(
         cases: dict[str, Any]) -> None:

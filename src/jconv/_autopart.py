@@ -21,8 +21,10 @@ engine's planned gradients (`jconv._gradients`) and a lowering with its own deri
 
 Differentiation: each op is `jax.custom_jvp` with tangents through `linear_call`, whose
 transposes are the other two ops (``y``'s in ``x`` is ``dx``, in ``w`` is ``dw``; ``dx``'s
-in ``ct`` is ``y``, ...), so forward and reverse mode compose to any order. Batching: each
-op's `custom_vmap` rule runs its single-device program vmapped (XLA partitions that).
+in ``ct`` is ``y``, ...), so forward and reverse mode compose to any order. Its primal is a
+primitive (`_op_p`) that transposes to the same ops, in whichever operand is linear: that is
+what `jax.linear_transpose` runs. Batching: each op's `custom_vmap` rule runs its
+single-device program vmapped (XLA partitions that).
 `jax.vmap` of a gradient (per-example gradients), `jax.jacfwd` and `jax.hessian` batch the
 tangents' `linear_call`, for which JAX has no batching rule: this module registers one
 (`_batch_linear_call`, only where JAX has none), which calls `linear_call` on the callee
@@ -37,6 +39,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -48,7 +52,7 @@ from jax.custom_batching import custom_vmap
 from jax.custom_derivatives import SymbolicZero, linear_call
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.extend.core import Primitive, jaxpr_as_fun
-from jax.interpreters import ad, batching
+from jax.interpreters import ad, batching, mlir
 from jax.sharding import Mesh, NamedSharding
 
 from ._sharding import Axes, Split, named_axes, partition_spec, per_device, plan_split
@@ -216,8 +220,6 @@ class _Bilinear:
         return batchable
 
     def _differentiable(self, kind: str, raw: Op) -> Op:
-        op = jax.custom_jvp(lambda a, b: raw(a, b))
-
         def ops(k: str) -> Op:  # the three ops, once built
             return self.ops[k]
 
@@ -229,6 +231,11 @@ class _Bilinear:
         def transpose_second(a: jax.Array, ct: jax.Array) -> jax.Array:
             return {"y": lambda: ops("dw")(a, ct), "dx": lambda: ops("dw")(ct, a),
                     "dw": lambda: ops("y")(a, ct)}[kind]()
+
+        ins = {"y": ("x", "w"), "dx": ("y", "w"), "dw": ("x", "y")}[kind]
+        call = _OpCall(raw, transpose_first, transpose_second,
+                       (self.avals[ins[0]], self.avals[ins[1]]))
+        op = jax.custom_jvp(lambda a, b: _op_p.bind(a, b, jaxpr=call.jaxpr, call=call))
 
         def jvp(primals: tuple[jax.Array, jax.Array],
                 tangents: tuple[Any, Any]) -> tuple[jax.Array, jax.Array]:
@@ -248,6 +255,56 @@ class _Bilinear:
 
         op.defjvp(jvp, symbolic_zeros=True)
         return op
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _OpCall:
+    """One op as `_op_p` runs it: the op (``raw``, custom-vmapped and custom-partitioned) on
+    operands of ``in_avals``, its transposes in the first and the second operand, and
+    (`jaxpr`) the op traced once."""
+
+    raw: Op
+    transpose_first: Callable[[jax.Array, jax.Array], jax.Array]
+    transpose_second: Callable[[jax.Array, jax.Array], jax.Array]
+    in_avals: tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]
+
+    @functools.cached_property
+    def jaxpr(self) -> Any:
+        """``raw`` as a closed jaxpr (`_op_p`'s parameter, so that JAX sees the calls inside:
+        the `custom_partitioning` call that needs the program's devices, the lowering's
+        loops)."""
+        return jax.make_jaxpr(self.raw)(*self.in_avals)
+
+
+_op_p = Primitive("jconv_partitioned_op")
+"""An op's primal (`_Bilinear._differentiable`): ``jaxpr`` (the op's `custom_vmap` of its
+`custom_partitioning` call), bilinear. Its transpose rule transposes in whichever operand
+is linear, so that `jax.linear_transpose` of a convolution (which partial-evaluates a
+`custom_jvp` into its primal) runs on multi-device hosts: JAX has no transpose for the calls
+inside; its batching rule is the op's `custom_vmap` rule."""
+_op_p.def_impl(lambda a, b, *, jaxpr, call: jaxpr_as_fun(jaxpr)(a, b)[0])
+_op_p.def_abstract_eval(lambda a, b, *, jaxpr, call: jaxpr.out_avals[0])
+mlir.register_lowering(_op_p, mlir.lower_fun(
+    lambda a, b, *, jaxpr, call: jaxpr_as_fun(jaxpr)(a, b)[0], multiple_results=False))
+
+
+def _op_transpose(ct: Any, a: Any, b: Any, *, jaxpr: Any, call: _OpCall) -> tuple[Any, Any]:
+    if type(ct) is ad.Zero:
+        return (ad.Zero(a.aval) if ad.is_undefined_primal(a) else None,
+                ad.Zero(b.aval) if ad.is_undefined_primal(b) else None)
+    if ad.is_undefined_primal(a):
+        assert not ad.is_undefined_primal(b), "the op is bilinear, not linear in both"
+        return call.transpose_first(b, ct), None
+    return None, call.transpose_second(a, ct)
+
+
+def _op_batched(args: tuple[jax.Array, jax.Array], dims: tuple[int | None, int | None], *,
+                jaxpr: Any, call: _OpCall) -> tuple[jax.Array, int]:
+    return jax.vmap(call.raw, in_axes=dims)(*args), 0
+
+
+ad.primitive_transposes[_op_p] = _op_transpose
+batching.primitive_batchers[_op_p] = _op_batched
 
 
 def _linear_call_primitive() -> Primitive:
