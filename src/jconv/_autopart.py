@@ -289,6 +289,7 @@ mlir.register_lowering(_op_p, mlir.lower_fun(
 
 
 def _op_transpose(ct: Any, a: Any, b: Any, *, jaxpr: Any, call: _OpCall) -> tuple[Any, Any]:
+    """The op's transpose in the operand that is linear (the other two ops)."""
     if type(ct) is ad.Zero:
         return (ad.Zero(a.aval) if ad.is_undefined_primal(a) else None,
                 ad.Zero(b.aval) if ad.is_undefined_primal(b) else None)
@@ -300,6 +301,7 @@ def _op_transpose(ct: Any, a: Any, b: Any, *, jaxpr: Any, call: _OpCall) -> tupl
 
 def _op_batched(args: tuple[jax.Array, jax.Array], dims: tuple[int | None, int | None], *,
                 jaxpr: Any, call: _OpCall) -> tuple[jax.Array, int]:
+    """The op vmapped: its `custom_vmap` rule (the single-device program, vmapped)."""
     return jax.vmap(call.raw, in_axes=dims)(*args), 0
 
 

@@ -163,6 +163,7 @@ def _after(w: jax.Array, x: jax.Array) -> jax.Array:
 
 
 def _after_jvp(primals: tuple[Any, Any], tangents: tuple[Any, Any]) -> tuple[Any, Any]:
+    """The tie and `w`'s tangent tied likewise (`x`'s tangent has no effect)."""
     w, x = primals
     dw = tangents[0]
     y = _after_p.bind(w, x)
@@ -170,6 +171,7 @@ def _after_jvp(primals: tuple[Any, Any], tangents: tuple[Any, Any]) -> tuple[Any
 
 
 def _after_transpose(ct: Any, w: Any, x: Any) -> tuple[Any, Any]:
+    """The cotangent is `w`'s as it is; `x`'s is zero."""
     zero_x = ad.Zero(x.aval) if ad.is_undefined_primal(x) else None
     return ct, zero_x
 
