@@ -18,9 +18,10 @@ dtype (on the CPU exact on small-integer data). Lowerings whose error is bounded
 only (``"normwise"``: `fft`, `dft`, `winograd4`) are planned only when the caller asks for
 speed through JAX's own knob (`allows_normwise`), or forced with ``strategy=``. The engine
 computes values with the first; when differentiated, values and derivatives with the
-second. Choices are cached per (spec, dtype, budget, tuning cache); the default budget is
-read once per process, so identical calls always get the same plan. A forced strategy whose
-temp bytes exceed the budget raises `ValueError` before anything is allocated.
+second. Choices are cached per (spec, dtype, budget, tuning cache, batch split over
+devices); the default budget is read once per process, so identical calls always get the
+same plan. A forced strategy whose temp bytes exceed the budget raises `ValueError` before
+anything is allocated.
 
 >>> from jconv import ConvSpec
 >>> spec = ConvSpec.from_lax((8, 28, 28, 64), (3, 3, 64, 64), (1, 1), "SAME",
