@@ -642,7 +642,7 @@ def bench_net(net: Net, reps: int, budget_s: float, tune: bool, torch_col: bool,
         report = jconv.tune(train_step(net, jconv_conv), params, opt_state, x, y,
                             reps=tune_reps, progress=False)
         rec["tune_s"] = time.perf_counter() - t0
-        rec["tune_kept"] = report.kept  # tuned picks kept, or the cost model's stored
+        rec["tune_kept"] = list(report.kept)  # roles whose tuned picks were stored
         picks = {conv_label(c.spec): c for c in report.convs}
         for row in rec["convs"]:
             c = picks[row["conv"]]
@@ -745,8 +745,7 @@ def markdown(meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join([
             r["network"], r["input"], f"{r['params_m']:.2f}", str(len(r["convs"])),
             "/".join(f"{s:.0f}" for s in r["compile_s"].values()),
-            (f"{r['tune_s']:.0f}" + ("" if r["tune_kept"] else " (model's kept)"))
-            if "tune_s" in r else "-",
+            f"{r['tune_s']:.0f}{kept_note(r['tune_kept'])}" if "tune_s" in r else "-",
             err.get("auto", "-"), err.get("tuned", "-"),
             f"{torch_err['loss']:.1e}" if torch_err else "-",
             f"{torch_err['grad']:.1e}" if torch_err else "-",
@@ -763,6 +762,13 @@ def markdown(meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
         if "layers" in r:
             lines += ["", *layer_markdown(r)]
     return "\n".join(lines) + "\n"
+
+
+def kept_note(kept: list[str]) -> str:
+    """Which roles' tuned picks `jconv.tune` stored, where not all (`TuneReport.kept`)."""
+    if len(kept) == len(jconv._tune_cache.COLUMNS):
+        return ""
+    return f" (tuned kept: {', '.join(kept)})" if kept else " (model's kept)"
 
 
 def layer_markdown(rec: dict[str, Any]) -> list[str]:

@@ -40,8 +40,10 @@ def test_tune_stores_the_fastest_measured_and_auto_runs_it(_cache: pathlib.Path)
     assert conv.differentiated == min(differentiable, key=lambda n: conv.seconds[n][1])
     stored = json.loads(_cache.read_text())
     assert stored == {_tune_cache.key(SPEC, F32, False): {
-        "forward": conv.forward, "differentiated": conv.differentiated}}
-    assert planner.resolve("auto", SPEC, F32)[:2] == (conv.forward, conv.differentiated)
+        "forward": conv.forward, "differentiated": conv.differentiated,
+        "input_gradient": conv.forward}}
+    assert planner.resolve("auto", SPEC, F32) == (conv.forward, conv.differentiated,
+                                                  conv.forward)
     assert conv.model_forward == planner.plan(SPEC, F32, tuned=False)
     assert "(cached)" not in str(report) and conv.forward in str(report)
 
@@ -79,6 +81,31 @@ def test_auto_follows_the_cache_and_ignores_picks_it_may_not_run(
         assert planner.plan(SPEC, F32) != big
     finally:
         planner.set_memory_budget(None)
+
+
+def test_an_input_gradient_has_a_pick_of_its_own(_cache: pathlib.Path) -> None:
+    """A spec planned as another convolution's input gradient reads its own column of the
+    cache (here `SPEC` is its own input gradient), and a forward pick where an entry has
+    none; the two roles cannot be asked for at once."""
+    assert SPEC.input_gradient() == SPEC
+    model = planner.plan(SPEC, F32, tuned=False)
+    trained = planner.plan(SPEC, F32, differentiated=True, tuned=False)
+    assert planner.plan(SPEC, F32, input_gradient=True, tuned=False) == model
+    first, second = [n for n in planner.candidates(SPEC, F32) if n != model][:2]
+    key = _tune_cache.key(SPEC, F32, False)
+    _tune_cache.store({key: {"forward": first, "differentiated": trained}})
+    assert planner.resolve("auto", SPEC, F32) == (first, trained, first)
+    _tune_cache.store({key: {"forward": first, "differentiated": trained,
+                             "input_gradient": second}})
+    assert planner.resolve("auto", SPEC, F32) == (first, trained, second)
+    assert planner.plan(SPEC, F32, input_gradient=True) == second
+    with _tune_cache.overlay({key: {"forward": model, "differentiated": trained,
+                                    "input_gradient": model}}):
+        assert planner.resolve("auto", SPEC, F32) == (model, trained, model)
+    assert planner.resolve("auto", SPEC, F32) == (first, trained, second)  # nothing written
+    assert json.loads(_cache.read_text())[key]["input_gradient"] == second
+    with pytest.raises(ValueError, match="two roles"):
+        planner.plan(SPEC, F32, differentiated=True, input_gradient=True)
 
 
 def test_opted_in_lowerings_are_tuned_where_their_platform_runs_them(
@@ -183,7 +210,7 @@ def test_a_program_slower_or_larger_with_the_tuned_picks_keeps_the_models(
     tuned ones and reads both programs' temporaries; where the tuned program is slower or
     keeps more temporaries, the cost model's picks are stored."""
     model = planner.plan(SPEC, F32, tuned=False)
-    other = next(n for n in planner.candidates(SPEC, F32) if n != model)
+    other = next(n for n in planner.candidates(SPEC, F32, differentiated=True) if n != model)
 
     def measure(spec, dtype, precision, names, reps):  # `other` measured fastest
         return {n: (1.0, 1.0) if n == other else (2.0, 2.0) for n in names}
@@ -209,9 +236,49 @@ def test_a_program_slower_or_larger_with_the_tuned_picks_keeps_the_models(
     kept = tuned_faster and not tuned_larger
     assert timed == [2] and report.program_seconds is not None and len(read) == 2
     assert report.program_temp_bytes == (100, 100 + 50 * tuned_larger)
-    assert report.kept == kept and report.convs[0].forward == other
-    assert planner.plan(SPEC, F32) == (other if kept else model)
+    assert report.runs == ("forward",) and report.convs[0].forward == other
+    # the forward program runs no differentiated call and no input gradient: their tuned
+    # picks are stored as timed
+    assert report.kept == (_tune_cache.COLUMNS if kept
+                           else ("differentiated", "input_gradient"))
+    assert planner.resolve("auto", SPEC, F32) == (other if kept else model, other, other)
     assert ("kept the tuned picks" in str(report)) == kept
+
+
+def test_a_training_step_judges_the_roles_it_runs(
+        _cache: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training step runs its convolutions' differentiated picks and their input
+    gradients', not their undifferentiated ones: rejected, the step's roles go back to the
+    cost model's and the forward pick stays; where a program runs none of the picks that
+    moved, nothing is timed."""
+    model = planner.plan(SPEC, F32, tuned=False)
+    trained = planner.plan(SPEC, F32, differentiated=True, tuned=False)
+    other = next(n for n in planner.candidates(SPEC, F32, differentiated=True)
+                 if n not in (model, trained))
+    fastest = {"forward": other, "differentiated": other}
+    monkeypatch.setattr(_tune, "_measure", lambda spec, dtype, precision, names, reps: {
+        n: (1.0 + (n != fastest["forward"]), 1.0 + (n != fastest["differentiated"]))
+        for n in names})
+    timed: list[int] = []
+
+    def slower(programs, args, reps):
+        timed.append(len(programs))
+        return (1.0, 2.0)
+
+    monkeypatch.setattr(_tune, "_alternating", slower)
+    x, w = jnp.ones(SPEC.lhs_shape), jnp.ones(SPEC.rhs_shape)
+    step = jax.grad(lambda a, b: jnp.sum(jconv.conv(a, b) ** 2), (0, 1))
+    report = jconv.tune(step, x, w, reps=1, progress=False)
+    assert timed == [2] and report.runs == ("differentiated", "input_gradient")
+    assert report.kept == ("forward",)
+    assert planner.resolve("auto", SPEC, F32) == (other, trained, model)
+    assert "kept the cost model's picks where the program runs them" in str(report)
+    fastest["forward"] = model  # only the differentiated pick moves: a forward pass is the
+    report = jconv.tune(lambda a, b: jconv.conv(a, b), x, w, reps=1, progress=False,
+                        retune=True)  # same program
+    assert timed == [2] and report.program_seconds is None
+    assert report.kept == _tune_cache.COLUMNS
+    assert planner.resolve("auto", SPEC, F32) == (model, other, model)
 
 
 def test_a_differentiated_pick_is_a_lowering_that_may_compute_its_values(

@@ -9,9 +9,16 @@ A dense convolution's gradients are the engine's own whatever the lowering
 (`jconv._gradients`): it is timed forward only, and its input gradient's convolution
 (`ConvSpec.input_gradient`) is tuned beside it. On the CPU each time includes the first
 touch of the program's temporaries (`FIRST_TOUCH_SECONDS_PER_BYTE`), which a network's step
-pays on every call and a convolution timed alone does not. For a function, the whole
-program is then compiled with the tuned picks and with the cost model's, and the tuned picks
-are kept only where that program is no slower and keeps no more temporaries.
+pays on every call and a convolution timed alone does not.
+
+Each spec gets one pick per role (`_tune_cache.COLUMNS`): undifferentiated, a
+differentiated call's values, and another convolution's input gradient (the forward's
+fastest). For a function, the whole program is then compiled with the tuned picks and with
+the cost model's, and the tuned picks of the roles the program runs are kept only where that
+program is no slower and keeps no more temporaries. A role runs in the program where its
+tuned picks alone change the program's lowered text: a training step runs no
+undifferentiated convolution, so its forward picks rest on their own timing, as a spec's
+do, and a forward pass compiled later runs them.
 """
 
 from __future__ import annotations
@@ -39,18 +46,33 @@ _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 @dataclasses.dataclass(frozen=True)
 class TunedConv:
-    """One convolution's tuning: the picks, the cost model's picks and the medians measured
-    (``seconds[name] = (forward, forward and both gradients)``); ``cached`` if the picks
-    came from the cache without timing."""
+    """One convolution's tuning: the picks per role (undifferentiated, a differentiated
+    call's values, another convolution's input gradient: the forward's fastest unless the
+    cache holds another), the cost model's picks and the medians measured (``seconds[name] =
+    (forward, forward and both gradients)``); ``cached`` if the picks came from the cache
+    without timing."""
 
     spec: ConvSpec
     dtype: str
     forward: str
     differentiated: str
+    input_gradient: str
     model_forward: str
     model_differentiated: str
     seconds: dict[str, tuple[float, float]]
     cached: bool
+
+    @property
+    def picks(self) -> dict[str, str]:
+        """The tuned pick per role (`_tune_cache.COLUMNS`)."""
+        return {"forward": self.forward, "differentiated": self.differentiated,
+                "input_gradient": self.input_gradient}
+
+    @property
+    def model_picks(self) -> dict[str, str]:
+        """The cost model's pick per role (an input gradient is ranked as a forward)."""
+        return {"forward": self.model_forward, "differentiated": self.model_differentiated,
+                "input_gradient": self.model_forward}
 
     @property
     def label(self) -> str:
@@ -68,13 +90,15 @@ class TuneReport:
     """What `tune` chose for each distinct convolution, in the order the program runs them;
     for a function, ``program_seconds`` and ``program_temp_bytes``: the whole program's
     median seconds and compiled temporaries with the cost model's picks and with the tuned
-    ones (None if it was not timed), and whether the tuned picks were ``kept`` (else the
-    cost model's were stored in their place)."""
+    ones (None if it was not timed), ``runs``: the roles (`_tune_cache.COLUMNS`) whose tuned
+    picks change the program, and ``kept``: the roles whose tuned picks were stored (the
+    cost model's were stored for the others)."""
 
     convs: tuple[TunedConv, ...]
     program_seconds: tuple[float, float] | None = None
     program_temp_bytes: tuple[int, int] | None = None
-    kept: bool = True
+    runs: tuple[str, ...] = ()
+    kept: tuple[str, ...] = _tune_cache.COLUMNS
 
     def __str__(self) -> str:
         lines = [f"{'convolution':<48} {'forward':>10} {'(model)':>10} "
@@ -88,9 +112,19 @@ class TuneReport:
                 self.program_seconds, (b / 2**20 for b in self.program_temp_bytes))
             lines.append(f"whole program: {1e3 * model:.1f} ms and {model_mb:.1f} MiB of "
                          f"temporaries with the cost model's picks, {1e3 * tuned:.1f} ms and "
-                         f"{tuned_mb:.1f} MiB tuned: kept the "
-                         + ("tuned picks" if self.kept else "cost model's picks"))
+                         f"{tuned_mb:.1f} MiB tuned: {self.verdict}")
         return "\n".join(lines)
+
+    @property
+    def verdict(self) -> str:
+        """Which picks were stored, in words."""
+        if set(self.kept) == set(_tune_cache.COLUMNS):
+            return "kept the tuned picks"
+        roles = ", ".join(c.replace("_", " ") for c in self.runs)
+        if not self.kept:
+            return "kept the cost model's picks"
+        return (f"kept the cost model's picks where the program runs them ({roles}) and "
+                f"the tuned ones elsewhere ({', '.join(c.replace('_', ' ') for c in self.kept)})")
 
 
 def tune(
@@ -115,10 +149,11 @@ def tune(
       progress: show a progress bar (rich) while timing.
       whole: for a function, also time the whole program (compiled, on ``*args``) with the
         cost model's picks and with the tuned ones, alternating `reps` times, and store
-        the cost model's picks instead where the tuned program is slower or keeps more
-        temporaries (`memory_analysis`): each convolution is timed alone, and a program's
-        schedule and temporaries are not their sum; the temporaries cap the batch a
-        program can run.
+        the cost model's picks instead, for the roles the program runs, where the tuned
+        program is slower or keeps more temporaries (`memory_analysis`): each convolution
+        is timed alone, and a program's schedule and temporaries are not their sum; the
+        temporaries cap the batch a program can run. A training step does not run its
+        convolutions' undifferentiated picks: those are stored as timed.
 
     Returns a `TuneReport`; ``str()`` of it is a summary table.
 
@@ -145,35 +180,44 @@ def tune(
         for t in ((s, s.input_gradient()) if planner.engine_gradients(s, d, p) else (s,))))
     with _progress(progress, len(unique)) as advance:
         rows = [_tune_one(spec, dt, prec, reps, retune, advance) for spec, dt, prec in unique]
-    fresh = {r.key: {"forward": r.conv.forward, "differentiated": r.conv.differentiated}
-             for r in rows if not r.conv.cached}
+    fresh = {r.key: r.conv.picks for r in rows if not r.conv.cached}
+    model = {r.key: r.conv.model_picks for r in rows if not r.conv.cached}
     convs = tuple(r.conv for r in rows)
-    moved = any((c.forward, c.differentiated) != (c.model_forward, c.model_differentiated)
-                for c in convs if not c.cached)
-    if not (fresh and whole and moved and not isinstance(target, ConvSpec)):
+    if not (fresh and whole and fresh != model and not isinstance(target, ConvSpec)):
         if fresh:
             _tune_cache.store(fresh)
         return TuneReport(convs)
-    program = functools.partial(_compiled, target, args, kwargs)
-    model = program()  # traced before the fresh picks are stored: the cost model's
-    _tune_cache.store(fresh)
-    tuned = program()
-    seconds = _alternating((model, tuned), args, reps)
-    temps = (_temp_bytes(model), _temp_bytes(tuned))
-    kept = seconds[1] <= seconds[0] and temps[1] <= temps[0]
-    if not kept:
-        _tune_cache.store({
-            r.key: {"forward": r.conv.model_forward,
-                    "differentiated": r.conv.model_differentiated}
-            for r in rows if not r.conv.cached})
-    return TuneReport(convs, seconds, temps, kept)
+    program = functools.partial(_lowered, target, args, kwargs)
+    with _tune_cache.overlay(model):
+        baseline = program()
+    text = baseline.as_text()
+    runs = []
+    for column in _tune_cache.COLUMNS:
+        if all(fresh[k][column] == model[k][column] for k in fresh):
+            continue
+        with _tune_cache.overlay({k: {**model[k], column: fresh[k][column]} for k in fresh}):
+            if program().as_text() != text:
+                runs.append(column)
+    if not runs:  # the program runs none of the moved picks: nothing to time
+        _tune_cache.store(fresh)
+        return TuneReport(convs)
+    with _tune_cache.overlay(fresh):
+        compiled = (baseline.compile(), program().compile())
+    seconds = _alternating(compiled, args, reps)
+    temps = (_temp_bytes(compiled[0]), _temp_bytes(compiled[1]))
+    faster = seconds[1] <= seconds[0] and temps[1] <= temps[0]
+    kept = _tune_cache.COLUMNS if faster else tuple(
+        c for c in _tune_cache.COLUMNS if c not in runs)
+    _tune_cache.store({k: {c: (fresh if c in kept else model)[k][c]
+                           for c in _tune_cache.COLUMNS} for k in fresh})
+    return TuneReport(convs, seconds, temps, tuple(runs), kept)
 
 
-def _compiled(target: Callable[..., Any], args: tuple[Any, ...],
-              kwargs: dict[str, Any]) -> Any:
-    """`target` on ``*args, **kwargs``, traced afresh (the tuning cache as it is now) and
-    compiled."""
-    return jax.jit(lambda *a: target(*a, **kwargs)).lower(*args).compile()
+def _lowered(target: Callable[..., Any], args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> Any:
+    """`target` on ``*args, **kwargs``, traced afresh (the tuning cache as the planner reads
+    it now) and lowered."""
+    return jax.jit(lambda *a: target(*a, **kwargs)).lower(*args)
 
 
 def _alternating(programs: Sequence[Any], args: tuple[Any, ...],
@@ -210,15 +254,16 @@ def _tune_one(spec: ConvSpec, dtype: jnp.dtype, precision: Any, reps: int, retun
     if cached is not None and not retune:
         advance(f"{spec.lhs_shape} (cached)")
         conv = TunedConv(spec, str(dtype), cached["forward"], cached["differentiated"],
-                         *model, {}, True)
+                         cached.get("input_gradient", cached["forward"]), *model, {}, True)
         return _Row(key, conv)
     names = planner.candidates(spec, dtype, precision, opt_in=True)
     seconds = _measure(spec, dtype, precision, names, reps)
     advance(str(spec.lhs_shape))
     # a differentiated call's values by a lowering that may compute them (``DIFFERENTIATED``)
     differentiable = [n for n in names if STRATEGIES[n].DIFFERENTIATED] or names
-    conv = TunedConv(spec, str(dtype), min(names, key=lambda n: seconds[n][0]),
-                     min(differentiable, key=lambda n: seconds[n][1]), *model, seconds, False)
+    forward = min(names, key=lambda n: seconds[n][0])
+    conv = TunedConv(spec, str(dtype), forward, min(differentiable, key=lambda n: seconds[n][1]),
+                     forward, *model, seconds, False)
     return _Row(key, conv)
 
 

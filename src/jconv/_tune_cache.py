@@ -1,13 +1,14 @@
 """The persistent cache of tuned picks: which lowering measured fastest for a spec here.
 
 One JSON file (``$JCONV_TUNE_CACHE``, else ``~/.cache/jconv/tune.json``) maps keys to
-``{"forward": name, "differentiated": name}``. A key names everything a measurement depends
-on: the backend and device kind, the jax version, the spec (its ``repr``: every
-hyper-parameter and shape in normal form, layouts aside), the accumulation dtype and whether the
-normwise-accurate lowerings were allowed. Writes merge under a lock file and replace the
-file atomically, so concurrent processes never see a torn file nor lose each other's
-entries. The planner reads the file once per process (and again after `store`); plans are
-therefore deterministic for a given cache and memory budget.
+one pick per `COLUMNS` role: ``{"forward": name, "differentiated": name, "input_gradient":
+name}`` (an entry without ``"input_gradient"`` gives its forward pick there). A key names
+everything a measurement depends on: the backend and device kind, the jax version, the spec
+(its ``repr``: every hyper-parameter and shape in normal form, layouts aside), the
+accumulation dtype and whether the normwise-accurate lowerings were allowed. Writes merge
+under a lock file and replace the file atomically, so concurrent processes never see a torn
+file nor lose each other's entries. The planner reads the file once per process (and again
+after `store`); plans are therefore deterministic for a given cache and memory budget.
 """
 
 from __future__ import annotations
@@ -26,9 +27,16 @@ import jax
 
 from ._spec import ConvSpec
 
-__all__ = ["cache_path", "entries", "generation", "key", "lookup", "reload", "store"]
+__all__ = ["COLUMNS", "cache_path", "entries", "generation", "key", "lookup", "overlay",
+           "reload", "store"]
+
+COLUMNS = ("forward", "differentiated", "input_gradient")
+"""The roles a spec is planned in (`jconv.planner.plan`): undifferentiated, a differentiated
+call's values, and another convolution's input gradient (`ConvSpec.input_gradient`, in a
+training step's backward pass): one pick each."""
 
 _entries: dict[str, dict[str, str]] | None = None
+_overlay: dict[str, dict[str, str]] = {}
 _generation = 0
 
 
@@ -80,15 +88,33 @@ def entries() -> dict[str, dict[str, str]]:
     return _entries
 
 
-def lookup(spec: ConvSpec, dtype: Any, normwise: bool, differentiated: bool) -> str | None:
-    """The tuned lowering for `spec`, or None if it was never tuned here."""
-    entry = entries().get(key(spec, dtype, normwise))
-    return None if entry is None else entry.get(
-        "differentiated" if differentiated else "forward")
+def lookup(spec: ConvSpec, dtype: Any, normwise: bool, column: str) -> str | None:
+    """The tuned lowering for `spec` planned in role `column` (`COLUMNS`), or None if it was
+    never tuned here."""
+    name = key(spec, dtype, normwise)
+    entry = _overlay.get(name, entries().get(name))
+    if entry is None:
+        return None
+    return entry.get(column, entry.get("forward") if column == "input_gradient" else None)
+
+
+@contextlib.contextmanager
+def overlay(picks: Mapping[str, Mapping[str, str]]) -> Iterator[None]:
+    """Within the block the planner reads `picks` (key -> one pick per column) in place of
+    the stored entries of their keys; nothing is written."""
+    global _overlay, _generation
+    before = _overlay
+    _overlay = {**before, **{k: dict(v) for k, v in picks.items()}}
+    _generation += 1
+    try:
+        yield
+    finally:
+        _overlay = before
+        _generation += 1
 
 
 def store(picks: Mapping[str, Mapping[str, str]]) -> None:
-    """Merge `picks` (key -> {"forward", "differentiated"}) into the cache file, under its
+    """Merge `picks` (key -> one pick per `COLUMNS` role) into the cache file, under its
     lock, by an atomic replace; the planner sees them from its next plan on."""
     global _entries, _generation
     path = cache_path()

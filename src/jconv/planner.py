@@ -9,8 +9,10 @@ touch of its temporaries): of the forward alone (`plan`), or of the forward plus
 gradients (``plan(..., differentiated=True)``), leaving out there the lowerings that may not
 compute a differentiated call's values (``DIFFERENTIATED``: `direct`, whose elementwise loop
 XLA computes again in each consumer of its output, and a training step's cotangent reads
-it). Where `jconv.tune` measured the spec on this machine, its pick (if it can run the spec
-within the budget) replaces the prediction.
+it). A dense convolution's input gradient, itself a convolution (`ConvSpec.input_gradient`),
+is ranked as a forward (``plan(..., input_gradient=True)``). Where `jconv.tune` measured the
+spec on this machine, its pick for that role (if it can run the spec within the budget)
+replaces the prediction.
 
 Accuracy policy: by default the planner keeps to lax's accuracy class on the backend,
 ``"summation"`` lowerings whose error is that of summing the taps in the accumulation
@@ -189,15 +191,15 @@ def predict(name: str, spec: ConvSpec, dtype: jax.typing.DTypeLike = jnp.float32
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan(spec: ConvSpec, dtype: jnp.dtype, budget: int, differentiated: bool,
+def _plan(spec: ConvSpec, dtype: jnp.dtype, budget: int, column: str,
           normwise: bool, tuned_generation: int, rates: Rates, devices: int) -> str:
-    """`plan`, cached on everything it depends on (`rates`: the predictions' machine;
-    `devices`: the batch's split over devices, `partition_factor`, which sets the batch
-    chunks and the kernel gradient's loop)."""
+    """`plan` in role `column` (`_tune_cache.COLUMNS`), cached on everything it depends on
+    (`rates`: the predictions' machine; `devices`: the batch's split over devices,
+    `partition_factor`, which sets the batch chunks and the kernel gradient's loop)."""
+    differentiated = column == "differentiated"
     options = (_candidates(spec, dtype, budget, normwise, differentiated=differentiated)
                or _candidates(spec, dtype, budget, normwise))
-    tuned = None if tuned_generation < 0 else _tune_cache.lookup(
-        spec, dtype, normwise, differentiated)
+    tuned = None if tuned_generation < 0 else _tune_cache.lookup(spec, dtype, normwise, column)
     if tuned is not None and tuned in _candidates(spec, dtype, budget, normwise, opt_in=True,
                                                   differentiated=differentiated):
         return tuned
@@ -251,15 +253,23 @@ def engine_gradients(spec: ConvSpec, dtype: jax.typing.DTypeLike, precision: Any
 
 
 def plan(spec: ConvSpec, dtype: jax.typing.DTypeLike, *, differentiated: bool = False,
-         precision: Any = None, tuned: bool = True, budget: int | None = None) -> str:
+         input_gradient: bool = False, precision: Any = None, tuned: bool = True,
+         budget: int | None = None) -> str:
     """The lowering `strategy="auto"` runs for `spec`, accumulating in `dtype`: the pick
-    `jconv.tune` measured here if any (and ``tuned``), else the least predicted forward time,
-    or with ``differentiated`` the least forward plus backward, among the candidates
-    (`candidates`: the accuracy classes `precision` allows, within `budget` (default: the
-    memory budget); cached)."""
+    `jconv.tune` measured here for the role if any (and ``tuned``), else the least predicted
+    forward time, or with ``differentiated`` the least forward plus backward, among the
+    candidates (`candidates`: the accuracy classes `precision` allows, within `budget`
+    (default: the memory budget); cached). With ``input_gradient``, `spec` is another
+    convolution's input gradient (`ConvSpec.input_gradient`): ranked as a forward, with a
+    tuned pick of its own (a training step's, `jconv.tune`)."""
+    if differentiated and input_gradient:
+        raise ValueError("`differentiated` and `input_gradient` (both True) are two roles; "
+                         "an input gradient's convolution is planned undifferentiated.")
+    column = ("differentiated" if differentiated else
+              "input_gradient" if input_gradient else "forward")
     generation = _tune_cache.generation() if tuned else -1
     return _plan(spec, jnp.dtype(dtype), get_memory_budget() if budget is None else budget,
-                 differentiated, allows_normwise(precision), generation, _model.rates(),
+                 column, allows_normwise(precision), generation, _model.rates(),
                  partition_factor(spec.batch))
 
 
@@ -313,8 +323,10 @@ def resolve(strategy: str, spec: ConvSpec, dtype: jax.typing.DTypeLike,
         return Lowerings(name, name, None)
     budget = None if budgeted else sys.maxsize
 
-    def planned(s: ConvSpec, differentiated: bool = False) -> str:
-        return plan(s, dtype, differentiated=differentiated, precision=precision, budget=budget)
+    def planned(s: ConvSpec, differentiated: bool = False, input_gradient: bool = False
+                ) -> str:
+        return plan(s, dtype, differentiated=differentiated, input_gradient=input_gradient,
+                    precision=precision, budget=budget)
 
     own = engine_gradients(spec, dtype, precision, budget=budget)
     grad_spec = spec.input_gradient() if own else None
@@ -322,10 +334,11 @@ def resolve(strategy: str, spec: ConvSpec, dtype: jax.typing.DTypeLike,
         for calls in _recorders:
             calls.append((spec, jnp.dtype(dtype), precision))
         return Lowerings(planned(spec), planned(spec, True),
-                         planned(grad_spec) if grad_spec else None)
+                         planned(grad_spec, input_gradient=True) if grad_spec else None)
     check_budget(strategy, spec, dtype, budget)  # unbudgeted, what it cannot run still raises
     if grad_spec is None:
         return Lowerings(strategy, strategy, None)
     runs = _why_not(strategy, grad_spec, jnp.dtype(dtype),
                     get_memory_budget() if budget is None else budget)
-    return Lowerings(strategy, strategy, strategy if runs is None else planned(grad_spec))
+    return Lowerings(strategy, strategy,
+                     strategy if runs is None else planned(grad_spec, input_gradient=True))
