@@ -18,9 +18,10 @@ the same loss in PyTorch.
 
 Each network runs with four convolutions: lax; jconv with ``strategy="auto"`` (the cost
 model's picks); jconv "tuned", after `jconv.tune(train_step, *args)` has timed every
-candidate lowering of each of the step's convolutions here (into a fresh tuning cache per
-network, so "auto" is always the cost model; the time tuning took is reported; by default
-ResNet-50 only, `TUNED`); and a
+candidate lowering of each of the step's convolutions here and `jconv.tune` of the forward
+pass has judged their undifferentiated picks, which the step does not run (into a fresh
+tuning cache per network, so "auto" is always the cost model; the time tuning took is
+reported; by default ResNet-50 only, `TUNED`); and a
 `torch.nn` copy of the network (channels-last, same weights), timed on its own with
 ``OMP_WAIT_POLICY=PASSIVE`` like `run.py`. The forward is ``logits = net(params, x)``; the
 training step is the value and gradient of the mean softmax cross-entropy and an optax SGD
@@ -619,12 +620,12 @@ def _time_layer(spec: jconv.ConvSpec, reps: int, budget_s: float) -> dict[str, f
 
 def bench_net(net: Net, reps: int, budget_s: float, tune: bool, torch_col: bool,
               cache_dir: pathlib.Path, tune_reps: int = TUNE_REPS,
-              per_layer: bool = False) -> dict[str, Any]:
+              per_layer: bool = False, max_temps: float = 1.0) -> dict[str, Any]:
     """Compile, check and time `net`'s forward and training step with every variant
     (`VARIANTS`, "tuned" only if `tune`; PyTorch if `torch_col`); a JSON-able record.
     "auto" plans with an empty tuning cache; tuning fills ``cache_dir/<name>.json``,
-    where picks already stored are reused without timing. `per_layer`: add
-    `layer_times` (``rec["layers"]``)."""
+    where picks already stored are reused without timing (`max_temps`: `jconv.tune`'s).
+    `per_layer`: add `layer_times` (``rec["layers"]``)."""
     params = init(net)
     x, y = inputs(net)
     opt_state = OPTIMIZER.init(params)
@@ -640,9 +641,12 @@ def bench_net(net: Net, reps: int, budget_s: float, tune: bool, torch_col: bool,
         fresh_tune_cache(cache_dir / f"{net.name}.json")
         t0 = time.perf_counter()
         report = jconv.tune(train_step(net, jconv_conv), params, opt_state, x, y,
-                            reps=tune_reps, progress=False)
+                            reps=tune_reps, progress=False, max_temps=max_temps)
+        # the step runs no undifferentiated convolution: the forward pass judges those picks
+        forward = jconv.tune(functools.partial(apply, net, jconv_conv), params, x,
+                             reps=tune_reps, progress=False, max_temps=max_temps)
         rec["tune_s"] = time.perf_counter() - t0
-        rec["tune_kept"] = list(report.kept)  # roles whose tuned picks were stored
+        rec["tune_kept"] = {"train": list(report.kept), "forward": list(forward.kept)}
         picks = {conv_label(c.spec): c for c in report.convs}
         for row in rec["convs"]:
             c = picks[row["conv"]]
@@ -764,11 +768,12 @@ def markdown(meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def kept_note(kept: list[str]) -> str:
-    """Which roles' tuned picks `jconv.tune` stored, where not all (`TuneReport.kept`)."""
-    if len(kept) == len(jconv._tune_cache.COLUMNS):
-        return ""
-    return f" (tuned kept: {', '.join(kept)})" if kept else " (model's kept)"
+def kept_note(kept: dict[str, list[str]]) -> str:
+    """Where `jconv.tune` of the step or of the forward pass stored the cost model's picks
+    for roles it runs (`TuneReport.kept`)."""
+    notes = [f"{phase}: model's {', '.join(sorted(set(jconv._tune_cache.COLUMNS) - set(k)))}"
+             for phase, k in kept.items() if len(k) < len(jconv._tune_cache.COLUMNS)]
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def layer_markdown(rec: dict[str, Any]) -> list[str]:
@@ -823,6 +828,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tune-cache", default=None,
                     help="folder of the tuning caches (<network>.json; picks found there are "
                          "reused untimed); default: a new temporary folder")
+    ap.add_argument("--max-temps", type=float, default=1.0,
+                    help="jconv.tune's max_temps: the temporaries a tuned program may keep, "
+                         "times the cost model's (default: %(default)s)")
     ap.add_argument("--no-torch", action="store_true", help="leave out PyTorch")
     ap.add_argument("--smoke", action="store_true", help="tiny networks, 1 repetition")
     ap.add_argument("--layers", action="store_true",
@@ -846,6 +854,7 @@ def main(argv: list[str] | None = None) -> None:
                    + (f" x {jax.device_count()} (operands on one)" if jax.device_count() > 1
                       else ""),
         "jax": jax.__version__, "torch": tv, "reps": reps, "budget_s": budget_s,
+        "tune_max_temps": a.max_temps,
         "matmul_gflops": matmul_flops(3, 256 if a.smoke else 2048, 1) / 1e9,
         "time_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
@@ -859,7 +868,7 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             tune = not a.no_tune and (a.tune == "all" or net.name in a.tune.split(","))
             rec = bench_net(net, reps, budget_s, tune=tune, torch_col=tv is not None,
-                            cache_dir=cache_dir, per_layer=a.layers)
+                            cache_dir=cache_dir, per_layer=a.layers, max_temps=a.max_temps)
             recs.append(rec)
             bad += mismatches(rec)
             f, t = rec["forward"]["ms"], rec["train"]["ms"]

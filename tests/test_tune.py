@@ -4,6 +4,7 @@ safe under concurrent processes; plans deterministic for a given cache and budge
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import subprocess
 import sys
@@ -41,7 +42,7 @@ def test_tune_stores_the_fastest_measured_and_auto_runs_it(_cache: pathlib.Path)
     stored = json.loads(_cache.read_text())
     assert stored == {_tune_cache.key(SPEC, F32, False): {
         "forward": conv.forward, "differentiated": conv.differentiated,
-        "input_gradient": conv.forward}}
+        "input_gradient": conv.forward, "judged": []}}
     assert planner.resolve("auto", SPEC, F32) == (conv.forward, conv.differentiated,
                                                   conv.forward)
     assert conv.model_forward == planner.plan(SPEC, F32, tuned=False)
@@ -153,6 +154,9 @@ def test_tuning_a_function_tunes_every_convolution_it_traces() -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="`reps`"):
         jconv.tune(SPEC, reps=0)
+    for bad in (0, -1.0, math.inf, True, "1"):
+        with pytest.raises(ValueError, match="`max_temps`"):
+            jconv.tune(SPEC, max_temps=bad)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="`target`"):
         jconv.tune(3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="example arguments"):
@@ -201,14 +205,16 @@ def test_temporaries_are_priced(_cache: pathlib.Path, monkeypatch: pytest.Monkey
     assert conv.seconds[conv.forward][0] >= fewest
 
 
-@pytest.mark.parametrize(("tuned_faster", "tuned_larger"),
-                         [(True, False), (False, False), (True, True)])
+@pytest.mark.parametrize(("tuned_faster", "tuned_larger", "max_temps"),
+                         [(True, False, 1.0), (False, False, 1.0), (True, True, 1.0),
+                          (True, True, 1.5), (True, True, 1.4)])
 def test_a_program_slower_or_larger_with_the_tuned_picks_keeps_the_models(
         _cache: pathlib.Path, monkeypatch: pytest.MonkeyPatch, tuned_faster: bool,
-        tuned_larger: bool) -> None:
+        tuned_larger: bool, max_temps: float) -> None:
     """Tuning a function times the whole program with the cost model's picks and with the
     tuned ones and reads both programs' temporaries; where the tuned program is slower or
-    keeps more temporaries, the cost model's picks are stored."""
+    keeps more temporaries than `max_temps` times the model's, the cost model's picks are
+    stored."""
     model = planner.plan(SPEC, F32, tuned=False)
     other = next(n for n in planner.candidates(SPEC, F32, differentiated=True) if n != model)
 
@@ -232,8 +238,9 @@ def test_a_program_slower_or_larger_with_the_tuned_picks_keeps_the_models(
     monkeypatch.setattr(_tune, "_alternating", alternating)
     monkeypatch.setattr(_tune, "_temp_bytes", temp_bytes)
     x, w = jnp.ones(SPEC.lhs_shape), jnp.ones(SPEC.rhs_shape)
-    report = jconv.tune(lambda a, b: jconv.conv(a, b), x, w, reps=1, progress=False)
-    kept = tuned_faster and not tuned_larger
+    report = jconv.tune(lambda a, b: jconv.conv(a, b), x, w, reps=1, progress=False,
+                        max_temps=max_temps)
+    kept = tuned_faster and (not tuned_larger or max_temps >= 1.5)
     assert timed == [2] and report.program_seconds is not None and len(read) == 2
     assert report.program_temp_bytes == (100, 100 + 50 * tuned_larger)
     assert report.runs == ("forward",) and report.convs[0].forward == other
@@ -249,36 +256,54 @@ def test_a_training_step_judges_the_roles_it_runs(
         _cache: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A training step runs its convolutions' differentiated picks and their input
     gradients', not their undifferentiated ones: rejected, the step's roles go back to the
-    cost model's and the forward pick stays; where a program runs none of the picks that
-    moved, nothing is timed."""
+    cost model's and the forward pick stays, unjudged, until a forward pass tuned later
+    judges it from the cache (no convolution timed again); a program that runs no pending
+    pick times nothing."""
     model = planner.plan(SPEC, F32, tuned=False)
     trained = planner.plan(SPEC, F32, differentiated=True, tuned=False)
     other = next(n for n in planner.candidates(SPEC, F32, differentiated=True)
                  if n not in (model, trained))
     fastest = {"forward": other, "differentiated": other}
-    monkeypatch.setattr(_tune, "_measure", lambda spec, dtype, precision, names, reps: {
-        n: (1.0 + (n != fastest["forward"]), 1.0 + (n != fastest["differentiated"]))
-        for n in names})
+    measured: list[int] = []
+
+    def measure(spec, dtype, precision, names, reps):
+        measured.append(len(names))
+        return {n: (1.0 + (n != fastest["forward"]), 1.0 + (n != fastest["differentiated"]))
+                for n in names}
+
     timed: list[int] = []
 
     def slower(programs, args, reps):
         timed.append(len(programs))
         return (1.0, 2.0)
 
+    monkeypatch.setattr(_tune, "_measure", measure)
     monkeypatch.setattr(_tune, "_alternating", slower)
     x, w = jnp.ones(SPEC.lhs_shape), jnp.ones(SPEC.rhs_shape)
+    key = _tune_cache.key(SPEC, F32, False)
     step = jax.grad(lambda a, b: jnp.sum(jconv.conv(a, b) ** 2), (0, 1))
     report = jconv.tune(step, x, w, reps=1, progress=False)
     assert timed == [2] and report.runs == ("differentiated", "input_gradient")
     assert report.kept == ("forward",)
     assert planner.resolve("auto", SPEC, F32) == (other, trained, model)
+    assert _tune_cache.entries()[key]["judged"] == ["differentiated", "input_gradient"]
     assert "kept the cost model's picks where the program runs them" in str(report)
+
+    def forward(a: jax.Array, b: jax.Array) -> jax.Array:
+        return jconv.conv(a, b)
+
+    report = jconv.tune(forward, x, w, reps=1, progress=False)
+    assert len(measured) == 1 and timed == [2, 2] and report.runs == ("forward",)
+    assert report.convs[0].cached and report.kept == ("differentiated", "input_gradient")
+    assert planner.resolve("auto", SPEC, F32) == (model, trained, model)
+    assert sorted(_tune_cache.entries()[key]["judged"]) == sorted(_tune_cache.COLUMNS)
+    assert jconv.tune(forward, x, w, reps=1, progress=False).program_seconds is None
     fastest["forward"] = model  # only the differentiated pick moves: a forward pass is the
-    report = jconv.tune(lambda a, b: jconv.conv(a, b), x, w, reps=1, progress=False,
-                        retune=True)  # same program
-    assert timed == [2] and report.program_seconds is None
+    report = jconv.tune(forward, x, w, reps=1, progress=False, retune=True)  # same program
+    assert timed == [2, 2] and report.program_seconds is None
     assert report.kept == _tune_cache.COLUMNS
     assert planner.resolve("auto", SPEC, F32) == (model, other, model)
+    assert _tune_cache.entries()[key]["judged"] == []
 
 
 def test_a_differentiated_pick_is_a_lowering_that_may_compute_its_values(

@@ -5,6 +5,9 @@ times every lowering `auto` may run or that is opted in on this platform
 (`planner.candidates` with ``opt_in``) for each convolution of a program,
 forward and forward plus both gradients, alternating the candidates rep by rep, and stores
 the fastest in the persistent cache (`_tune_cache`) that `strategy="auto"` reads first.
+Each time is the fastest of the reps: on a shared CPU, slow streaks of seconds move medians
+(four runs of one comparison, ResNet-20's training step with two sets of picks: the ratio of
+medians 0.91-1.09, of the fastest samples 0.88-0.93).
 A dense convolution's gradients are the engine's own whatever the lowering
 (`jconv._gradients`): it is timed forward only, and its input gradient's convolution
 (`ConvSpec.input_gradient`) is tuned beside it. On the CPU each time includes the first
@@ -15,17 +18,18 @@ Each spec gets one pick per role (`_tune_cache.COLUMNS`): undifferentiated, a
 differentiated call's values, and another convolution's input gradient (the forward's
 fastest). For a function, the whole program is then compiled with the tuned picks and with
 the cost model's, and the tuned picks of the roles the program runs are kept only where that
-program is no slower and keeps no more temporaries. A role runs in the program where its
+program is no slower and keeps no more temporaries (or up to ``max_temps`` times the cost
+model's); the cache records those roles as judged. A role runs in the program where its
 tuned picks alone change the program's lowered text: a training step runs no
-undifferentiated convolution, so its forward picks rest on their own timing, as a spec's
-do, and a forward pass compiled later runs them.
+undifferentiated convolution, so its forward picks are stored as timed, unjudged, and tuning
+a forward pass later judges them without timing the convolutions again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import statistics
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -48,9 +52,9 @@ _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 class TunedConv:
     """One convolution's tuning: the picks per role (undifferentiated, a differentiated
     call's values, another convolution's input gradient: the forward's fastest unless the
-    cache holds another), the cost model's picks and the medians measured (``seconds[name] =
-    (forward, forward and both gradients)``); ``cached`` if the picks came from the cache
-    without timing."""
+    cache holds another), the cost model's picks and the fastest times measured
+    (``seconds[name] = (forward, forward and both gradients)``); ``cached`` if the picks
+    came from the cache without timing."""
 
     spec: ConvSpec
     dtype: str
@@ -89,7 +93,7 @@ class TunedConv:
 class TuneReport:
     """What `tune` chose for each distinct convolution, in the order the program runs them;
     for a function, ``program_seconds`` and ``program_temp_bytes``: the whole program's
-    median seconds and compiled temporaries with the cost model's picks and with the tuned
+    fastest seconds and compiled temporaries with the cost model's picks and with the tuned
     ones (None if it was not timed), ``runs``: the roles (`_tune_cache.COLUMNS`) whose tuned
     picks change the program, and ``kept``: the roles whose tuned picks were stored (the
     cost model's were stored for the others)."""
@@ -136,6 +140,7 @@ def tune(
     retune: bool = False,
     progress: bool = True,
     whole: bool = True,
+    max_temps: float = 1.0,
     **kwargs: Any,
 ) -> TuneReport:
     """Time the lowerings for `target`'s convolutions here and store the fastest for `auto`.
@@ -152,8 +157,11 @@ def tune(
         the cost model's picks instead, for the roles the program runs, where the tuned
         program is slower or keeps more temporaries (`memory_analysis`): each convolution
         is timed alone, and a program's schedule and temporaries are not their sum; the
-        temporaries cap the batch a program can run. A training step does not run its
-        convolutions' undifferentiated picks: those are stored as timed.
+        temporaries cap the batch a program can run. Picks the program does not run are
+        stored as timed and judged by the next program tuned that runs them (a training
+        step runs no undifferentiated convolution; a forward pass does), cached or not.
+      max_temps: the temporaries the tuned program may keep, as a multiple of the cost
+        model's program's (1.0: no more; 1.1 trades up to 10% more memory for speed).
 
     Returns a `TuneReport`; ``str()`` of it is a summary table.
 
@@ -163,6 +171,9 @@ def tune(
     """
     if isinstance(reps, bool) or not isinstance(reps, int) or reps < 1:
         raise ValueError(f"`reps` (={reps!r}) must be a positive int.")
+    if isinstance(max_temps, bool) or not isinstance(max_temps, (int, float)) or not (
+            max_temps > 0 and math.isfinite(max_temps)):
+        raise ValueError(f"`max_temps` (={max_temps!r}) must be a positive finite number.")
     if isinstance(target, ConvSpec):
         if args or kwargs:
             raise TypeError("`tune(spec, ...)` takes no example arguments; give a function "
@@ -180,36 +191,51 @@ def tune(
         for t in ((s, s.input_gradient()) if planner.engine_gradients(s, d, p) else (s,))))
     with _progress(progress, len(unique)) as advance:
         rows = [_tune_one(spec, dt, prec, reps, retune, advance) for spec, dt, prec in unique]
-    fresh = {r.key: r.conv.picks for r in rows if not r.conv.cached}
-    model = {r.key: r.conv.model_picks for r in rows if not r.conv.cached}
     convs = tuple(r.conv for r in rows)
-    if not (fresh and whole and fresh != model and not isinstance(target, ConvSpec)):
-        if fresh:
-            _tune_cache.store(fresh)
+    picks = {r.key: r.conv.picks for r in rows}
+    model = {r.key: r.conv.model_picks for r in rows}
+    judged = {r.key: list(r.judged) for r in rows}
+    # the roles of each convolution whose tuned pick moved and no whole program has judged
+    pending = {k: [c for c in _tune_cache.COLUMNS if c not in judged[k] and p[c] != model[k][c]]
+               for k, p in picks.items()}
+    fresh = {r.key for r in rows if not r.conv.cached}
+
+    def store(keys: set[str]) -> None:
+        if keys:
+            _tune_cache.store({k: {**picks[k], "judged": judged[k]} for k in keys})
+
+    if isinstance(target, ConvSpec) or not whole or not any(pending.values()):
+        store(fresh)
         return TuneReport(convs)
+    base = {k: {c: model[k][c] if c in pending[k] else p[c] for c in _tune_cache.COLUMNS}
+            for k, p in picks.items()}
     program = functools.partial(_lowered, target, args, kwargs)
-    with _tune_cache.overlay(model):
+    with _tune_cache.overlay(base):
         baseline = program()
     text = baseline.as_text()
     runs = []
     for column in _tune_cache.COLUMNS:
-        if all(fresh[k][column] == model[k][column] for k in fresh):
-            continue
-        with _tune_cache.overlay({k: {**model[k], column: fresh[k][column]} for k in fresh}):
-            if program().as_text() != text:
-                runs.append(column)
-    if not runs:  # the program runs none of the moved picks: nothing to time
-        _tune_cache.store(fresh)
+        moved = {k: {**base[k], column: picks[k][column]} for k in picks if column in pending[k]}
+        if moved:
+            with _tune_cache.overlay(moved):
+                if program().as_text() != text:
+                    runs.append(column)
+    if not runs:  # the program runs none of the pending picks: nothing to time
+        store(fresh)
         return TuneReport(convs)
-    with _tune_cache.overlay(fresh):
+    with _tune_cache.overlay(picks):
         compiled = (baseline.compile(), program().compile())
     seconds = _alternating(compiled, args, reps)
     temps = (_temp_bytes(compiled[0]), _temp_bytes(compiled[1]))
-    faster = seconds[1] <= seconds[0] and temps[1] <= temps[0]
+    faster = seconds[1] <= seconds[0] and temps[1] <= max_temps * temps[0]
+    for k, columns in pending.items():
+        for column in (c for c in runs if c in columns):
+            judged[k].append(column)
+            if not faster:
+                picks[k][column] = model[k][column]
+    store(fresh | {k for k, columns in pending.items() if set(columns) & set(runs)})
     kept = _tune_cache.COLUMNS if faster else tuple(
         c for c in _tune_cache.COLUMNS if c not in runs)
-    _tune_cache.store({k: {c: (fresh if c in kept else model)[k][c]
-                           for c in _tune_cache.COLUMNS} for k in fresh})
     return TuneReport(convs, seconds, temps, tuple(runs), kept)
 
 
@@ -222,7 +248,8 @@ def _lowered(target: Callable[..., Any], args: tuple[Any, ...],
 
 def _alternating(programs: Sequence[Any], args: tuple[Any, ...],
                  reps: int) -> tuple[float, float]:
-    """Median seconds of each compiled program on ``*args``, alternating, after a warm-up."""
+    """The fastest seconds of each compiled program on ``*args``, alternating, after a
+    warm-up."""
     times: list[list[float]] = [[] for _ in programs]
     for rep in range(reps + 1):
         for fn, ts in zip(programs, times, strict=True):
@@ -230,7 +257,7 @@ def _alternating(programs: Sequence[Any], args: tuple[Any, ...],
             jax.block_until_ready(fn(*args))
             if rep:
                 ts.append(time.perf_counter() - start)
-    first, second = (statistics.median(ts) for ts in times)
+    first, second = (min(ts) for ts in times)
     return first, second
 
 
@@ -238,6 +265,7 @@ def _alternating(programs: Sequence[Any], args: tuple[Any, ...],
 class _Row:
     key: str
     conv: TunedConv
+    judged: tuple[str, ...] = ()  # the roles a whole program has judged (`tune`)
 
 
 def _hashable(precision: Any) -> Any:
@@ -255,7 +283,7 @@ def _tune_one(spec: ConvSpec, dtype: jnp.dtype, precision: Any, reps: int, retun
         advance(f"{spec.lhs_shape} (cached)")
         conv = TunedConv(spec, str(dtype), cached["forward"], cached["differentiated"],
                          cached.get("input_gradient", cached["forward"]), *model, {}, True)
-        return _Row(key, conv)
+        return _Row(key, conv, tuple(cached.get("judged", ())))
     names = planner.candidates(spec, dtype, precision, opt_in=True)
     seconds = _measure(spec, dtype, precision, names, reps)
     advance(str(spec.lhs_shape))
@@ -277,7 +305,7 @@ below the threshold and are reused, so the timing misses this cost; `tune` adds 
 
 def _measure(spec: ConvSpec, dtype: jnp.dtype, precision: Any, names: Sequence[str],
              reps: int) -> dict[str, tuple[float, float]]:
-    """Median seconds of each lowering's forward and forward plus gradients (the forward
+    """The fastest seconds of each lowering's forward and forward plus gradients (the forward
     again for a dense convolution, whose gradients are the engine's own whatever the
     lowering, `jconv._gradients`), on random operands in canonical layout, the lowerings
     alternating within every rep; on the CPU plus the first touch of each program's
@@ -317,8 +345,8 @@ def _measure(spec: ConvSpec, dtype: jnp.dtype, precision: Any, names: Sequence[s
                     times[name][mode].append(time.perf_counter() - start)
     seconds = {}
     for (name, (f, g)), e in zip(times.items(), extra, strict=True):
-        forward = statistics.median(f) + e[0]
-        seconds[name] = (forward, statistics.median(g) + e[1] if g else forward)
+        forward = min(f) + e[0]
+        seconds[name] = (forward, min(g) + e[1] if g else forward)
     return seconds
 
 

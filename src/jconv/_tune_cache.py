@@ -2,7 +2,8 @@
 
 One JSON file (``$JCONV_TUNE_CACHE``, else ``~/.cache/jconv/tune.json``) maps keys to
 one pick per `COLUMNS` role: ``{"forward": name, "differentiated": name, "input_gradient":
-name}`` (an entry without ``"input_gradient"`` gives its forward pick there). A key names
+name}`` (an entry without ``"input_gradient"`` gives its forward pick there), and
+``"judged"``: the roles a whole program's check kept or replaced (`jconv.tune`). A key names
 everything a measurement depends on: the backend and device kind, the jax version, the spec
 (its ``repr``: every hyper-parameter and shape in normal form, layouts aside), the
 accumulation dtype and whether the normwise-accurate lowerings were allowed. Writes merge
@@ -35,8 +36,8 @@ COLUMNS = ("forward", "differentiated", "input_gradient")
 call's values, and another convolution's input gradient (`ConvSpec.input_gradient`, in a
 training step's backward pass): one pick each."""
 
-_entries: dict[str, dict[str, str]] | None = None
-_overlay: dict[str, dict[str, str]] = {}
+_entries: dict[str, dict[str, Any]] | None = None
+_overlay: dict[str, dict[str, Any]] = {}
 _generation = 0
 
 
@@ -57,7 +58,7 @@ def key(spec: ConvSpec, dtype: Any, normwise: bool) -> str:
                      str(jax.numpy.dtype(dtype)), "normwise" if normwise else "summation"])
 
 
-def _read(path: pathlib.Path) -> dict[str, dict[str, str]]:
+def _read(path: pathlib.Path) -> dict[str, dict[str, Any]]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -80,7 +81,7 @@ def _locked(path: pathlib.Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def entries() -> dict[str, dict[str, str]]:
+def entries() -> dict[str, dict[str, Any]]:
     """Every tuned pick (read once per process)."""
     global _entries
     if _entries is None:
@@ -99,7 +100,7 @@ def lookup(spec: ConvSpec, dtype: Any, normwise: bool, column: str) -> str | Non
 
 
 @contextlib.contextmanager
-def overlay(picks: Mapping[str, Mapping[str, str]]) -> Iterator[None]:
+def overlay(picks: Mapping[str, Mapping[str, Any]]) -> Iterator[None]:
     """Within the block the planner reads `picks` (key -> one pick per column) in place of
     the stored entries of their keys; nothing is written."""
     global _overlay, _generation
@@ -113,9 +114,10 @@ def overlay(picks: Mapping[str, Mapping[str, str]]) -> Iterator[None]:
         _generation += 1
 
 
-def store(picks: Mapping[str, Mapping[str, str]]) -> None:
-    """Merge `picks` (key -> one pick per `COLUMNS` role) into the cache file, under its
-    lock, by an atomic replace; the planner sees them from its next plan on."""
+def store(picks: Mapping[str, Mapping[str, Any]]) -> None:
+    """Merge `picks` (key -> one pick per `COLUMNS` role, and ``"judged"``) into the cache
+    file, under its lock, by an atomic replace; the planner sees them from its next plan
+    on."""
     global _entries, _generation
     path = cache_path()
     with _locked(path):
