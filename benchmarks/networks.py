@@ -647,6 +647,12 @@ def bench_net(net: Net, reps: int, budget_s: float, tune: bool, torch_col: bool,
                              reps=tune_reps, progress=False, max_temps=max_temps)
         rec["tune_s"] = time.perf_counter() - t0
         rec["tune_kept"] = {"train": list(report.kept), "forward": list(forward.kept)}
+        # each whole-program check: ms and MiB with the cost model's picks, then tuned
+        rec["tune_check"] = {
+            phase: None if r.program_seconds is None or r.program_temp_bytes is None else
+            [1e3 * r.program_seconds[0], 1e3 * r.program_seconds[1],
+             r.program_temp_bytes[0] / 2**20, r.program_temp_bytes[1] / 2**20]
+            for phase, r in (("train", report), ("forward", forward))}
         picks = {conv_label(c.spec): c for c in report.convs}
         for row in rec["convs"]:
             c = picks[row["conv"]]

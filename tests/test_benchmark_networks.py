@@ -108,7 +108,7 @@ def test_bench_and_writers(tune_dir: pathlib.Path) -> None:
     assert set(rec["rel_err"]) == {"auto", "tuned"} | ({"torch"} if torch_col else set())
     assert {c["tuned_differentiated"] for c in rec["convs"]} == {
         p["differentiated"] for p in picks.values()}
-    assert set(rec["tune_kept"]) == {"train", "forward"}  # the step's roles, the forward's
+    assert set(rec["tune_kept"]) == set(rec["tune_check"]) == {"train", "forward"}
     assert sum(c["count"] for c in rec["convs"]) == len(networks.layers(net))
     for phase in ("forward", "train"):
         assert set(rec[phase]["ms"]) == {"lax", "auto", "tuned"} | (

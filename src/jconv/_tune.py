@@ -289,10 +289,26 @@ def _tune_one(spec: ConvSpec, dtype: jnp.dtype, precision: Any, reps: int, retun
     advance(str(spec.lhs_shape))
     # a differentiated call's values by a lowering that may compute them (``DIFFERENTIATED``)
     differentiable = [n for n in names if STRATEGIES[n].DIFFERENTIATED] or names
-    forward = min(names, key=lambda n: seconds[n][0])
-    conv = TunedConv(spec, str(dtype), forward, min(differentiable, key=lambda n: seconds[n][1]),
+    forward = _fastest(names, model[0], seconds, 0)
+    conv = TunedConv(spec, str(dtype), forward, _fastest(differentiable, model[1], seconds, 1),
                      forward, *model, seconds, False)
     return _Row(key, conv)
+
+
+MARGIN = 1.05
+"""A measured pick replaces the cost model's only where the model's took this many times its
+time or more: closer calls are noise, and each pick that moves must then pass the whole
+program's check together with the others."""
+
+
+def _fastest(names: Sequence[str], model: str, seconds: dict[str, tuple[float, float]],
+             mode: int) -> str:
+    """The fastest of `names` in `mode` (0 forward, 1 with gradients), or `model` where it
+    is within `MARGIN` of it."""
+    best = min(names, key=lambda n: seconds[n][mode])
+    if model in names and seconds[model][mode] < MARGIN * seconds[best][mode]:
+        return model
+    return best
 
 
 FIRST_TOUCH_SECONDS_PER_BYTE = 0.5e-6 / 4096
