@@ -190,7 +190,7 @@ def _after_batched(args: tuple[jax.Array, jax.Array], dims: tuple[int | None, in
 
 def _after_partial_eval(trace: Any, w: Any, x: Any) -> Any:
     """`w` itself where it is known and `x` is not: nothing known can wait for `x`."""
-    if w.pval.is_known():
+    if w.pval.is_known() and not x.pval.is_known():
         return w
     return trace.default_process_primitive(_after_p, (w, x), {})
 
