@@ -256,6 +256,7 @@ def test_a_program_slower_or_larger_with_the_tuned_picks_keeps_the_models(
     assert ("kept the tuned picks" in str(report)) == kept
 
 
+@pytest.mark.single_device  # several devices: the ops' values read the forward pick too
 def test_a_training_step_judges_the_roles_it_runs(
         _cache: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A training step runs its convolutions' differentiated picks and their input
