@@ -4,7 +4,8 @@ The planner's cost model was fitted on one CPU; its picks move with the machine.
 times every lowering `auto` may run or that is opted in on this platform
 (`planner.candidates` with ``opt_in``) for each convolution of a program,
 forward and forward plus both gradients, alternating the candidates rep by rep, and stores
-the fastest in the persistent cache (`_tune_cache`) that `strategy="auto"` reads first.
+the fastest (the cost model's pick where it is within `MARGIN`) in the persistent cache
+(`_tune_cache`) that `strategy="auto"` reads first.
 Each time is the fastest of the reps: on a shared CPU, slow streaks of seconds move medians
 (four runs of one comparison, ResNet-20's training step with two sets of picks: the ratio of
 medians 0.91-1.09, of the fastest samples 0.88-0.93).
@@ -124,11 +125,14 @@ class TuneReport:
         """Which picks were stored, in words."""
         if set(self.kept) == set(_tune_cache.COLUMNS):
             return "kept the tuned picks"
-        roles = ", ".join(c.replace("_", " ") for c in self.runs)
         if not self.kept:
             return "kept the cost model's picks"
-        return (f"kept the cost model's picks where the program runs them ({roles}) and "
-                f"the tuned ones elsewhere ({', '.join(c.replace('_', ' ') for c in self.kept)})")
+
+        def roles(columns: Sequence[str]) -> str:
+            return ", ".join(c.replace("_", " ") for c in columns)
+
+        return (f"kept the cost model's picks where the program runs them ({roles(self.runs)}) "
+                f"and the tuned ones elsewhere ({roles(self.kept)})")
 
 
 def tune(
