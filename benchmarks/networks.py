@@ -620,7 +620,7 @@ def _time_layer(spec: jconv.ConvSpec, reps: int, budget_s: float) -> dict[str, f
 
 def bench_net(net: Net, reps: int, budget_s: float, tune: bool, torch_col: bool,
               cache_dir: pathlib.Path, tune_reps: int = TUNE_REPS,
-              per_layer: bool = False, max_temps: float = 1.01) -> dict[str, Any]:
+              per_layer: bool = False, max_temps: float = 1.05) -> dict[str, Any]:
     """Compile, check and time `net`'s forward and training step with every variant
     (`VARIANTS`, "tuned" only if `tune`; PyTorch if `torch_col`); a JSON-able record.
     "auto" plans with an empty tuning cache; tuning fills ``cache_dir/<name>.json``,
@@ -834,7 +834,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tune-cache", default=None,
                     help="folder of the tuning caches (<network>.json; picks found there are "
                          "reused untimed); default: a new temporary folder")
-    ap.add_argument("--max-temps", type=float, default=1.01,
+    ap.add_argument("--max-temps", type=float, default=1.05,
                     help="jconv.tune's max_temps: the temporaries a tuned program may keep, "
                          "times the cost model's (default: %(default)s)")
     ap.add_argument("--no-torch", action="store_true", help="leave out PyTorch")

@@ -215,10 +215,10 @@ def test_temporaries_are_priced(_cache: pathlib.Path, monkeypatch: pytest.Monkey
 def test_a_program_slower_or_larger_with_the_tuned_picks_keeps_the_models(
         _cache: pathlib.Path, monkeypatch: pytest.MonkeyPatch, tuned_faster: bool,
         tuned_larger: bool, max_temps: float) -> None:
-    """Tuning a function times the whole program with the cost model's picks and with the
-    tuned ones and reads both programs' temporaries; where the tuned program is slower or
-    keeps more temporaries than `max_temps` times the model's, the cost model's picks are
-    stored."""
+    """Tuning a function compiles the whole program with the cost model's picks and with the
+    tuned ones; where the tuned program keeps more temporaries than `max_temps` times the
+    model's, the cost model's picks are stored without timing anything, and where it fits
+    but runs slower, too."""
     model = planner.plan(SPEC, F32, tuned=False)
     other = next(n for n in planner.candidates(SPEC, F32, differentiated=True) if n != model)
 
@@ -244,8 +244,10 @@ def test_a_program_slower_or_larger_with_the_tuned_picks_keeps_the_models(
     x, w = jnp.ones(SPEC.lhs_shape), jnp.ones(SPEC.rhs_shape)
     report = jconv.tune(lambda a, b: jconv.conv(a, b), x, w, reps=1, progress=False,
                         max_temps=max_temps)
-    kept = tuned_faster and (not tuned_larger or max_temps >= 1.5)
-    assert timed == [2] and report.program_seconds is not None and len(read) == 2
+    fits = not tuned_larger or max_temps >= 1.5
+    kept = tuned_faster and fits
+    assert timed == [2] * fits and (report.program_seconds is not None) == fits
+    assert len(read) == 2
     assert report.program_temp_bytes == (100, 100 + 50 * tuned_larger)
     assert report.runs == ("forward",) and report.convs[0].forward == other
     # the forward program runs no differentiated call and no input gradient: their tuned
@@ -284,6 +286,7 @@ def test_a_training_step_judges_the_roles_it_runs(
 
     monkeypatch.setattr(_tune, "_measure", measure)
     monkeypatch.setattr(_tune, "_alternating", slower)
+    monkeypatch.setattr(_tune, "_temp_bytes", lambda compiled: 100)  # every program fits
     x, w = jnp.ones(SPEC.lhs_shape), jnp.ones(SPEC.rhs_shape)
     key = _tune_cache.key(SPEC, F32, False)
     step = jax.grad(lambda a, b: jnp.sum(jconv.conv(a, b) ** 2), (0, 1))
@@ -292,7 +295,8 @@ def test_a_training_step_judges_the_roles_it_runs(
     assert report.kept == ("forward",)
     assert planner.resolve("auto", SPEC, F32) == (other, trained, model)
     assert _tune_cache.entries()[key]["judged"] == ["differentiated", "input_gradient"]
-    assert "kept the cost model's picks where the program runs them" in str(report)
+    assert "kept 0 of the 2 tuned picks the program runs (the tuned program was slower)" \
+        in str(report)
 
     def forward(a: jax.Array, b: jax.Array) -> jax.Array:
         return jconv.conv(a, b)
@@ -309,6 +313,87 @@ def test_a_training_step_judges_the_roles_it_runs(
     assert report.kept == _tune_cache.COLUMNS
     assert planner.resolve("auto", SPEC, F32) == (model, other, model)
     assert _tune_cache.entries()[key]["judged"] == []
+
+
+@pytest.mark.parametrize("search_compiles", [_tune.SEARCH_COMPILES, 1])
+def test_picks_that_keep_more_temporaries_alone_are_left_out_and_the_rest_kept(
+        _cache: pathlib.Path, monkeypatch: pytest.MonkeyPatch, search_compiles: int) -> None:
+    """Where the tuned picks together keep more temporaries than `max_temps` allows, the
+    check searches the picks, largest measured saving first, for those that fit: here the
+    3x3 layer's `patches` (a 9-fold copy of its input) is left out and the 1x1 layer's
+    pick, which moves no buffer, is timed and kept. With one compile allowed, the search
+    stops after the program with every pick and keeps none."""
+    dn = ("NHWC", "HWIO", "NHWC")
+    three = ConvSpec.from_lax((8, 32, 32, 16), (3, 3, 16, 16), (1, 1), "SAME",
+                              dimension_numbers=dn)
+    one = ConvSpec.from_lax((8, 32, 32, 16), (1, 1, 16, 16), (1, 1), "SAME",
+                            dimension_numbers=dn)
+    fastest = {three: "patches", one: next(
+        n for n in planner.candidates(one, F32) if n != planner.plan(one, F32, tuned=False))}
+    assert planner.plan(three, F32, tuned=False) != "patches"
+
+    def measure(spec, dtype, precision, names, reps):  # the 3x3 layer saves the most
+        slow = 4.0 if spec == three else 2.0
+        return {n: (1.0, 1.0) if n == fastest[spec] else (slow, slow) for n in names}
+
+    timed: list[int] = []
+
+    def alternating(programs, args, reps):
+        timed.append(len(programs))
+        return (2.0, 1.0)
+
+    compiled: list[int] = []
+    real = _tune._temp_bytes
+
+    def temp_bytes(program):
+        compiled.append(real(program))
+        return compiled[-1]
+
+    monkeypatch.setattr(_tune, "_measure", measure)
+    monkeypatch.setattr(_tune, "_alternating", alternating)
+    monkeypatch.setattr(_tune, "_temp_bytes", temp_bytes)
+
+    def net(x: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+        h = jnp.tanh(jconv.conv_general_dilated(x, a, (1, 1), "SAME", dimension_numbers=dn))
+        return jconv.conv_general_dilated(h, b, (1, 1), "SAME", dimension_numbers=dn)
+
+    x, a, b = (jnp.ones(s) for s in (three.lhs_shape, three.rhs_shape, one.rhs_shape))
+    monkeypatch.setattr(_tune, "SEARCH_COMPILES", search_compiles)
+    report = jconv.tune(net, x, a, b, reps=1, progress=False)
+    if search_compiles == 1:
+        assert len(compiled) == 2 and timed == [] and report.program_seconds is None
+        assert planner.resolve("auto", one, F32).values == planner.plan(one, F32, tuned=False)
+        assert len(report.dropped) == 2 and "kept 0 of the 2" in str(report)
+        return
+    # the model's program, all the picks, the 3x3 layer's alone, the 1x1 layer's alone (both
+    # compiled for their temporaries only), the 1x1 layer's again to run
+    assert len(compiled) == 5 and compiled[1] > 1.05 * compiled[0] and compiled[2] > compiled[3]
+    assert compiled[0] == compiled[3] == compiled[4]
+    assert timed == [2] and report.runs == ("forward",)
+    assert report.program_temp_bytes == (compiled[0], compiled[4])
+    assert planner.resolve("auto", three, F32).values == planner.plan(three, F32, tuned=False)
+    assert planner.resolve("auto", one, F32).values == fastest[one]
+    assert [(report.convs[i].spec, role) for i, role in report.dropped] == [(three, "forward")]
+    assert "kept 1 of the 2 tuned picks the program runs (the others left out: over max_temps" \
+        in str(report)
+    assert "patches*" in str(report)
+
+
+@pytest.mark.parametrize("misfits", [(), (7,), (0, 47), (3, 4, 5), tuple(range(48))])
+def test_the_search_leaves_out_only_the_picks_that_do_not_fit(misfits: tuple[int, ...]) -> None:
+    """`_largest_fitting` over 48 picks of which `misfits` do not fit with any others: it
+    returns every other pick, in order, a set it tested, after about ``k (log2(48) + 1) + 1``
+    tests for ``k`` misfits."""
+    tested: list[tuple[int, ...]] = []
+
+    def fits(chosen: tuple[int, ...]) -> bool:
+        tested.append(chosen)
+        return not set(chosen) & set(misfits)
+
+    kept = _tune._largest_fitting(range(48), fits)
+    assert kept == tuple(i for i in range(48) if i not in misfits)
+    assert kept in tested or not kept
+    assert len(tested) <= len(misfits) * (math.ceil(math.log2(48)) + 1) + 1
 
 
 @pytest.mark.parametrize("slower", [1.04, 1.06])
