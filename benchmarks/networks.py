@@ -646,7 +646,9 @@ def bench_net(net: Net, reps: int, budget_s: float, tune: bool, torch_col: bool,
         forward = jconv.tune(functools.partial(apply, net, jconv_conv), params, x,
                              reps=tune_reps, progress=False, max_temps=max_temps)
         rec["tune_s"] = time.perf_counter() - t0
-        rec["tune_kept"] = {"train": list(report.kept), "forward": list(forward.kept)}
+        # each check's tuned picks kept, of those the program runs that moved
+        rec["tune_kept"] = {phase: [len(r.moved) - len(r.dropped), len(r.moved)]
+                            for phase, r in (("train", report), ("forward", forward))}
         # each whole-program check: ms and MiB with the cost model's picks, then tuned
         rec["tune_check"] = {
             phase: None if r.program_seconds is None or r.program_temp_bytes is None else
@@ -774,11 +776,10 @@ def markdown(meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def kept_note(kept: dict[str, list[str]]) -> str:
-    """Where `jconv.tune` of the step or of the forward pass stored the cost model's picks
-    for roles it runs (`TuneReport.kept`)."""
-    notes = [f"{phase}: model's {', '.join(sorted(set(jconv._tune_cache.COLUMNS) - set(k)))}"
-             for phase, k in kept.items() if len(k) < len(jconv._tune_cache.COLUMNS)]
+def kept_note(kept: dict[str, list[int]]) -> str:
+    """How many of the tuned picks that moved `jconv.tune` kept, for the step and the
+    forward pass (`TuneReport.moved`, `TuneReport.dropped`), where it left some out."""
+    notes = [f"{phase}: {n} of {moved} kept" for phase, (n, moved) in kept.items() if n < moved]
     return f" ({'; '.join(notes)})" if notes else ""
 
 

@@ -109,6 +109,7 @@ def test_bench_and_writers(tune_dir: pathlib.Path) -> None:
     assert {c["tuned_differentiated"] for c in rec["convs"]} == {
         p["differentiated"] for p in picks.values()}
     assert set(rec["tune_kept"]) == set(rec["tune_check"]) == {"train", "forward"}
+    assert all(0 <= kept <= moved for kept, moved in rec["tune_kept"].values())
     assert sum(c["count"] for c in rec["convs"]) == len(networks.layers(net))
     for phase in ("forward", "train"):
         assert set(rec[phase]["ms"]) == {"lax", "auto", "tuned"} | (

@@ -118,6 +118,13 @@ class TuneReport:
                      for c in _tune_cache.COLUMNS if kept[c] != conv.picks[c])
 
     @property
+    def moved(self) -> tuple[tuple[int, str], ...]:
+        """``(index in convs, role)`` of each tuned pick in a role the program runs that is
+        not the cost model's: those the whole-program check judged (or an earlier one)."""
+        return tuple((i, r) for i, c in enumerate(self.convs) for r in self.runs
+                     if c.picks[r] != c.model_picks[r])
+
+    @property
     def kept(self) -> tuple[str, ...]:
         """The roles all of whose tuned picks were stored."""
         dropped = {c for _, c in self.dropped}
@@ -135,8 +142,8 @@ class TuneReport:
                          + ("  (cached)" if c.cached else ""))
         if self.program_temp_bytes is not None:
             model_mb, tuned_mb = (b / 2**20 for b in self.program_temp_bytes)
-            model, tuned = ("" if self.program_seconds is None else f"{1e3 * t:.1f} ms and "
-                            for t in (self.program_seconds or (0.0, 0.0)))
+            model, tuned = (("", "") if self.program_seconds is None else
+                            (f"{1e3 * t:.1f} ms and " for t in self.program_seconds))
             lines.append(f"whole program: {model}{model_mb:.1f} MiB of temporaries with the "
                          f"cost model's picks, {tuned}{tuned_mb:.1f} MiB tuned: {self.verdict}")
         if dropped:
@@ -150,7 +157,7 @@ class TuneReport:
         dropped = self.dropped
         if not dropped:
             return "kept the tuned picks"
-        moved = sum(c.picks[r] != c.model_picks[r] for c in self.convs for r in self.runs)
+        moved = len(self.moved)
         if self.program_seconds is not None and self.program_seconds[1] > self.program_seconds[0]:
             reason = "the tuned program was slower"
         else:
