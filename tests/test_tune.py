@@ -11,10 +11,11 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jconv
-from jconv import ConvSpec, _tune, _tune_cache, planner
+from jconv import ConvSpec, _gradients, _tune, _tune_cache, planner
 from jconv.strategies import STRATEGIES
 
 F32 = jnp.dtype(jnp.float32)
@@ -43,12 +44,17 @@ def test_tune_stores_the_fastest_measured_and_auto_runs_it(_cache: pathlib.Path)
         best = min(names, key=lambda n: conv.seconds[n][mode])  # or the model's, that close
         assert pick in (best, model) and pick in names
         assert conv.seconds[pick][mode] < _tune.MARGIN * conv.seconds[best][mode]
+    # SPEC is its own input gradient's shape: that role is timed from its kernel, flipped
+    # as a training step flips it
+    times = conv.as_input_gradient
+    assert set(times) == set(conv.seconds)
+    assert times[conv.input_gradient] < _tune.MARGIN * min(times.values())
     stored = json.loads(_cache.read_text())
     assert stored == {_tune_cache.key(SPEC, F32, False): {
         "forward": conv.forward, "differentiated": conv.differentiated,
-        "input_gradient": conv.forward, "judged": []}}
+        "input_gradient": conv.input_gradient, "judged": []}}
     assert planner.resolve("auto", SPEC, F32) == (conv.forward, conv.differentiated,
-                                                  conv.forward)
+                                                  conv.input_gradient)
     assert conv.model_forward == planner.plan(SPEC, F32, tuned=False)
     assert "(cached)" not in str(report) and conv.forward in str(report)
 
@@ -222,7 +228,7 @@ def test_a_program_slower_or_larger_with_the_tuned_picks_keeps_the_models(
     model = planner.plan(SPEC, F32, tuned=False)
     other = next(n for n in planner.candidates(SPEC, F32, differentiated=True) if n != model)
 
-    def measure(spec, dtype, precision, names, reps):  # `other` measured fastest
+    def measure(spec, dtype, precision, names, reps, parent=None):  # `other` measured fastest
         return {n: (1.0, 1.0) if n == other else (2.0, 2.0) for n in names}
 
     timed: list[int] = []
@@ -273,7 +279,7 @@ def test_a_training_step_judges_the_roles_it_runs(
     fastest = {"forward": other, "differentiated": other}
     measured: list[int] = []
 
-    def measure(spec, dtype, precision, names, reps):
+    def measure(spec, dtype, precision, names, reps, parent=None):
         measured.append(len(names))
         return {n: (1.0 + (n != fastest["forward"]), 1.0 + (n != fastest["differentiated"]))
                 for n in names}
@@ -302,7 +308,8 @@ def test_a_training_step_judges_the_roles_it_runs(
         return jconv.conv(a, b)
 
     report = jconv.tune(forward, x, w, reps=1, progress=False)
-    assert len(measured) == 1 and timed == [2, 2] and report.runs == ("forward",)
+    # measured once as called and once as its own input gradient's shape, by the step only
+    assert len(measured) == 2 and timed == [2, 2] and report.runs == ("forward",)
     assert report.convs[0].cached and report.kept == ("differentiated", "input_gradient")
     assert planner.resolve("auto", SPEC, F32) == (model, trained, model)
     assert sorted(_tune_cache.entries()[key]["judged"]) == sorted(_tune_cache.COLUMNS)
@@ -332,7 +339,7 @@ def test_picks_that_keep_more_temporaries_alone_are_left_out_and_the_rest_kept(
         n for n in planner.candidates(one, F32) if n != planner.plan(one, F32, tuned=False))}
     assert planner.plan(three, F32, tuned=False) != "patches"
 
-    def measure(spec, dtype, precision, names, reps):  # the 3x3 layer saves the most
+    def measure(spec, dtype, precision, names, reps, parent=None):  # the 3x3 layer saves the most
         slow = 4.0 if spec == three else 2.0
         return {n: (1.0, 1.0) if n == fastest[spec] else (slow, slow) for n in names}
 
@@ -379,6 +386,52 @@ def test_picks_that_keep_more_temporaries_alone_are_left_out_and_the_rest_kept(
     assert "patches*" in str(report)
 
 
+def test_an_input_gradient_is_timed_as_a_training_step_runs_it(
+        _cache: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dense layer's input gradient is its own convolution, tuned from the layer's kernel
+    as the step flips it (`_gradients.input_gradient`): its ``input_gradient`` pick follows
+    those timings, and a spec the program never calls is timed that way only."""
+    strided = ConvSpec.from_lax((2, 10, 10, 4), (3, 3, 4, 8), (2, 2), "SAME",
+                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    grad = strided.input_gradient()
+    names = planner.candidates(grad, F32)
+    plain, flipped = names[0], names[-1]
+    seen: list[tuple[ConvSpec, ConvSpec | None]] = []
+
+    def measure(spec, dtype, precision, names, reps, parent=None):
+        seen.append((spec, parent))
+        fastest = plain if parent is None else flipped
+        return {n: (1.0, 1.0) if n == fastest else (3.0, 3.0) for n in names}
+
+    monkeypatch.setattr(_tune, "_measure", measure)
+    monkeypatch.setattr(_tune, "_alternating", lambda programs, args, reps: (2.0, 1.0))
+    x, w = jnp.ones(strided.lhs_shape), jnp.ones(strided.rhs_shape)
+    step = jax.grad(lambda a, b: jnp.sum(jconv.conv_general_dilated(
+        a, b, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2), (0, 1))
+    report = jconv.tune(step, x, w, reps=1, progress=False)
+    assert seen == [(strided, None), (grad, strided)]
+    conv = next(c for c in report.convs if c.spec == grad)
+    assert conv.input_gradient == flipped and set(conv.as_input_gradient) == set(names)
+    assert planner.resolve("auto", strided, F32).input_gradient == flipped
+
+
+def test_the_input_gradient_helper_is_the_engines(_cache: pathlib.Path) -> None:
+    """`_gradients.input_gradient`, which `tune` times, is the input gradient a training
+    step computes: lax's, for a lowering that flips a copy and for scatter's and Winograd's
+    unflipped reads."""
+    spec = ConvSpec.from_lax((2, 9, 9, 3), (3, 3, 3, 5), (1, 1), "SAME",
+                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    rng = np.random.default_rng(0)
+    x, w, ct = (jnp.asarray(rng.standard_normal(s), F32)
+                for s in (spec.lhs_shape, spec.rhs_shape, spec.canonical_out_shape))
+    _, pullback = jax.vjp(lambda a: jax.lax.conv_general_dilated(
+        a, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")), x)
+    (want,) = pullback(ct)
+    for name in ("patches", "scatter", "winograd"):
+        got = _gradients.input_gradient(spec, name, w, w, ct, precision=None, acc_dtype=F32)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
 @pytest.mark.parametrize("misfits", [(), (7,), (0, 47), (3, 4, 5), tuple(range(48))])
 def test_the_search_leaves_out_only_the_picks_that_do_not_fit(misfits: tuple[int, ...]) -> None:
     """`_largest_fitting` over 48 picks of which `misfits` do not fit with any others: it
@@ -403,9 +456,9 @@ def test_the_models_pick_stays_unless_another_is_clearly_faster(
     more time or longer: closer calls are noise."""
     model = planner.plan(SPEC, F32, tuned=False)
     other = next(n for n in planner.candidates(SPEC, F32) if n != model)
-    monkeypatch.setattr(_tune, "_measure", lambda spec, dtype, precision, names, reps: {
-        n: (1.0, 1.0) if n == other else (slower, slower) if n == model else (3.0, 3.0)
-        for n in names})
+    monkeypatch.setattr(_tune, "_measure", lambda spec, dtype, precision, names, reps,
+                        parent=None: {n: (1.0, 1.0) if n == other else (slower, slower)
+                                      if n == model else (3.0, 3.0) for n in names})
     (conv,) = jconv.tune(SPEC, reps=1, progress=False).convs
     assert conv.forward == (other if slower >= _tune.MARGIN else model)
 
@@ -420,7 +473,7 @@ def test_a_differentiated_pick_is_a_lowering_that_may_compute_its_values(
     names = planner.candidates(spec, F32, opt_in=True)
     runner_up = next(n for n in names if n != "direct")
 
-    def measure(spec, dtype, precision, names, reps):
+    def measure(spec, dtype, precision, names, reps, parent=None):
         rank = {"direct": 1.0, runner_up: 2.0}
         return {n: (rank.get(n, 3.0), rank.get(n, 3.0)) for n in names}
 

@@ -272,28 +272,46 @@ def input_tangent(
     acc_dtype: jnp.dtype,
 ) -> jax.Array:
     """``(*window, Cg, F), (N, *in, C) -> (N_out, *out, F)``: ``conv(dx, w)``, as the
-    transpose of the input gradient computed by `lowering` on `ConvSpec.input_gradient`
-    (`planner.Lowerings.input_gradient`). `tied_w` is `w` tied to the layer's input
-    (`jconv._engine._after`, itself a copy), read where the lowering transforms the
-    kernel; scatter and Winograd on one group read the unflipped kernel (`lower_flipped`:
-    scatter `w`, Winograd, whose transform is a copy, `tied_w`)."""
-    grad_spec = spec.input_gradient()
-    if grad_spec.empty:  # an input of zero size (padding alone makes the output): no term
+    transpose of the input gradient by `lowering` (`input_gradient`,
+    `planner.Lowerings.input_gradient`). `tied_w` is `w` tied to the layer's input
+    (`jconv._engine._after`, itself a copy)."""
+    if spec.input_gradient().empty:
+        # an input of zero size (padding alone makes the output): no term
         return jnp.zeros(spec.canonical_out_shape, acc_dtype)
+
+    def gradient(ct: jax.Array) -> jax.Array:
+        return input_gradient(spec, lowering, w, tied_w, ct, precision=precision,
+                              acc_dtype=acc_dtype).astype(dx.dtype)
+
+    # its transpose (a lowering with its own JVP rule, such as `pallas`, transposes
+    # through that)
+    return transposed(gradient, spec.canonical_out_shape, dx.dtype, dx).astype(acc_dtype)
+
+
+def input_gradient(
+    spec: ConvSpec,
+    lowering: str,
+    w: jax.Array,
+    tied_w: jax.Array,
+    ct: jax.Array,
+    *,
+    precision: lax.PrecisionLike,
+    acc_dtype: jnp.dtype,
+) -> jax.Array:
+    """``(*window, Cg, F), (N, *out, F) -> (N, *in, C)``: the input gradient of `spec` from
+    the output cotangent `ct`, by `lowering` on `ConvSpec.input_gradient`, as a training
+    step runs it (`input_tangent`'s transpose): the flipped kernel (`ConvSpec.flip_kernel`)
+    is a copy of `tied_w` (`w` tied to the layer's input), except that scatter and Winograd
+    on one group read the unflipped kernel (`lower_flipped`: scatter `w`, Winograd, whose
+    transform is a copy, `tied_w`)."""
+    grad_spec = spec.input_gradient()
     if lowering == "scatter" and spec.feature_group_count == 1 and spec.taps > 1:
         kernel, lower = w, scatter.lower_flipped
     elif lowering == "winograd" and spec.feature_group_count == 1:
         kernel, lower = tied_w, winograd.lower_flipped
     else:
         kernel, lower = spec.flip_kernel(tied_w), STRATEGIES[lowering].lower
-
-    def gradient(ct: jax.Array) -> jax.Array:
-        return lower(grad_spec, ct, kernel, precision=precision,
-                     acc_dtype=acc_dtype).astype(dx.dtype)
-
-    # its transpose (a lowering with its own JVP rule, such as `pallas`, transposes
-    # through that)
-    return transposed(gradient, spec.canonical_out_shape, dx.dtype, dx).astype(acc_dtype)
+    return lower(grad_spec, ct, kernel, precision=precision, acc_dtype=acc_dtype)
 
 
 WINOGRAD_KERNEL_GRADIENT_DEPTH = 3

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from . import _tune_cache, planner
+from . import _gradients, _tune_cache, planner
 from ._spec import ConvSpec
 from .strategies import STRATEGIES
 
@@ -56,10 +56,12 @@ _Picks = tuple[tuple[str, str], ...]  # (cache key, role) of tuned picks, as a p
 @dataclasses.dataclass(frozen=True)
 class TunedConv:
     """One convolution's tuning: the picks per role (undifferentiated, a differentiated
-    call's values, another convolution's input gradient: the forward's fastest unless the
-    cache holds another), the cost model's picks and the fastest times measured
-    (``seconds[name] = (forward, forward and both gradients)``); ``cached`` if the picks
-    came from the cache without timing."""
+    call's values, another convolution's input gradient), the cost model's picks and the
+    fastest times measured (``seconds[name] = (forward, forward and both gradients)``, for
+    a spec the program calls; ``as_input_gradient[name]``, for the input gradient of a
+    convolution it calls, run from that convolution's kernel as a training step runs it,
+    `jconv._gradients.input_gradient`); ``cached`` if the picks came from the cache without
+    timing."""
 
     spec: ConvSpec
     dtype: str
@@ -70,6 +72,7 @@ class TunedConv:
     model_differentiated: str
     seconds: dict[str, tuple[float, float]]
     cached: bool
+    as_input_gradient: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def picks(self) -> dict[str, str]:
@@ -228,8 +231,14 @@ def tune(
     counts = collections.Counter(
         (t, d, _hashable(p)) for s, d, p in calls
         for t in ((s, s.input_gradient()) if planner.engine_gradients(s, d, p) else (s,)))
+    called = {(s, d, _hashable(p)) for s, d, p in calls}
+    parents: dict[tuple[Any, ...], ConvSpec] = {}  # an input gradient -> whose it is (first)
+    for s, d, p in calls:
+        if planner.engine_gradients(s, d, p):
+            parents.setdefault((s.input_gradient(), d, _hashable(p)), s)
     with _progress(progress, len(counts)) as advance:
-        rows = [_tune_one(spec, dt, prec, reps, retune, advance) for spec, dt, prec in counts]
+        rows = [_tune_one(*row, reps, retune, advance, parents.get(row), row in called)
+                for row in counts]
     convs = tuple(r.conv for r in rows)
     picks = {r.key: r.conv.picks for r in rows}
     model = {r.key: r.conv.model_picks for r in rows}
@@ -320,10 +329,11 @@ compile time on the CPU (the same temporaries on every network of the benchmark)
 def _saving(conv: TunedConv, column: str) -> float:
     """Seconds one call saves with `conv`'s tuned pick in role `column` over the cost
     model's, as measured (0 where it came from the cache)."""
-    mode = int(column == "differentiated")
-    times = conv.seconds
     tuned, model = conv.picks[column], conv.model_picks[column]
-    return times[model][mode] - times[tuned][mode] if tuned in times and model in times else 0.0
+    times = {n: t[int(column == "differentiated")] for n, t in conv.seconds.items()}
+    if column == "input_gradient" and conv.as_input_gradient:
+        times = conv.as_input_gradient
+    return times[model] - times[tuned] if tuned in times and model in times else 0.0
 
 
 def _largest_fitting(items: Sequence[Any], fits: Callable[[tuple[Any, ...]], bool]
@@ -378,7 +388,11 @@ def _hashable(precision: Any) -> Any:
 
 
 def _tune_one(spec: ConvSpec, dtype: jnp.dtype, precision: Any, reps: int, retune: bool,
-              advance: Callable[[str], None]) -> _Row:
+              advance: Callable[[str], None], parent: ConvSpec | None = None,
+              called: bool = True) -> _Row:
+    """`spec`'s picks per role: from the cache, or timed: as the program calls it where
+    `called`, and where it is `parent`'s input gradient, as a training step runs that (its
+    ``input_gradient`` pick; the only timing where not `called`)."""
     normwise = planner.allows_normwise(precision)
     key = _tune_cache.key(spec, dtype, normwise)
     model = (planner.plan(spec, dtype, precision=precision, tuned=False),
@@ -390,13 +404,18 @@ def _tune_one(spec: ConvSpec, dtype: jnp.dtype, precision: Any, reps: int, retun
                          cached.get("input_gradient", cached["forward"]), *model, {}, True)
         return _Row(key, conv, tuple(cached.get("judged", ())))
     names = planner.candidates(spec, dtype, precision, opt_in=True)
-    seconds = _measure(spec, dtype, precision, names, reps)
+    flipped = {} if parent is None else {
+        n: t for n, (t, _) in _measure(spec, dtype, precision, names, reps, parent).items()}
+    seconds = (_measure(spec, dtype, precision, names, reps) if called or not flipped else
+               {n: (t, t) for n, t in flipped.items()})
     advance(str(spec.lhs_shape))
     # a differentiated call's values by a lowering that may compute them (``DIFFERENTIATED``)
     differentiable = [n for n in names if STRATEGIES[n].DIFFERENTIATED] or names
     forward = _fastest(names, model[0], seconds, 0)
+    gradient = (_fastest(names, model[0], {n: (t, t) for n, t in flipped.items()}, 0)
+                if flipped else forward)
     conv = TunedConv(spec, str(dtype), forward, _fastest(differentiable, model[1], seconds, 1),
-                     forward, *model, seconds, False)
+                     gradient, *model, seconds, False, flipped)
     return _Row(key, conv)
 
 
@@ -425,12 +444,17 @@ below the threshold and are reused, so the timing misses this cost; `tune` adds 
 
 
 def _measure(spec: ConvSpec, dtype: jnp.dtype, precision: Any, names: Sequence[str],
-             reps: int) -> dict[str, tuple[float, float]]:
+             reps: int, parent: ConvSpec | None = None) -> dict[str, tuple[float, float]]:
     """The fastest seconds of each lowering's forward and forward plus gradients (the forward
     again for a dense convolution, whose gradients are the engine's own whatever the
     lowering, `jconv._gradients`), on random operands in canonical layout, the lowerings
     alternating within every rep; on the CPU plus the first touch of each program's
-    temporaries (`FIRST_TOUCH_SECONDS_PER_BYTE`)."""
+    temporaries (`FIRST_TOUCH_SECONDS_PER_BYTE`). With `parent` (`spec` is its
+    `ConvSpec.input_gradient`), each lowering runs from `parent`'s kernel as a training step
+    runs it (`jconv._gradients.input_gradient`: the flipped kernel is a copy but for scatter
+    and Winograd), forward only: ResNet-50's step ran 1.2x slower for one input gradient
+    tuned as a plain convolution (3x3 over 2 x 2 x 512, `patches` instead of `scatter`,
+    whose flipped copy of the 9.4 MB kernel the plain timing did not make)."""
     acc = jnp.dtype(jnp.float32) if dtype in _LOW_PRECISION else dtype
     rng = np.random.default_rng(0)
 
@@ -439,18 +463,21 @@ def _measure(spec: ConvSpec, dtype: jnp.dtype, precision: Any, names: Sequence[s
             return jnp.asarray(rng.integers(-3, 4, shape), dtype)
         return jnp.asarray(rng.standard_normal(shape), dtype)
 
-    x, w = operand(spec.lhs_shape), operand(spec.rhs_shape)
+    x, w = operand(spec.lhs_shape), operand((parent or spec).rhs_shape)
     ct = operand(spec.canonical_out_shape).astype(acc)
     touch = FIRST_TOUCH_SECONDS_PER_BYTE if jax.default_backend() == "cpu" else 0.0
     fns, extra = [], []
     for name in names:
         def fwd(a: jax.Array, b: jax.Array, name: str = name) -> jax.Array:
+            if parent is not None:
+                return _gradients.input_gradient(parent, name, b, b, a, precision=precision,
+                                                 acc_dtype=acc)
             return STRATEGIES[name].lower(spec, a, b, precision=precision, acc_dtype=acc)
 
         def loss(a: jax.Array, b: jax.Array, fwd: Callable[..., jax.Array] = fwd) -> jax.Array:
             return jnp.sum(fwd(a, b) * ct)
 
-        differentiable = (jnp.issubdtype(dtype, jnp.inexact)
+        differentiable = (parent is None and jnp.issubdtype(dtype, jnp.inexact)
                           and not planner.engine_gradients(spec, dtype, precision))
         compiled = [jax.jit(f).lower(x, w).compile()
                     for f in ((fwd, jax.grad(loss, (0, 1))) if differentiable else (fwd,))]
