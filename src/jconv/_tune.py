@@ -11,7 +11,8 @@ Each time is the fastest of the reps: on a shared CPU, slow streaks of seconds m
 medians 0.91-1.09, of the fastest samples 0.88-0.93).
 A dense convolution's gradients are the engine's own whatever the lowering
 (`jconv._gradients`): it is timed forward only, and its input gradient's convolution
-(`ConvSpec.input_gradient`) is tuned beside it. On the CPU each time includes the first
+(`ConvSpec.input_gradient`) is tuned beside it, timed from the layer's kernel as a training
+step runs it (`jconv._gradients.input_gradient`). On the CPU each time includes the first
 touch of the program's temporaries (`FIRST_TOUCH_SECONDS_PER_BYTE`), which a network's step
 pays on every call and a convolution timed alone does not.
 
