@@ -229,14 +229,15 @@ def tune(
         raise TypeError(f"`target` (={target!r}) must be a jconv.ConvSpec or a function.")
     # a dense convolution's input gradient is a convolution of its own, planned as one
     # (`jconv._gradients`): tuned beside it
-    counts = collections.Counter(
-        (t, d, _hashable(p)) for s, d, p in calls
-        for t in ((s, s.input_gradient()) if planner.engine_gradients(s, d, p) else (s,)))
-    called = {(s, d, _hashable(p)) for s, d, p in calls}
-    parents: dict[tuple[Any, ...], ConvSpec] = {}  # an input gradient -> whose it is (first)
+    counts: collections.Counter[tuple[ConvSpec, Any, Any]] = collections.Counter()
+    parents: dict[tuple[ConvSpec, Any, Any], ConvSpec] = {}  # an input gradient -> whose
     for s, d, p in calls:
+        counts[s, d, _hashable(p)] += 1
         if planner.engine_gradients(s, d, p):
-            parents.setdefault((s.input_gradient(), d, _hashable(p)), s)
+            grad = (s.input_gradient(), d, _hashable(p))
+            counts[grad] += 1
+            parents.setdefault(grad, s)
+    called = {(s, d, _hashable(p)) for s, d, p in calls}
     with _progress(progress, len(counts)) as advance:
         rows = [_tune_one(*row, reps, retune, advance, parents.get(row), row in called)
                 for row in counts]
@@ -405,18 +406,16 @@ def _tune_one(spec: ConvSpec, dtype: jnp.dtype, precision: Any, reps: int, retun
                          cached.get("input_gradient", cached["forward"]), *model, {}, True)
         return _Row(key, conv, tuple(cached.get("judged", ())))
     names = planner.candidates(spec, dtype, precision, opt_in=True)
-    flipped = {} if parent is None else {
-        n: t for n, (t, _) in _measure(spec, dtype, precision, names, reps, parent).items()}
-    seconds = (_measure(spec, dtype, precision, names, reps) if called or not flipped else
-               {n: (t, t) for n, t in flipped.items()})
+    flipped = None if parent is None else _measure(spec, dtype, precision, names, reps, parent)
+    seconds = (_measure(spec, dtype, precision, names, reps) if called or flipped is None
+               else flipped)
     advance(str(spec.lhs_shape))
     # a differentiated call's values by a lowering that may compute them (``DIFFERENTIATED``)
     differentiable = [n for n in names if STRATEGIES[n].DIFFERENTIATED] or names
     forward = _fastest(names, model[0], seconds, 0)
-    gradient = (_fastest(names, model[0], {n: (t, t) for n, t in flipped.items()}, 0)
-                if flipped else forward)
     conv = TunedConv(spec, str(dtype), forward, _fastest(differentiable, model[1], seconds, 1),
-                     gradient, *model, seconds, False, flipped)
+                     forward if flipped is None else _fastest(names, model[0], flipped, 0),
+                     *model, seconds, False, {n: t for n, (t, _) in (flipped or {}).items()})
     return _Row(key, conv)
 
 
