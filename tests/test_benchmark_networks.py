@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -148,3 +149,51 @@ def test_torch_copy_has_the_jax_parameters() -> None:
     _, _, loss, _ = networks.torch_thunks(net, params, x, y)
     want = jax.jit(lambda p: networks.loss_fn(net, networks.lax_conv, p, x, y))(params)
     assert abs(loss - float(want)) <= 1e-5 * abs(float(want))
+
+
+def test_a_float64_replay_runs_the_float32_steps_lowerings(tune_dir: pathlib.Path) -> None:
+    """`replay_picks` holds, under the float64 keys, the lowerings the float32 step runs
+    (here stored picks other than the cost model's), a float64 step plans them, and with
+    them the gradient is lax's float64 gradient to float64 rounding."""
+    net = SMOKE["resnet18"]
+    params, (x, y) = networks.init(net), networks.inputs(net)
+    networks.fresh_tune_cache(tune_dir / "replay.json")
+    with planner.recording() as calls:
+        jax.make_jaxpr(jax.grad(lambda p: networks.loss_fn(net, networks.jconv_conv, p, x, y)))(
+            params)
+    picks = {}
+    for spec, dtype, precision in dict.fromkeys(calls):
+        names = planner.candidates(spec, dtype, precision, differentiated=True)
+        model = planner.plan(spec, dtype, differentiated=True, tuned=False)
+        pick = ([n for n in names if n != model] or names)[0]
+        picks[_tune_cache.key(spec, dtype, False)] = {"forward": pick, "differentiated": pick}
+    _tune_cache.store(picks)
+    replay = networks.replay_picks(net, params, x, y, tuned=True)
+    assert replay != networks.replay_picks(net, params, x, y, tuned=False)
+    with jax.enable_x64(True), _tune_cache.overlay(replay):
+        for spec, dtype, _ in calls:
+            want = picks[_tune_cache.key(spec, dtype, False)]["differentiated"]
+            assert replay[_tune_cache.key(spec, jnp.float64, False)]["differentiated"] == want
+            assert planner.plan(spec, jnp.float64, differentiated=True) == want
+    exact = networks.reference_grad(net, params, x, y)
+    assert rel_err(networks.replayed_grad(net, params, x, y, tuned=True), exact) < 1e-12
+
+
+def test_a_gradient_exact_in_float64_is_rounding_not_a_mismatch() -> None:
+    """A float32 gradient far from float64 passes only where the same lowerings run in
+    float64 give lax's float64 gradient, and the Markdown says which it was."""
+    rec = {"network": "n", "rel_err": {"auto": {"logits": 0.0, "loss": 0.0, "grad": 1e-3}},
+           "grad_err_f64": {"lax": 1e-6, "auto": 1e-3}}
+    assert networks.mismatches(rec) == ["n auto"]
+    rec["grad_err_f64_replay"] = {"auto": 1e-14}
+    assert networks.mismatches(rec) == []
+    rec["grad_err_f64_replay"] = {"auto": 1e-6}
+    assert networks.mismatches(rec) == ["n auto"]
+    rec.update({"input": "i", "params_m": 1.0, "convs": [], "compile_s": {"lax": 1.0},
+                **{p: {"ms": {"lax": 1.0, "auto": 1.0}, "temp_mb": {"lax": 1.0, "auto": 1.0}}
+                   for p in ("forward", "train")}})
+    meta = {"machine": "m", "jax": "j", "reps": 1, "budget_s": 1.0, "matmul_gflops": 1.0}
+    for replay, verdict in ((1e-14, "float32 rounding"), (1e-6, "a mismatch")):
+        rec["grad_err_f64_replay"] = {"auto": replay}
+        line = networks.markdown(meta, [rec]).splitlines()[-1]
+        assert line.startswith("n auto: its float32 gradient is 1.0e-03") and verdict in line
