@@ -3,7 +3,7 @@
 `benchmarks/run.py` times every lowering on every case (the per-lowering sweep) and writes
 them to ``benchmarks/results/<name>.json``. This script searches multiplicative grids
 (``--rounds`` of them, each around the last one's best) from the rates of the platform the
-sweep ran on (its machine line; the CPU's where `RATES` has none) for the `Rates` under
+sweep ran on (its machine line; `_model.platform_rates`) for the `Rates` under
 which the planner's pick is within ``--tolerance`` of the fastest measured lowering in the
 most cases, and prints the count before and after. The pick is the planner's untuned one
 (`jconv.planner.plan`), compared with the lowerings it could have picked (their fastest
@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     for mod in STRATEGIES.values():  # the costs do not depend on the rates: compute each once
         mod.cost = functools.lru_cache(maxsize=None)(mod.cost)  # type: ignore[misc]
     plat = platform(meta)
-    table = plat if plat in _model.RATES else "cpu"  # a platform not fitted yet starts there
-    base = _model.RATES[table]
+    base = _model.platform_rates(plat)  # a platform not fitted yet: the CPU's, no first touch
+    table = f"RATES[{plat!r}]" if plat in _model.RATES else "the CPU's rates without first touch"
     specs = case_specs(meta)
     total = sum(bool(rec[m].get("per_strategy_ms")) for rec in sweep for m, _ in MODES)
     if not total:
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     best_score = score(sweep, specs, best, args.tolerance)
     _model.set_rates(None)
     print(f"{plat} sweep: picks within {args.tolerance:.0%} of the fastest: {start}/{total} "
-          f"with RATES[{table!r}], {best_score}/{total} with")
+          f"with {table}, {best_score}/{total} with")
     print(json.dumps(dataclasses.asdict(best), indent=1))
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(dataclasses.asdict(best), indent=1) + "\n")

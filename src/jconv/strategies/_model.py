@@ -36,6 +36,7 @@ __all__ = [
     "fft_seconds",
     "first_touch_seconds",
     "gemm_rate",
+    "platform_rates",
     "rates",
     "set_rates",
 ]
@@ -78,11 +79,17 @@ def set_rates(rates: Rates | None) -> None:
     _from_env.cache_clear()
 
 
+def platform_rates(platform: str) -> Rates:
+    """`RATES`' entry for `platform` (a `jax.default_backend()` name), else the CPU's without
+    its first touch (an accelerator's runtime allocates from a pool)."""
+    return RATES.get(platform) or dataclasses.replace(RATES["cpu"],
+                                                      first_touch_bytes_per_s=math.inf)
+
+
 @functools.lru_cache(maxsize=1)
 def _from_env(path: str | None, platform: str) -> Rates:
     if not path:
-        return RATES.get(platform) or dataclasses.replace(RATES["cpu"],
-                                                          first_touch_bytes_per_s=math.inf)
+        return platform_rates(platform)
     try:
         fields = json.loads(pathlib.Path(path).read_text())
         return Rates(**fields)
@@ -93,7 +100,7 @@ def _from_env(path: str | None, platform: str) -> Rates:
 
 def rates() -> Rates:
     """The rates in force: `set_rates`'s, else ``$JCONV_RATES``'s, else the default device's
-    platform's in `RATES`."""
+    platform's (`platform_rates`)."""
     if _override is not None:
         return _override
     return _from_env(os.environ.get("JCONV_RATES"), jax.default_backend())
