@@ -190,9 +190,9 @@ def test_fit_rates_recovers_the_rates_that_rank_a_sweep(monkeypatch: pytest.Monk
 def test_fit_rates_starts_an_accelerator_from_the_rates_it_plans_with(
         tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A sweep from a platform without a table is fitted from what it plans with: the CPU's
-    rates without their first touch (its runtime allocates from a pool), which the fit and
-    the written rates keep infinite."""
+    """A sweep from a platform without a table (a TPU's) is fitted from what it plans with:
+    the CPU's rates without their first touch (its runtime allocates from a pool), which the
+    fit and the written rates keep infinite; the GPU's table has none either."""
     import json
 
     import fit_rates
@@ -203,12 +203,13 @@ def test_fit_rates_starts_an_accelerator_from_the_rates_it_plans_with(
         monkeypatch.setattr(mod, "cost", mod.cost)
 
     assert _model.platform_rates("cpu") == _model.RATES["cpu"]
-    assert math.isinf(_model.platform_rates("gpu").first_touch_bytes_per_s)
-    meta = {"machine": "x86, jax device gpu: H", "batch_scale": 1}
+    assert "tpu" not in _model.RATES and math.isinf(_model.RATES["gpu"].first_touch_bytes_per_s)
+    assert math.isinf(_model.platform_rates("tpu").first_touch_bytes_per_s)
+    meta = {"machine": "x86, jax device tpu: T", "batch_scale": 1}
     sweep = {"meta": meta, "cases": [{"case": "dense 3x3 C=16", "fwd+bwd": {}, "fwd": {
         "per_strategy_ms": {"scatter": 1.0, "winograd": 2.0, "shift": 3.0}}}]}
-    (tmp_path / "gpu.json").write_text(json.dumps(sweep))
-    fit_rates.main([str(tmp_path / "gpu.json"), "--rounds", "1",
+    (tmp_path / "tpu.json").write_text(json.dumps(sweep))
+    fit_rates.main([str(tmp_path / "tpu.json"), "--rounds", "1",
                     "--out", str(tmp_path / "rates.json")])
     assert "without first touch" in capsys.readouterr().out
     fitted = _model.Rates(**json.loads((tmp_path / "rates.json").read_text()))

@@ -60,11 +60,17 @@ class Rates:
 RATES: dict[str, Rates] = {
     "cpu": Rates(peak_flops=5.0e10, gemm_knee=32, copy_bytes_per_s=2.0e9,
                  elementwise_flops=6.0e9, fft_flops=1.0e9, first_touch_bytes_per_s=2.0e9),
+    "gpu": Rates(peak_flops=2.82e11, gemm_knee=128, copy_bytes_per_s=7.1e8,
+                 elementwise_flops=3.0e9, fft_flops=1.0e9),
 }
-"""Rates per platform, fitted by ``benchmarks/fit_rates.py`` (the CPU's on a 2-core x86; other
-platforms use the CPU's until fitted there, without its first touch: accelerators' runtimes
-allocate from a pool). ``$JCONV_RATES`` names a JSON file of `Rates` fields that replaces
-them (what ``fit_rates.py --out`` writes)."""
+"""Rates per platform, fitted by ``benchmarks/fit_rates.py``: the CPU's on a 2-core x86; the
+GPU's on an NVIDIA H100 sweep at batch x16 (``benchmarks/results/h100_b128_sweep.json``:
+picks within 10% of the fastest lowering in 23 of 28 case-modes against 16 with the CPU's
+rates; on the batch-8 sweep it was not fitted on, ``h100_b8.json``, 24 of 36 against 20;
+both sweeps predate `atrous`, `toeplitz` and Winograd's transforms as adds). Other platforms
+use the CPU's without its first touch (`platform_rates`: accelerators' runtimes allocate
+from a pool). ``$JCONV_RATES`` names a JSON file of `Rates` fields that replaces them (what
+``fit_rates.py --out`` writes)."""
 
 _override: Rates | None = None
 
