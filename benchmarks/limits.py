@@ -72,11 +72,16 @@ def patches(spec: ConvSpec, x: jax.Array) -> jax.Array:
     return jnp.concatenate(cols, axis=-1).reshape(-1, spec.taps * spec.in_features)
 
 
+def kernel_gemm(p: jax.Array, dy: jax.Array) -> jax.Array:
+    """The kernel gradient's GEMM ``p^T @ dy``: ``(M, K), (M, F) -> (K, F)``."""
+    return jnp.einsum("mk,mf->kf", p, dy)
+
+
 def step_gemms(p: jax.Array, w2: jax.Array, q: jax.Array, v: jax.Array, dy: jax.Array
                ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """A layer step's three GEMMs: values ``p @ w2``, input gradient ``q @ v``, kernel
-    gradient ``p^T @ dy`` (``p``: ``(M, K)``, ``dy``: ``(M, F)``)."""
-    return p @ w2, q @ v, jnp.einsum("mk,mf->kf", p, dy)
+    gradient (`kernel_gemm`)."""
+    return p @ w2, q @ v, kernel_gemm(p, dy)
 
 
 def _check(case: Case) -> None:
@@ -97,12 +102,17 @@ def measure(case: Case, reps: int, budget_s: float = 6.0) -> dict[str, Any]:
 
     x, w = normal(*case.x), normal(*case.w_shape())
     kw = case.lax_args()
-    lax_conv = jax.jit(lambda a, b: lax.conv_general_dilated(a, b, **kw))
-    auto_conv = jax.jit(lambda a, b: jconv.conv_general_dilated(a, b, **kw))
-    lax_step = fwd_bwd(lambda a, b: lax.conv_general_dilated(a, b, **kw))
-    auto_step = fwd_bwd(lambda a, b: jconv.conv_general_dilated(a, b, **kw))
-    build, gemm, gemms = jax.jit(lambda a: patches(spec, a)), jax.jit(jnp.matmul), jax.jit(
-        step_gemms)
+
+    def lax_fn(a: jax.Array, b: jax.Array) -> jax.Array:
+        return lax.conv_general_dilated(a, b, **kw)
+
+    def jconv_fn(a: jax.Array, b: jax.Array) -> jax.Array:
+        return jconv.conv_general_dilated(a, b, **kw)
+
+    lax_conv, auto_conv, lax_step, auto_step = (
+        jax.jit(lax_fn), jax.jit(jconv_fn), fwd_bwd(lax_fn), fwd_bwd(jconv_fn))
+    build = jax.jit(lambda a: patches(spec, a))
+    gemm, gemms = jax.jit(jnp.matmul), jax.jit(step_gemms)
     y = lax_conv(x, w)
     t = normal(*y.shape)
     p, w2, dy = build(x), w.reshape(-1, case.f), (y - t).reshape(-1, case.f)
@@ -131,7 +141,7 @@ def measure(case: Case, reps: int, budget_s: float = 6.0) -> dict[str, Any]:
                                                    strict=True)},
         "step_ms": step_ms,
         "gemm_rel_err": rel_err(gemm(p, w2).reshape(y.shape), y),
-        "kernel_gemm_rel_err": rel_err(jnp.einsum("mk,mf->kf", p, dy).reshape(w.shape),
+        "kernel_gemm_rel_err": rel_err(kernel_gemm(p, dy).reshape(w.shape),
                                        lax_step(x, w, t)[2]),
         "temp_bytes": {"lax": temps(lax_conv), "auto": temps(auto_conv)},
     }
